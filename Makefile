@@ -1,0 +1,20 @@
+# The README's two commands: `make sweep` (the main job) and `make test`.
+# Each creates .venv with plain pip when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: sweep test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(BIN)/python -m hashtune.sweep --space ablations $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)

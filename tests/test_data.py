@@ -1,0 +1,128 @@
+"""Data sources in their real on-disk formats, and the retrieval protocols."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_cifar_folder
+from hashtune.data import Splits, build_retrieval_data, build_splits, load_source
+
+
+def test_digits_protocol_sizes_and_rules():
+    source = load_source("digits")
+    assert len(source) == 1797 and source.num_classes == 10 and not source.multi_label
+    splits = build_splits(source, seed=0)
+    sizes = splits.sizes()
+    assert sizes["train"] == 500 and sizes["test_query"] == 300 and sizes["val_query"] == 200
+    assert sizes["database"] == 1797 - 500
+    classes = source.labels.argmax(1)
+    assert np.bincount(classes[splits.train]).tolist() == [50] * 10
+    assert np.bincount(classes[splits.test_query]).tolist() == [30] * 10
+    assert set(splits.train) <= set(splits.database)
+    for queries in (splits.val_query, splits.test_query):
+        assert not set(queries) & set(splits.database)
+    assert not set(splits.val_query) & set(splits.test_query)
+    assert len(set(splits.database) | set(splits.val_query) | set(splits.test_query)) == 1797
+
+
+def test_splits_are_seeded_and_saved(tmp_path):
+    source = load_source("digits")
+    a, b, c = build_splits(source, 7), build_splits(source, 7), build_splits(source, 8)
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    a.save(tmp_path / "splits.npz")
+    loaded = Splits.load(tmp_path / "splits.npz")
+    assert loaded.fingerprint() == a.fingerprint()
+    for name in ("train", "val_query", "test_query", "database"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(a, name))
+
+
+def test_digits_split_is_the_same_on_any_machine():
+    # PCG64 is platform independent: pin the first indices so a change of generator is caught
+    splits = build_splits(load_source("digits"), seed=0)
+    assert splits.fingerprint() == build_splits(load_source("digits"), seed=0).fingerprint()
+    assert splits.test_query[:3].tolist() == PINNED_TEST_QUERY_HEAD
+
+
+PINNED_TEST_QUERY_HEAD = [5, 12, 14]
+
+
+def test_splits_reject_protocol_violations():
+    with pytest.raises(ValueError, match="test_query images are in the database"):
+        Splits(train=np.array([0]), val_query=np.array([1]), test_query=np.array([2]), database=np.array([0, 2]))
+    with pytest.raises(ValueError, match="not in the database"):
+        Splits(train=np.array([5]), val_query=np.array([1]), test_query=np.array([2]), database=np.array([0]))
+
+
+def test_datasets_return_image_label_and_position():
+    data = build_retrieval_data(name="digits", seed=0, img_size=8)
+    image, label, position = data.database[5]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.float32
+    assert -1.0 <= image.min() and image.max() <= 1.0
+    assert position == 5 and label.sum() == 1
+    assert data.channels == 1 and data.num_classes == 10 and not data.multi_label
+
+
+def test_cifar10_reads_the_python_pickle_format(cifar_root):
+    source = load_source("cifar10", cifar_root)
+    assert len(source) == 120 and source.pixels.shape == (120, 32, 32, 3)
+    assert source.labels.argmax(1)[:3].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="class 0 has 12 images; its protocol needs 5600"):
+        build_splits(source, seed=0)
+
+
+def test_cifar10_protocol_at_full_size(tmp_path):
+    root = write_cifar_folder(tmp_path, per_batch=10_000)
+    splits = build_splits(load_source("cifar10", root), seed=0)
+    assert splits.sizes() == {"train": 5000, "val_query": 1000, "test_query": 1000, "database": 54_000}
+
+
+def test_cifar10_missing_batch_is_named(cifar_root):
+    (cifar_root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks CIFAR-10 batches \['data_batch_3'\]"):
+        load_source("cifar10", cifar_root)
+
+
+def test_cifar10_corrupt_batch_is_named(cifar_root):
+    (cifar_root / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR-10 python batch"):
+        load_source("cifar10", cifar_root)
+
+
+def test_cifar10_transform_resizes_and_crops(cifar_root):
+    source = load_source("cifar10", cifar_root)
+    from hashtune.data import HashingDataset, build_transform
+
+    transform = build_transform(channels=3, native_size=32, img_size=16, train=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+    image, _, _ = HashingDataset(source, np.arange(4), transform)[2]
+    assert image.shape == (3, 16, 16)
+
+
+def test_listfile_reads_multi_label_lists_and_images(listfile_root):
+    data = build_retrieval_data(name="listfile", root=listfile_root, seed=0, img_size=4)
+    assert data.multi_label and data.num_classes == 3
+    sizes = data.splits.sizes()
+    assert sizes["train"] == 8 and sizes["test_query"] == 4 and sizes["val_query"] == 4
+    assert sizes["database"] == 16 - 4
+    image, label, _ = data.train[0]
+    assert image.shape == (3, 4, 4) and label.shape == (3,)
+
+
+def test_listfile_wrong_label_width_is_named(listfile_root):
+    with (listfile_root / "test.txt").open("a") as handle:
+        handle.write("images/000.png 1 0\n")
+    with pytest.raises(ValueError, match=r"test.txt:5: label row of width 2.*3 values"):
+        load_source("listfile", listfile_root)
+
+
+def test_listfile_unreadable_image_is_named(listfile_root):
+    (listfile_root / "images" / "000.png").write_bytes(b"garbage")
+    data = build_retrieval_data(name="listfile", root=listfile_root, seed=0, img_size=4)
+    with pytest.raises(ValueError, match="cannot read image .*000.png"):
+        data.train[0]
+
+
+def test_unknown_dataset_and_missing_root_are_named(tmp_path):
+    with pytest.raises(ValueError, match="data.name='mnist'.*digits"):
+        load_source("mnist")
+    with pytest.raises(FileNotFoundError, match="data.root=.*nowhere.*is not a directory"):
+        load_source("cifar10", tmp_path / "nowhere")
