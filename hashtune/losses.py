@@ -161,10 +161,13 @@ def asymmetric_loss(
     *,
     gamma_a: float,
 ) -> torch.Tensor:
-    """ADSH's asymmetric loss (Eq. 3) for a batch, normalised by the number of pairs.
+    """ADSH's asymmetric loss (Eq. 3) for a batch, normalised by `n * m * bits^2`.
 
-    `sum_ij (u_i . b_j - bits * s_ij)^2 + gamma_a * sum_i ||b_i - u_i||^2`, divided by `n * m`, with
-    `s_ij` in {-1, +1} (ADSH's convention; `sim` is given in {0, 1}).
+    `sum_ij (u_i . b_j - bits * s_ij)^2 + gamma_a * sum_i ||b_i - u_i||^2`, divided by `n * m * bits^2`,
+    with `s_ij` in {-1, +1} (ADSH's convention; `sim` is given in {0, 1}). The normalisation makes each
+    pair term `(u_i . b_j / bits - s_ij)^2`, of order 1 whatever the code length and set sizes, so the
+    classification weight and the learning rate transfer across bits; it leaves the optimum in `B`
+    (and so `update_database_codes`) unchanged.
 
     Args:
         codes: network codes `u` of the batch, shape (n, bits).
@@ -177,7 +180,7 @@ def asymmetric_loss(
     target = bits * _signed_similarity(sim.to(codes.dtype))
     square = (codes @ database_codes.T - target).pow(2).sum()
     tie = (own_database_codes - codes).pow(2).sum()
-    return (square + gamma_a * tie) / (codes.shape[0] * database_codes.shape[0])
+    return (square + gamma_a * tie) / (codes.shape[0] * database_codes.shape[0] * bits**2)
 
 
 def asymmetric_objective(

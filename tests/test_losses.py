@@ -153,7 +153,7 @@ def test_asymmetric_loss_matches_formula():
             s = 1.0 if sim[i, j] > 0 else -1.0
             total += (float(codes[i] @ database[j]) - bits * s) ** 2
         total += 2.0 * float(((database[sample_index[i]] - codes[i]) ** 2).sum())
-    assert got.item() == pytest.approx(total / (n * len(database)), rel=1e-12)
+    assert got.item() == pytest.approx(total / (n * len(database) * bits**2), rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

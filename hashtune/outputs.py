@@ -1,0 +1,60 @@
+"""Files of a run folder: history.csv, metrics.json and pr_curve.png (written by the main rank only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hashtune.metrics import RetrievalMetrics  # noqa: E402
+
+__all__ = ["write_history", "write_metrics", "read_metrics", "plot_pr_curve"]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def write_history(rows: list[dict[str, float]], path: str | Path) -> None:
+    """One row per epoch; columns are the union of every row's keys (evaluation columns blank between evals)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temp, path)
+
+
+def write_metrics(metrics: dict[str, float], path: str | Path) -> None:
+    _atomic_write_text(Path(path), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def read_metrics(path: str | Path) -> dict[str, float]:
+    return json.loads(Path(path).read_text())
+
+
+def plot_pr_curve(metrics: RetrievalMetrics, path: str | Path, *, title: str = "") -> None:
+    """Precision-recall by Hamming radius (one point per radius 0..bits)."""
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    axis.plot(metrics.pr_recall, metrics.pr_precision, marker=".")
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_title(title or f"mAP {metrics.map:.3f}")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
