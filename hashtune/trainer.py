@@ -206,6 +206,7 @@ def fit(
     run = _TrainingRun(config, data, model, runtime, run_dir)
     if state is not None:
         run.load_state(state)
+        run.resumed_at_epoch = run.epoch
     elif runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -239,7 +240,7 @@ class _TrainingRun:
     def __init__(self, config: Config, data: RetrievalData, model: TransHash, runtime: LocalRuntime, run_dir: Path) -> None:
         self.config, self.data, self.runtime, self.run_dir = config, data, runtime, run_dir
         self.model = model.to(runtime.device)
-        self.ddp_model = runtime.prepare_model(self.model)
+        self.ddp_model = runtime.prepare_model(self.model)  # training only: evaluation has no collective in forward
         self.optimizer = build_optimizer(config, self.model)
         t = config.train
         self.per_worker_batch = max(1, t.batch_size // runtime.world_size)
@@ -256,6 +257,7 @@ class _TrainingRun:
             init_database_codes(len(data.train), config.model.bits, t.seed) if t.strategy == "asymmetric" else None
         )
         self.epoch = 0
+        self.resumed_at_epoch = 0
         self.history: list[dict[str, float]] = []
         self.best = {"val/mAP": -1.0, "epoch": 0, "model": copy.deepcopy(self.model.state_dict())}
         self.train_seconds, self.images_trained = 0.0, 0
@@ -282,7 +284,7 @@ class _TrainingRun:
         return {"epoch": epoch + 1, **row, "train/lr": self.scheduler.get_last_lr()[0]}
 
     def validate(self) -> dict[str, float]:
-        metrics = evaluate(self.ddp_model, self.val_loader, self.database_loader, runtime=self.runtime, config=self.config)
+        metrics = evaluate(self.model, self.val_loader, self.database_loader, runtime=self.runtime, config=self.config)
         if metrics.map > self.best["val/mAP"]:
             self.best = {"val/mAP": metrics.map, "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
         return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"], "throughput/images_per_s": self.throughput()}
@@ -319,13 +321,13 @@ class _TrainingRun:
         """Evaluate the test queries with the best-val weights, write the final files, report."""
         final_weights = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(self.best["model"])
-        test = evaluate(self.ddp_model, self.test_loader, self.database_loader, runtime=self.runtime, config=self.config)
+        test = evaluate(self.model, self.test_loader, self.database_loader, runtime=self.runtime, config=self.config)
         self.model.load_state_dict(final_weights)
         last = self.history[-1] if self.history else {}
         metrics = {key: value for key, value in last.items() if key.startswith(("train/", "val/"))}
         metrics |= test.as_dict("test") | {
             "epoch": self.epoch, "val/best_mAP": self.best["val/mAP"], "best_epoch": self.best["epoch"],
-            "throughput/images_per_s": self.throughput(),
+            "throughput/images_per_s": self.throughput(), "resumed_at_epoch": self.resumed_at_epoch,
         }
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")

@@ -1,0 +1,122 @@
+"""ViT-B/16 TransHash training throughput at 224 px in bf16: plain loop vs Ray Train (1 worker).
+
+Run on a GPU machine: `python -m benchmarks.gpu_throughput` (writes results/gpu_throughput.md with
+the GPU's name). Random tensors stand in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so
+the figure is the model's training speed, not the JPEG decoder's. `--tiny` runs a 2-block, 32 px
+model on the CPU (the test suite uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+from torch.utils.data import Dataset
+
+from benchmarks._table import markdown_table, write_report
+from hashtune.config import load_config, to_flat_dict
+from hashtune.runtime import LocalRuntime, resolve_device
+from hashtune.trainer import build_model, build_optimizer, sharded_loader, train_one_epoch
+
+VIT_B = ["model.backbone=vit_base_patch16_224", "model.img_size=224", "model.patch_size=16", "model.depth=12",
+         "model.embed_dim=768", "model.num_heads=12", "model.bits=64", "model.k_groups=4", "train.precision=bf16"]
+TINY = ["model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.device=cpu"]
+
+
+class RandomImages(Dataset):
+    """Fixed random images and one-hot labels, in memory; items as the trainer expects them."""
+
+    def __init__(self, n: int, size: int, classes: int = 10, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, size, size, generator=generator)
+        self.labels = torch.nn.functional.one_hot(torch.randint(0, classes, (n,), generator=generator), classes).float()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index], index
+
+
+def measure(config, runtime: LocalRuntime, *, images: int, epochs: int) -> float:
+    """Training images/s over `epochs` passes after one warm-up pass (all ranks together)."""
+    torch.manual_seed(0)
+    model = build_model(config, SimpleNamespace(channels=3, num_classes=10)).to(runtime.device)
+    train_model = runtime.prepare_model(model)
+    optimizer = build_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = sharded_loader(RandomImages(images, config.model.img_size), runtime, batch_size=config.train.batch_size // runtime.world_size,
+                            shuffle=True, seed=0, num_workers=0)
+    step = dict(config=config, multi_label=False, runtime=runtime)
+    train_one_epoch(train_model, loader, optimizer, scheduler, epoch=0, **step)
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    start, seen = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        seen += train_one_epoch(train_model, loader, optimizer, scheduler, epoch=epoch, **step)["_images"]
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def ray_worker(loop_config: dict) -> None:
+    import ray.train
+
+    from hashtune.config import config_from_dict
+    from hashtune.distributed import RayTrainRuntime
+
+    rate = measure(config_from_dict(loop_config["config"]), RayTrainRuntime(), images=loop_config["images"], epochs=loop_config["epochs"])
+    ray.train.report({"images_per_s": rate})
+
+
+def ray_rate(config, *, images: int, epochs: int, gpus: float) -> float:
+    import ray
+    import ray.cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not find benchmarks/ on their path
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config={"config": to_flat_dict(config), "images": images, "epochs": epochs},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0, resources_per_worker={"CPU": 1} | ({"GPU": gpus} if gpus else {})),
+        run_config=RunConfig(name=f"gpu-throughput-{int(time.time())}", storage_path="/tmp/hashtune-bench-ray"),
+    )
+    return trainer.fit().metrics["images_per_s"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (for tests)")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default="results/gpu_throughput.md")
+    args = parser.parse_args(argv)
+    config = load_config(overrides=VIT_B + (TINY if args.tiny else []) + [f"train.batch_size={args.batch_size}"])
+    device = resolve_device(config.train.device)
+    plain = measure(config, LocalRuntime(device), images=args.images, epochs=args.epochs)
+    from hashtune.distributed import init_ray
+
+    started = init_ray(num_cpus=None)
+    try:
+        through_ray = ray_rate(config, images=args.images, epochs=args.epochs, gpus=1.0 if device.type == "cuda" else 0.0)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    size = f"{config.model.backbone}, {config.model.img_size} px, depth {config.model.depth}, {config.train.precision}"
+    rows = [[name, size, config.train.batch_size, "plain loop", f"{plain:.0f}", "1.000"],
+            [name, size, config.train.batch_size, "Ray Train, 1 worker", f"{through_ray:.0f}", f"{through_ray / plain:.3f}"]]
+    command = "python -m benchmarks.gpu_throughput" + (" --tiny" if args.tiny else "")
+    write_report(args.out, "TransHash training throughput", command,
+                 markdown_table(["device", "model", "batch", "path", "images/s", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()

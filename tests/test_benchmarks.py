@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end at tiny size and write their tables (targets live in results/)."""
+
+import pytest
+
+from benchmarks import bench_metrics, digits_baselines
+
+
+def test_bench_metrics_table(tmp_path):
+    out = tmp_path / "metrics.md"
+    bench_metrics.main(["--scale", "0.01", "--out", str(out)])
+    text = out.read_text()
+    assert "| CIFAR-10-sized, mAP@all | 10 x 540 |" in text and "True" in text and "False" not in text
+
+
+def test_digits_baselines_table(tmp_path):
+    out = tmp_path / "baselines.md"
+    digits_baselines.main(["--bits", "16", "--seeds", "0", "--extra", "train.epochs=1", "model.depth=2", "--out", str(out)])
+    text = out.read_text()
+    assert "| LSH (pixels) | 0.35" in text and "ITQ (pixels)" in text and "hashtune asymmetric" in text
+
+
+@pytest.mark.slow
+def test_ray_benchmarks_at_tiny_size(tmp_path):
+    from benchmarks import bench_ray_overhead, gpu_throughput
+
+    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
+    bench_ray_overhead.main(["--epochs", "1", "--extra", *tiny, "--out", str(tmp_path / "ray.md")])
+    assert (tmp_path / "ray.md").read_text().count("| Ray Train |") == 2
+    gpu_throughput.main(["--tiny", "--images", "64", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "gpu.md")])
+    assert "Ray Train, 1 worker" in (tmp_path / "gpu.md").read_text()

@@ -1,0 +1,42 @@
+"""A 2-node Ray cluster simulated on one host: a 2-worker run placed on both nodes (SPREAD)."""
+
+import shutil
+import tempfile
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from hashtune.config import load_config
+from hashtune.distributed import fit_distributed
+from ray_helpers import train_workers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_node_cluster():
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "temp_dir": temp_dir,
+        },
+    )
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_two_workers_spread_over_two_nodes(two_node_cluster, tmp_path):
+    assert len([node for node in ray.nodes() if node["Alive"]]) == 2
+    config = load_config(overrides=["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.epochs=2", "train.eval_every=1"])
+    metrics = fit_distributed(config, run_dir=tmp_path / "run", workers=2, placement_strategy="SPREAD")
+    assert metrics["epoch"] == 2 and "test/mAP" in metrics
+    assert len({worker.node_id for worker in train_workers()}) == 2

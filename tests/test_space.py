@@ -1,0 +1,108 @@
+"""Search-space files: every shipped space validates; bad spaces fail before Ray starts, in one line."""
+
+import optuna
+import pytest
+
+from hashtune.config import Config, to_flat_dict
+from hashtune.space import SPACES_DIR, SpaceError, is_feasible, load_space
+from hashtune.sweep import OptunaSpace, _fidelity_aware_optuna_search
+from hashtune.sweep import main as sweep_main
+
+SHIPPED = sorted(path.stem for path in SPACES_DIR.glob("*.yaml"))
+
+
+def test_required_spaces_are_shipped():
+    assert {"ablations", "sensitivity", "tune", "smoke", "cifar10"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_space_validates(name):
+    space = load_space(name)
+    keys = set(to_flat_dict(Config()))
+    assert set(space.params) <= keys and set(space.fixed) <= keys
+    for overrides in space.variants.values():
+        assert set(overrides) <= keys
+    assert space.metric.startswith("val/")
+
+
+def test_ablation_grid_is_six_variants_times_three_seeds():
+    space = load_space("ablations")
+    feasible, infeasible = space.grid_points(Config())
+    assert len(feasible) == 18 and not infeasible
+    assert {p["variant"] for p in feasible} == {"full", "w/o P", "w/o Q", "w/o C", "w/o cls", "asymmetric"}
+    assert {p["overrides"]["train.seed"] for p in feasible} == {0, 1, 2}
+
+
+def test_sensitivity_grid_marks_infeasible_points():
+    feasible, infeasible = load_space("sensitivity_k").grid_points(Config())
+    bad = {(p["overrides"]["model.bits"], p["overrides"]["model.k_groups"]) for p in infeasible}
+    assert (16, 3) in bad and (32, 5) in bad and (48, 6) not in bad and (64, 6) not in bad
+    assert len(feasible) + len(infeasible) == 6 * 4 * 2
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("serach: grid\nparams: {model.bits: {grid: [16]}}\n", r"unknown key\(s\) \['serach'\]"),
+        ("params: {model.bitz: {grid: [16]}}\n", r"params.model.bitz: unknown config key 'model.bitz'"),
+        ("params: {model.bits: {grid: []}}\n", r"params.model.bits: grid needs a non-empty list"),
+        ("params: {loss.gamma: {uniform: [5, 1]}}\nsearch: tpe\n", r"uniform needs \[low, high\] with low < high"),
+        ("params: {loss.gamma: {loguniform: [0, 1]}}\nsearch: tpe\n", r"loguniform needs low > 0"),
+        ("params: {model.bits: {grid: [sixteen]}}\n", r"model.bits: expected int, got str 'sixteen'"),
+        ("params: {model.k_groups: {grid: [5, 6]}, model.bits: {grid: [16]}}\n", r"every one of the 2 grid points has an infeasible"),
+        ("search: tpe\nparams: {model.k_groups: {int: [5, 6]}, model.bits: {choice: [16, 32]}}\n", r"no model.bits in \[16, 32\] works"),
+        ("metric: test/mAP\nparams: {model.bits: {grid: [16]}}\n", r"would select on non-validation data"),
+        ("search: tpe\nseeds: [0, 1]\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"a tpe search takes one seed"),
+        ("variants: {broken: {loss.prob: gauss}}\n", r"variants.broken: loss.prob: expected one of cauchy, sigmoid"),
+        ("params: [1, 2\n", r"not valid YAML"),
+    ],
+)
+def test_bad_spaces_are_one_line_errors(tmp_path, text, message):
+    with pytest.raises(SpaceError, match=message) as error:
+        load_space(_write(tmp_path, text))
+    assert "\n" not in str(error.value)
+
+
+def test_cli_rejects_bad_space_before_starting_ray(tmp_path, capsys):
+    import ray
+
+    assert sweep_main(["--space", _write(tmp_path, "params: {model.bitz: {grid: [1]}}\n"), "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hashtune.sweep: error: ") and "model.bitz" in err and "\n" not in err
+    assert sweep_main(["--space", "nonesuch", "--results-dir", str(tmp_path)]) == 2
+    assert "unknown space 'nonesuch'; shipped spaces: ablations" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_optuna_space_samples_only_feasible_groups():
+    space = load_space("sensitivity")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define = OptunaSpace(space.params, Config(), space.fixed)
+    for _ in range(60):
+        trial = study.ask()
+        define(trial)
+        config = Config().replace({**space.fixed, **trial.params})
+        assert is_feasible(config), trial.params
+        study.tell(trial, 0.0)
+    assert {t.params["model.bits"] for t in study.trials} == {16, 32, 48, 64}
+
+
+def test_early_stopped_trials_are_told_to_optuna_as_pruned():
+    searcher = _fidelity_aware_optuna_search(
+        space=OptunaSpace(load_space("sensitivity").params, Config(), {}), metric="val/mAP", mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    for trial_id in ("a", "b"):
+        assert searcher.suggest(trial_id) is not None
+    searcher.on_trial_complete("a", {"val/mAP": 0.4, "epoch": 50})
+    searcher.on_trial_complete("b", {"val/mAP": 0.8, "epoch": 150, "done": 1.0})
+    states = [trial.state for trial in searcher._ot_study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert searcher._ot_study.best_value == 0.8

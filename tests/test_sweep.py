@@ -1,0 +1,114 @@
+"""End-to-end sweeps on local Ray (127.0.0.1, temp dirs): MLflow runs, failures, resume, TorchTrainer + ASHA."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from hashtune.sweep import main as sweep_main
+
+pytestmark = pytest.mark.slow
+
+TINY = "  train.eval_every: 1\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"
+
+
+@pytest.fixture(autouse=True)
+def ray_temp_dir(monkeypatch, tmp_path_factory):
+    import tempfile
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+
+
+def _client(results: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+
+
+def _children(results: Path, experiment: str) -> list:
+    client = _client(results)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") != "sweep"]
+
+
+def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path):
+    assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
+    client = _client(tmp_path)
+    experiment_id = client.get_experiment_by_name("smoke").experiment_id
+    runs = client.search_runs([experiment_id])
+    parents = [r for r in runs if r.data.tags.get("hashtune.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("hashtune.role") != "sweep"]
+    assert len(parents) == 1 and len(children) == 2
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["hashtune.status"] == "finished"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.params["model.depth"] == "1" and "loss.gamma" in run.data.params
+        assert {"val/mAP", "test/mAP", "test/precision_at_100", "train/loss"} <= run.data.metrics.keys()
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "pr_curve.png", "history.csv"}
+    assert {r.data.params["model.k_groups"] for r in children} == {"1", "2"}
+    assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 2  # exists: no silent overwrite
+
+
+def test_failing_trial_is_failed_in_tune_and_mlflow_while_others_finish(tmp_path, capsys):
+    space = tmp_path / "failing.yaml"
+    space.write_text(
+        "search: grid\nmax_concurrent: 2\nfixed:\n  train.epochs: 1\n" + TINY
+        + "variants:\n  ok: {}\n  broken: {data.name: cifar10, data.root: /nonexistent/cifar}\n"
+    )
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
+    summary = capsys.readouterr().out
+    assert '"failed": 1' in summary and '"finished": 1' in summary
+    runs = {r.data.tags["hashtune.variant"]: r for r in _children(tmp_path, "failing")}
+    assert runs["ok"].info.status == "FINISHED"
+    assert runs["broken"].info.status == "FAILED" and runs["broken"].data.tags["hashtune.status"] == "failed"
+    assert "data.root='/nonexistent/cifar' is not a directory" in runs["broken"].data.tags["hashtune.error"]
+
+
+def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results), *extra]
+
+
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
+    space = tmp_path / "resume.yaml"
+    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 2\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    driver = subprocess.Popen(_sweep_command(space, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (tmp_path / "mlflow.db").exists() and any(
+            r.data.tags.get("hashtune.status") == "finished" for r in _children(tmp_path, "resume")
+        ):
+            break
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    finished_before = {r.data.tags["hashtune.trial_id"] for r in _children(tmp_path, "resume") if r.data.tags["hashtune.status"] == "finished"}
+    assert finished_before, "the sweep was killed before any trial finished"
+    resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    children = _children(tmp_path, "resume")
+    trial_ids = [r.data.tags["hashtune.trial_id"] for r in children]
+    assert len(children) == 3 and len(set(trial_ids)) == 3
+    assert all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        if run.data.tags["hashtune.trial_id"] in finished_before:
+            assert len(_client(tmp_path).get_metric_history(run.info.run_id, "train/loss")) == 2  # not re-run
+
+
+def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
+    space = tmp_path / "asha.yaml"
+    space.write_text(
+        "search: random\nnum_samples: 3\nmax_concurrent: 1\nworkers: 1\nseeds: [0]\n"
+        "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}\nfixed:\n  train.epochs: 4\n" + TINY
+        + "params:\n  train.lr: {loguniform: [1.0e-5, 1.0e-2]}\n"
+    )
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert '"trials": 3' in out and '"failed": 0' in out
+    children = _children(tmp_path, "asha")
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["hashtune.status"] for r in children} <= {"finished", "stopped_early"}
+    assert any(r.data.tags["hashtune.status"] == "stopped_early" for r in children)
