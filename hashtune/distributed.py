@@ -102,7 +102,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
-    """Connect to `address`, or start a local Ray bound to 127.0.0.1 with its dashboard on.
+    """Connect to `address`, or start a local Ray whose dashboard listens on 127.0.0.1 only.
 
     Train V2 needs the dashboard's State API to clean up placement groups. Returns whether this call
     started Ray (the caller then shuts it down).
@@ -115,7 +115,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(
-            num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=False
+            num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
         )
     return True
 

@@ -82,10 +82,10 @@ def _fidelity_aware_optuna_search(**kwargs):
     from ray.tune.search.optuna import OptunaSearch
 
     class FidelityAwareOptunaSearch(OptunaSearch):
-        """Only a trial whose final report says `done` is COMPLETE; an ASHA-stopped one is PRUNED."""
+        """Only a trial whose final report carries `final` is COMPLETE; an ASHA-stopped one is PRUNED."""
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            finished = bool(result) and result.get("done") == 1.0
+            finished = bool(result) and result.get("final") == 1.0
             super().on_trial_complete(trial_id, result if finished else None, error)
 
     return FidelityAwareOptunaSearch(**kwargs)

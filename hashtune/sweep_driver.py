@@ -112,7 +112,7 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
     for result in results:
         if result.error is not None:
             failed.append(result)
-        elif (result.metrics or {}).get("done") == 1.0:
+        elif (result.metrics or {}).get("final") == 1.0:
             finished.append(result)
         else:
             stopped.append(result)

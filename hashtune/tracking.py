@@ -127,6 +127,7 @@ class MlflowTrialLogger(Callback):
         self._client = None
         self._run_ids: dict[str, str] = {}
         self._last: dict[str, dict] = {}
+        self._logged: dict[str, set] = {}
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks into its experiment state
         return {**self.__dict__, "_client": None}
@@ -167,23 +168,28 @@ class MlflowTrialLogger(Callback):
 
         step = int(result.get("epoch", 0))
         timestamp = int(result.get("timestamp", 0) * 1000)
+        logged = self._logged.setdefault(trial.trial_id, set())
+        # the final report repeats the last evaluation's values: log each (name, epoch) once
         metrics = [Metric(key, float(value), timestamp, step) for key, value in result.items()
-                   if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)]
-        self.client.log_batch(self.run_id(trial), metrics=metrics)
+                   if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool) and (key, step) not in logged]
+        logged.update((metric.key, step) for metric in metrics)
+        if metrics:
+            self.client.log_batch(self.run_id(trial), metrics=metrics)
         self._last[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         last = self._last.get(trial.trial_id) or trial.last_result or {}
-        finished = last.get("done") == 1.0 or int(last.get("epoch", 0)) >= self.epochs
+        finished = last.get("final") == 1.0
         self._log_artifacts(run_id, trial)
         self.client.set_tag(run_id, f"{TAG}status", "finished" if finished else "stopped_early")
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
-        error = trial.get_error()
-        message = f"{type(error).__name__}: {error}" if error is not None else "trial failed"
+        # Tune writes the error text locally and syncs it to storage later: read the local file
+        error_file = Path(trial.error_file) if trial.error_file else None
+        message = error_file.read_text() if error_file is not None and error_file.is_file() else "trial failed (no error text)"
         self.client.set_tag(run_id, f"{TAG}status", "failed")
         self.client.set_tag(run_id, f"{TAG}error", _root_cause(message)[:4000])
         self._log_artifacts(run_id, trial)

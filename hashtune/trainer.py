@@ -217,13 +217,13 @@ def fit(
     epochs = tqdm(range(run.epoch, config.train.epochs), initial=run.epoch, total=config.train.epochs, disable=not show_progress, desc="epochs")
     for epoch in epochs:
         row = run.train_epoch(epoch)
-        if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == config.train.epochs:
+        last = epoch + 1 == config.train.epochs
+        if last or (epoch + 1) % config.train.eval_every == 0:
             row |= run.validate()
-            run.epoch = epoch + 1
-            run.checkpoint_and_report(row)
-        else:
-            run.epoch = epoch + 1
-            run.history.append(row)
+        run.epoch = epoch + 1
+        run.history.append(row)
+        if "val/mAP" in row and not last:  # the last evaluation is reported with the test metrics by finish()
+            run.save_and_report(row)
         epochs.set_postfix({k.split("/")[1]: f"{v:.4f}" for k, v in row.items() if k in ("train/loss", "val/mAP")})
     return run.finish()
 
@@ -310,15 +310,22 @@ class _TrainingRun:
         self.train_seconds = state["timing"]["train_seconds"]
         self.images_trained = state["timing"]["images_trained"]
 
-    def checkpoint_and_report(self, row: dict[str, float]) -> None:
-        self.history.append(row)
+    def save(self) -> None:
         if self.runtime.is_main:
             save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
             outputs.write_history(self.history, self.run_dir / "history.csv")
+
+    def save_and_report(self, row: dict[str, float]) -> None:
+        self.save()
         self.runtime.report(row, self.run_dir if self.runtime.is_main else None)
 
     def finish(self) -> dict[str, float]:
-        """Evaluate the test queries with the best-val weights, write the final files, report."""
+        """Save the last epoch, evaluate the test queries with the best-val weights, write and report.
+
+        The last evaluation and the test metrics go out as one report (with `final: 1`), so a scheduler
+        that stops trials at `train.epochs` (ASHA's max_t) still sees the finished result.
+        """
+        self.save()
         final_weights = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(self.best["model"])
         test = evaluate(self.model, self.test_loader, self.database_loader, runtime=self.runtime, config=self.config)
@@ -332,5 +339,5 @@ class _TrainingRun:
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.plot_pr_curve(test, self.run_dir / "pr_curve.png", title=f"{self.config.model.bits} bits, best val epoch {self.best['epoch']}")
-        self.runtime.report(metrics | {"done": 1.0}, self.run_dir if self.runtime.is_main else None)
+        self.runtime.report(metrics | {"final": 1.0}, self.run_dir if self.runtime.is_main else None)
         return metrics

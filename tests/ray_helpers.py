@@ -11,11 +11,10 @@ import ray
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 2):
-    """A local Ray bound to 127.0.0.1 with its dashboard (Train V2's State API) on a loopback port."""
+    """A local Ray whose dashboard (Train V2's State API) listens on 127.0.0.1 only."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     ray.init(
-        num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-        _temp_dir=temp_dir, log_to_driver=False,
+        num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
     )
     try:
         yield

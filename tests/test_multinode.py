@@ -19,12 +19,9 @@ def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={
-            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "temp_dir": temp_dir,
-        },
+        head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "temp_dir": temp_dir},
     )
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield cluster

@@ -102,7 +102,7 @@ def test_early_stopped_trials_are_told_to_optuna_as_pruned():
     for trial_id in ("a", "b"):
         assert searcher.suggest(trial_id) is not None
     searcher.on_trial_complete("a", {"val/mAP": 0.4, "epoch": 50})
-    searcher.on_trial_complete("b", {"val/mAP": 0.8, "epoch": 150, "done": 1.0})
+    searcher.on_trial_complete("b", {"val/mAP": 0.8, "epoch": 150, "final": 1.0})
     states = [trial.state for trial in searcher._ot_study.trials]
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
     assert searcher._ot_study.best_value == 0.8
