@@ -153,6 +153,13 @@ def _signed_similarity(sim: torch.Tensor) -> torch.Tensor:
     return 2.0 * sim - 1.0
 
 
+def _asymmetric_terms(codes, database_codes, sim, own_database_codes, gamma_a: float) -> torch.Tensor:
+    """`sum_ij (u_i . b_j - bits * s_ij)^2 + gamma_a * sum_i ||b_i - u_i||^2`, `s_ij` in {-1, +1}."""
+    target = codes.shape[1] * _signed_similarity(sim.to(codes.dtype))
+    square = (codes @ database_codes.T - target).pow(2).sum()
+    return square + gamma_a * (own_database_codes - codes).pow(2).sum()
+
+
 def asymmetric_loss(
     codes: torch.Tensor,
     database_codes: torch.Tensor,
@@ -176,11 +183,8 @@ def asymmetric_loss(
         own_database_codes: the rows of `B` that belong to the batch items, shape (n, bits).
         gamma_a: weight of the term tying each sampled image's code to its database code.
     """
-    bits = codes.shape[1]
-    target = bits * _signed_similarity(sim.to(codes.dtype))
-    square = (codes @ database_codes.T - target).pow(2).sum()
-    tie = (own_database_codes - codes).pow(2).sum()
-    return (square + gamma_a * tie) / (codes.shape[0] * database_codes.shape[0] * bits**2)
+    pairs = codes.shape[0] * database_codes.shape[0]
+    return _asymmetric_terms(codes, database_codes, sim, own_database_codes, gamma_a) / (pairs * codes.shape[1] ** 2)
 
 
 def asymmetric_objective(
@@ -200,11 +204,7 @@ def asymmetric_objective(
         sample_index: rows of `B` that the sampled images own, shape (n,).
         gamma_a: weight of the tie term.
     """
-    bits = codes.shape[1]
-    target = bits * _signed_similarity(sim.to(codes.dtype))
-    square = (codes @ database_codes.T - target).pow(2).sum()
-    tie = (database_codes[sample_index] - codes).pow(2).sum()
-    return square + gamma_a * tie
+    return _asymmetric_terms(codes, database_codes, sim, database_codes[sample_index], gamma_a)
 
 
 @torch.no_grad()

@@ -20,11 +20,18 @@ gives each item its rank as "items in closer buckets + earlier items in its own 
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+# numba's default OpenMP layer shares libgomp with torch: its first parallel region resets torch's
+# thread count (1 -> all cores in a 1-CPU Ray trial), and concurrent trials then oversubscribe the
+# machine about 5x. The workqueue layer has its own threads and leaves torch's settings alone.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 __all__ = [
     "pack_codes",
@@ -171,9 +178,18 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
         raise ValueError(f"topk={topk} must be a positive number of items or None for the whole database")
     topk = n_db if topk is None else min(int(topk), n_db)
     cutoff_array = np.asarray(list(cutoffs) or [0], dtype=np.int64)
-    return _rank_statistics(
-        query_words, db_words, query_label_words, db_label_words, bits, topk, cutoff_array, numba.get_num_threads()
-    )
+    threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
+    numba.set_num_threads(threads)
+    return _rank_statistics(query_words, db_words, query_label_words, db_label_words, bits, topk, cutoff_array, threads)
+
+
+def _torch_threads() -> int:
+    """torch's intra-op thread count (OMP_NUM_THREADS in a Ray worker), or all cores without torch."""
+    try:
+        import torch
+    except ImportError:
+        return os.cpu_count() or 1
+    return torch.get_num_threads()
 
 
 def average_precisions(query_codes, db_codes, query_labels, db_labels, topk: int | None = None) -> np.ndarray:
