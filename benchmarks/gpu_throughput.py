@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -63,13 +64,19 @@ def measure(config, runtime: LocalRuntime, *, images: int, epochs: int) -> float
 
 
 def ray_worker(loop_config: dict) -> None:
+    import json
+    import tempfile
+
     import ray.train
 
     from hashtune.config import config_from_dict
     from hashtune.distributed import RayTrainRuntime
 
     rate = measure(config_from_dict(loop_config["config"]), RayTrainRuntime(), images=loop_config["images"], epochs=loop_config["epochs"])
-    ray.train.report({"images_per_s": rate})
+    # Train V2 keeps a report's metrics only with a checkpoint
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "rate.json").write_text(json.dumps({"images_per_s": rate}))
+        ray.train.report({"images_per_s": rate}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def ray_rate(config, *, images: int, epochs: int, gpus: float) -> float:

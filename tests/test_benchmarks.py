@@ -15,8 +15,10 @@ def test_bench_metrics_table(tmp_path):
 def test_digits_baselines_table(tmp_path):
     out = tmp_path / "baselines.md"
     digits_baselines.main(["--bits", "16", "--seeds", "0", "--extra", "train.epochs=1", "model.depth=2", "--out", str(out)])
-    text = out.read_text()
-    assert "| LSH (pixels) | 0.35" in text and "ITQ (pixels)" in text and "hashtune asymmetric" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.read_text().splitlines() if line.startswith("| ")}
+    assert 0.25 < float(rows["LSH (pixels)"].split()[0]) < 0.45  # seed 0 of LSH at 16 bits (3-seed mean 0.354)
+    assert 0.55 < float(rows["ITQ (pixels)"].split()[0]) < 0.70
+    assert {"hashtune symmetric (defaults)", "hashtune asymmetric (epochs 150)"} <= rows.keys()
 
 
 @pytest.mark.slow
