@@ -1,6 +1,7 @@
 """Ray Train wrapping the plain trainer: DDP results, exact distributed evaluation, worker restore."""
 
 import csv
+import json
 import os
 import signal
 import threading
@@ -52,10 +53,21 @@ def test_two_worker_ddp_run_matches_single_process_evaluation(ray_session, tmp_p
     assert float(rows[-1]["val/mAP"]) == pytest.approx(_single_process_val_map(tmp_path / "run"), abs=1e-9)
 
 
-def _kill_one_worker_after_two_checkpoints(storage: Path, killed: list, deadline: float) -> None:
-    # the second checkpoint being written means the first one is registered with Ray Train
+def _checkpoint_registered(storage: Path) -> bool:
+    # Train V2's controller writes this snapshot once it has registered a reported checkpoint; a
+    # checkpoint folder on disk alone may not be registered yet when the worker dies
+    for snapshot in storage.rglob("checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, json.JSONDecodeError):
+            pass
+    return False
+
+
+def _kill_one_worker_after_a_registered_checkpoint(storage: Path, killed: list, deadline: float) -> None:
     while time.time() < deadline:
-        if len(list(storage.rglob("checkpoint.pt"))) >= 2:
+        if _checkpoint_registered(storage):
             workers = train_workers("ALIVE")
             if workers:
                 os.kill(workers[-1].pid, signal.SIGKILL)
@@ -68,7 +80,7 @@ def test_killed_worker_restores_from_last_checkpoint(ray_session, tmp_path):
     config = load_config(overrides=SMALL + ["train.epochs=30", "train.eval_every=2"])
     storage = tmp_path / "storage"
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_one_worker_after_two_checkpoints, args=(storage, killed, time.time() + 300))
+    killer = threading.Thread(target=_kill_one_worker_after_a_registered_checkpoint, args=(storage, killed, time.time() + 300))
     killer.start()
     metrics = fit_distributed(config, run_dir=tmp_path / "run", workers=2, storage=str(storage), max_failures=2)
     killer.join()
