@@ -222,7 +222,21 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         params=params,
     )
     _check_feasible(where, space, base)
+    _check_scheduler(where, space, base)
     return space
+
+
+def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
+    """ASHA's rungs must fit inside the trials' epochs (they are counted in epochs)."""
+    if space.scheduler["type"] != "asha":
+        return
+    epochs = base.replace(space.fixed).train.epochs
+    grace = space.scheduler.get("grace_period", max(1, epochs // 6))
+    factor = space.scheduler.get("reduction_factor", 3)
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= epochs:
+        raise SpaceError(f"{where}: scheduler.grace_period must be an integer in [1, train.epochs={epochs}], got {grace!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+        raise SpaceError(f"{where}: scheduler.reduction_factor must be a number > 1, got {factor!r}")
 
 
 def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:

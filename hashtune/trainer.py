@@ -261,6 +261,7 @@ class _TrainingRun:
         self.history: list[dict[str, float]] = []
         self.best = {"val/mAP": -1.0, "epoch": 0, "model": copy.deepcopy(self.model.state_dict())}
         self.train_seconds, self.images_trained = 0.0, 0
+        self._cpu_before, self._cpu_mark = 0.0, time.process_time()
 
     def steps_per_epoch(self) -> int:
         t = self.config.train
@@ -287,10 +288,17 @@ class _TrainingRun:
         metrics = evaluate(self.model, self.val_loader, self.database_loader, runtime=self.runtime, config=self.config)
         if metrics.map > self.best["val/mAP"]:
             self.best = {"val/mAP": metrics.map, "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
-        return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"], "throughput/images_per_s": self.throughput()}
+        return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"]} | self.timing()
 
     def throughput(self) -> float:
         return self.images_trained / self.train_seconds if self.train_seconds else 0.0
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (all its threads) spent on the run so far, across restarts."""
+        return self._cpu_before + time.process_time() - self._cpu_mark
+
+    def timing(self) -> dict[str, float]:
+        return {"throughput/images_per_s": self.throughput(), "time/train_s": self.train_seconds, "time/cpu_s": self.cpu_seconds()}
 
     def state_dict(self) -> dict:
         return {
@@ -298,7 +306,7 @@ class _TrainingRun:
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "config": to_flat_dict(self.config),
             "rng": rng_state(), "history": self.history, "best": self.best, "database_codes": self.database_codes,
             "splits": {name: torch.from_numpy(np.asarray(getattr(self.data.splits, name))) for name in self.data.splits.sizes()},
-            "timing": {"train_seconds": self.train_seconds, "images_trained": self.images_trained},
+            "timing": {"train_seconds": self.train_seconds, "images_trained": self.images_trained, "cpu_seconds": self.cpu_seconds()},
         }
 
     def load_state(self, state: dict) -> None:
@@ -309,6 +317,7 @@ class _TrainingRun:
         self.database_codes = state["database_codes"]
         self.train_seconds = state["timing"]["train_seconds"]
         self.images_trained = state["timing"]["images_trained"]
+        self._cpu_before, self._cpu_mark = state["timing"].get("cpu_seconds", 0.0), time.process_time()
 
     def save(self) -> None:
         if self.runtime.is_main:
@@ -334,8 +343,8 @@ class _TrainingRun:
         metrics = {key: value for key, value in last.items() if key.startswith(("train/", "val/"))}
         metrics |= test.as_dict("test") | {
             "epoch": self.epoch, "val/best_mAP": self.best["val/mAP"], "best_epoch": self.best["epoch"],
-            "throughput/images_per_s": self.throughput(), "resumed_at_epoch": self.resumed_at_epoch,
-        }
+            "resumed_at_epoch": self.resumed_at_epoch,
+        } | self.timing()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.plot_pr_curve(test, self.run_dir / "pr_curve.png", title=f"{self.config.model.bits} bits, best val epoch {self.best['epoch']}")

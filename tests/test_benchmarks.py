@@ -30,3 +30,16 @@ def test_ray_benchmarks_at_tiny_size(tmp_path):
     assert (tmp_path / "ray.md").read_text().count("| Ray Train |") == 2
     gpu_throughput.main(["--tiny", "--images", "64", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "gpu.md")])
     assert "Ray Train, 1 worker" in (tmp_path / "gpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_search_benchmark_at_tiny_size(tmp_path):
+    from benchmarks import bench_search
+
+    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
+    out = tmp_path / "search.md"
+    bench_search.main(["--trials", "2", "--extra", *tiny, "--fixed", "train.epochs=2", "train.eval_every=1", "--out", str(out)])
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].strip() for row in rows] == ["TPE + ASHA", "random, no early stopping"]
+    for row in rows:
+        assert int(row[1]) == 2 and 0.0 < float(row[5]) <= 1.0 and float(row[6]) > 0

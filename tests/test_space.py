@@ -61,6 +61,10 @@ def _write(tmp_path, text):
         ("search: tpe\nseeds: [0, 1]\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"a tpe search takes one seed"),
         ("variants: {broken: {loss.prob: gauss}}\n", r"variants.broken: loss.prob: expected one of cauchy, sigmoid"),
         ("params: [1, 2\n", r"not valid YAML"),
+        ("search: tpe\nfixed: {train.epochs: 20}\nscheduler: {type: asha, grace_period: 50}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+         r"grace_period must be an integer in \[1, train.epochs=20\], got 50"),
+        ("search: tpe\nscheduler: {type: asha, reduction_factor: 1}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+         r"reduction_factor must be a number > 1, got 1"),
     ],
 )
 def test_bad_spaces_are_one_line_errors(tmp_path, text, message):
