@@ -19,6 +19,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "config_from_params",
     "DataConfig",
     "ModelConfig",
     "LossConfig",
@@ -226,6 +227,16 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """A config from a nested or dotted dict (a YAML file, a checkpoint, MLflow params)."""
     return apply_overrides(Config(), tree)
+
+
+def config_from_params(params: dict[str, str]) -> Config:
+    """A config from MLflow params (every value logged as `str(value)`); keys that are not config keys are ignored."""
+    valid = set(to_flat_dict(Config()))
+    values = {}
+    for key, text in params.items():
+        if key in valid:
+            values[key] = None if text == "None" else parse_overrides([f"{key}={text}"])[key]
+    return apply_overrides(Config(), values)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

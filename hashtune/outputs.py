@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from hashtune.metrics import RetrievalMetrics  # noqa: E402
 
-__all__ = ["write_history", "write_metrics", "read_metrics", "plot_pr_curve"]
+__all__ = ["write_history", "write_metrics", "read_metrics", "write_pr_curve", "read_pr_curve", "plot_pr_curve"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -43,6 +43,20 @@ def write_metrics(metrics: dict[str, float], path: str | Path) -> None:
 
 def read_metrics(path: str | Path) -> dict[str, float]:
     return json.loads(Path(path).read_text())
+
+
+def write_pr_curve(metrics: RetrievalMetrics, path: str | Path) -> None:
+    """The precision-recall points by Hamming radius as CSV (radius, precision, recall)."""
+    rows = [{"radius": int(r), "precision": float(p), "recall": float(q)}
+            for r, p, q in zip(metrics.pr_radius, metrics.pr_precision, metrics.pr_recall)]
+    write_history(rows, path)
+
+
+def read_pr_curve(path: str | Path) -> dict[str, list[float]]:
+    """`{"radius": [...], "precision": [...], "recall": [...]}` from `write_pr_curve`'s file."""
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {column: [float(row[column]) for row in rows] for column in ("radius", "precision", "recall")}
 
 
 def plot_pr_curve(metrics: RetrievalMetrics, path: str | Path, *, title: str = "") -> None:

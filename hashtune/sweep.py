@@ -235,7 +235,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("best"):
+        _report(summary, Path(args.results_dir))
     return 0 if summary.get("best") else 1
+
+
+def _report(summary: dict, results_dir: Path) -> None:
+    """The study of the sweep's experiment into `results/<experiment>/` (and onto its parent run)."""
+    from mlflow import MlflowClient
+
+    from hashtune.report import ReportError, build_report
+
+    out = results_dir / summary["experiment"].replace("/", "_")
+    try:
+        build_report(MlflowClient(summary["mlflow_uri"]), summary["experiment"], out)
+    except ReportError as error:  # the sweep's runs are safe in MLflow; the report can be rebuilt later
+        print(f"hashtune.sweep: report not built: {error}", file=sys.stderr)
+        return
+    print(f"study written to {out} (python -m hashtune.report --experiment {summary['experiment']} rebuilds it)")
 
 
 if __name__ == "__main__":

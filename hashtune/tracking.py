@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 TAG = "hashtune."
-ARTIFACTS = ("config.yaml", "history.csv", "metrics.json", "pr_curve.png", "splits.npz")
+ARTIFACTS = ("config.yaml", "history.csv", "metrics.json", "pr_curve.png", "pr_curve.csv", "splits.npz")
 
 
 def default_tracking_uri(results_dir: Path) -> str:
@@ -39,10 +39,18 @@ def default_tracking_uri(results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'mlflow.db').absolute()}"
 
 
-def resolve_tracking(uri: str | None, results_dir: Path) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for new experiments); checks that the store answers."""
+def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for new experiments); checks that the store answers.
+
+    With `create=False` (readers such as the report) a SQLite store that does not exist yet is an error
+    instead of a new empty database.
+    """
     from mlflow import MlflowClient
 
+    if not create:
+        database = Path((uri or default_tracking_uri(results_dir)).removeprefix("sqlite:///"))
+        if (uri is None or uri.startswith("sqlite:///")) and not database.is_file():
+            raise ConnectionError(f"no MLflow store at {database}; run a sweep first or pass --mlflow-uri")
     if uri is None:
         results_dir.mkdir(parents=True, exist_ok=True)
         uri, artifacts = default_tracking_uri(results_dir), (results_dir / "mlartifacts").absolute().as_uri()

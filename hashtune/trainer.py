@@ -191,7 +191,7 @@ def fit(
     Args:
         config: the resolved configuration.
         runtime: where the loop runs (default: this process on `train.device`).
-        run_dir: folder for config.yaml, splits.npz, checkpoint.pt, history.csv, metrics.json, pr_curve.png.
+        run_dir: folder for config.yaml, splits.npz, checkpoint.pt, history.csv, metrics.json, pr_curve.png, pr_curve.csv.
         resume_from: a run folder or checkpoint file to continue from (its config must equal `config`).
         show_progress: a progress bar over epochs.
     """
@@ -347,6 +347,7 @@ class _TrainingRun:
         } | self.timing()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
+            outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
             outputs.plot_pr_curve(test, self.run_dir / "pr_curve.png", title=f"{self.config.model.bits} bits, best val epoch {self.best['epoch']}")
         self.runtime.report(metrics | {"final": 1.0}, self.run_dir if self.runtime.is_main else None)
         return metrics

@@ -48,8 +48,11 @@ def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path):
         assert run.data.params["model.depth"] == "1" and "loss.gamma" in run.data.params
         assert {"val/mAP", "test/mAP", "test/precision_at_100", "train/loss"} <= run.data.metrics.keys()
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "pr_curve.png", "history.csv"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "pr_curve.png", "pr_curve.csv", "history.csv"}
     assert {r.data.params["model.k_groups"] for r in children} == {"1", "2"}
+    # the sweep ends with its study: in results/<experiment>/ and on the parent run
+    assert {"README.md", "sensitivity_k.md", "search_progress.png", "pr_curves.png"} <= {p.name for p in (tmp_path / "smoke").iterdir()}
+    assert "report/README.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 2  # exists: no silent overwrite
 
 

@@ -41,7 +41,7 @@ def test_short_symmetric_run_learns_and_writes_its_folder(tmp_path):
     metrics = fit(config, run_dir=tmp_path)
     assert metrics["val/mAP"] > _initial_val_map(config) + 0.2
     assert {"test/mAP", "test/precision_at_100", "test/p_r2", "throughput/images_per_s", "train/pair"} <= metrics.keys()
-    for name in ("config.yaml", "splits.npz", "checkpoint.pt", "history.csv", "metrics.json", "pr_curve.png"):
+    for name in ("config.yaml", "splits.npz", "checkpoint.pt", "history.csv", "metrics.json", "pr_curve.png", "pr_curve.csv"):
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert len(rows) == 15 and rows[4]["val/mAP"] and not rows[3]["val/mAP"]

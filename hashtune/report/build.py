@@ -1,0 +1,122 @@
+"""Build a study's folder from its MLflow runs and log it on the sweep's parent run."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hashtune.outputs import read_pr_curve
+from hashtune.report.importance import parameter_importances, rebuild_study
+from hashtune.report.plots import plot_importance, plot_pr_curves, plot_search_progress, plot_sensitivity
+from hashtune.report.runs import Study, TrialRun, load_study
+from hashtune.report.tables import (
+    METRIC, ablation_table, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
+)
+
+__all__ = ["build_report", "ARTIFACT_PATH"]
+
+ARTIFACT_PATH = "report"
+
+
+def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = "val/mAP", reference: str = "full",
+                 log_to_parent: bool = True) -> list[Path]:
+    """Write every table, plot and the folder's README.md; returns the files written.
+
+    Args:
+        client: an `mlflow.MlflowClient` on the sweep's tracking store.
+        experiment: the sweep's experiment name.
+        out_dir: the study folder (created).
+        metric: the selection metric (best runs, importance objective, search progress).
+        reference: the variant the ablation differences are taken against.
+        log_to_parent: also log the folder as artifacts (`report/`) of the newest sweep parent run.
+    """
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    study = load_study(client, experiment)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written, notes = [], {}
+
+    def write(name: str, text: str, note: str) -> None:
+        (out / name).write_text(text)
+        written.append(out / name)
+        notes[name] = note
+
+    ablation = ablation_table(study.runs, reference)
+    directions = paper_directions(ablation) if ablation else []
+    if ablation:
+        write("ablation.md", ablation.to_markdown() + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
+              f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
+              f"each variant's paired difference to `{ablation.reference}`, and the papers' claims checked in words")
+        write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
+    k_table = k_bits_table(study.runs)
+    if k_table:
+        write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
+        write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
+    curves = continuous_sensitivity(study.runs)
+    if curves:
+        markdown, csv_text = continuous_table(curves)
+        write("sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits")
+        write("sensitivity_continuous.csv", csv_text, "the same with 95% intervals")
+        for param in dict.fromkeys(curve.param for curve in curves):
+            name = f"sensitivity_{param.replace('.', '_')}.png"
+            written.append(plot_sensitivity(curves, param, out / name))
+            notes[name] = f"{METRIC} against `{param}`: every finished run, binned means ± 95% CI"
+    importances = parameter_importances(rebuild_study(study.runs, metric))
+    if importances:
+        rows = [f"{name},{param},{value:.6f}" for name, values in importances.items() for param, value in values.items()]
+        write("importance.csv", "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
+              f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)")
+        written.append(plot_importance(importances, out / "importance.png"))
+        notes["importance.png"] = "the same as bar charts"
+    pr = _best_pr_curves(client, study, metric)
+    if pr:
+        written.append(plot_pr_curves(pr, out / "pr_curves.png", f"test PR by Hamming radius: best run (by {metric}) of each group"))
+        notes["pr_curves.png"] = f"precision-recall curves of the best run by `{metric}` of each variant (or code length)"
+    written.append(plot_search_progress(study.runs, metric, out / "search_progress.png"))
+    notes["search_progress.png"] = f"each trial's last `{metric}` in start order, and the best finished so far"
+    write("README.md", _readme(study, metric, notes, directions), "")
+    if log_to_parent and study.parent_run_ids:
+        client.log_artifacts(study.parent_run_ids[0], str(out), artifact_path=ARTIFACT_PATH)
+    return written
+
+
+def _best_pr_curves(client, study: Study, metric: str) -> dict[str, dict[str, list[float]]]:
+    """The test PR curve (`pr_curve.csv` artifact) of the best finished run per variant, else per bits."""
+    groups: dict[str, TrialRun] = {}
+    for run in study.finished:
+        if metric not in run.metrics:
+            continue
+        label = run.variant or f"{run.bits} bits"
+        if label not in groups or run.metrics[metric] > groups[label].metrics[metric]:
+            groups[label] = run
+    curves = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, run in groups.items():
+            if "pr_curve.csv" not in {artifact.path for artifact in client.list_artifacts(run.run_id)}:
+                continue
+            local = client.download_artifacts(run.run_id, "pr_curve.csv", scratch)
+            curves[f"{label} (test mAP {run.metrics[METRIC]:.3f})"] = read_pr_curve(local)
+    return curves
+
+
+def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str]) -> str:
+    counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
+    lines = [
+        f"# Study `{study.experiment_name}`",
+        "",
+        f"Built by `python -m hashtune.report --experiment {study.experiment_name}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow store `{study.tracking_uri}` "
+        f"(experiment id {study.experiment_id}).",
+        "",
+        f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "
+        "importance objective. Seeds are `train.seed` = `data.seed` replicates.",
+        "",
+        "| file | what |",
+        "|---|---|",
+        *[f"| `{name}` | {note} |" for name, note in notes.items() if note],
+    ]
+    if directions:
+        lines += ["", "## The papers' directions on this data", "", *[f"- {sentence}" for sentence in directions]]
+    return "\n".join(lines) + "\n"

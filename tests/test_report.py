@@ -1,0 +1,220 @@
+"""Studies from MLflow: tables checked against hand-computed statistics on a store with known runs."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import json
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from hashtune.config import Config, to_flat_dict
+from hashtune.outputs import write_pr_curve
+from hashtune.metrics import retrieval_metrics
+from hashtune.report import ReportError, build_report, load_study
+from hashtune.report.__main__ import main as report_main
+from hashtune.report.importance import infer_distribution, parameter_importances, rebuild_study
+from hashtune.report.stats import mean_ci, paired_difference
+from hashtune.report.tables import ablation_table, continuous_sensitivity, k_bits_table, paper_directions
+
+T_975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
+
+ABLATION = {  # variant -> overrides, per-seed test/mAP
+    "full": ({}, [0.80, 0.90, 0.85]),
+    "w/o Q": ({"loss.quant_weight": 0.0}, [0.70, 0.86, 0.78]),
+    "w/o C": ({"loss.prob": "sigmoid"}, [0.82, 0.93, 0.88]),
+}
+
+
+def _store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("study", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, run_name="study", tags={"hashtune.role": "sweep"}).info.run_id
+    return uri, client, experiment_id, parent
+
+
+def _child(client, experiment_id, parent, overrides, *, status="finished", variant="", metrics=None, pr_dir=None):
+    flat = to_flat_dict(Config().replace(overrides))
+    run = client.create_run(experiment_id, run_name=f"{variant} {overrides}", tags={
+        "mlflow.parentRunId": parent, "hashtune.variant": variant, "hashtune.status": status, "hashtune.trial_id": f"t{time.time_ns()}",
+    })
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flat.items()],
+                     metrics=[Metric(k, v, 0, 300) for k, v in (metrics or {}).items()])
+    if pr_dir is not None:
+        client.log_artifact(run_id, str(pr_dir / "pr_curve.csv"))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+@pytest.fixture
+def ablation_store(tmp_path):
+    uri, client, experiment_id, parent = _store(tmp_path)
+    rng = np.random.default_rng(0)
+    codes, labels = np.sign(rng.standard_normal((40, 8))), np.eye(4)[rng.integers(0, 4, 40)]
+    pr_dir = tmp_path / "pr"
+    pr_dir.mkdir()
+    write_pr_curve(retrieval_metrics(codes[:10], codes[10:], labels[:10], labels[10:]), pr_dir / "pr_curve.csv")
+    for variant, (overrides, values) in ABLATION.items():
+        for seed, value in enumerate(values):
+            seeded = overrides | {"train.seed": seed, "data.seed": seed}
+            _child(client, experiment_id, parent, seeded, variant=variant, metrics={"test/mAP": value, "val/mAP": value - 0.01}, pr_dir=pr_dir)
+    _child(client, experiment_id, parent, {"train.seed": 3}, variant="full", status="stopped_early", metrics={"val/mAP": 0.5})
+    return uri, client, parent
+
+
+def test_mean_ci_and_paired_test_match_hand_formulas():
+    ci = mean_ci([0.80, 0.90, 0.85])
+    assert ci.mean == pytest.approx(0.85) and ci.n == 3
+    assert ci.half_width == pytest.approx(T_975_DF2 * 0.05 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.7]).half_width)
+    full, without = dict(enumerate([0.80, 0.90, 0.85])), dict(enumerate([0.70, 0.86, 0.78]))
+    d = paired_difference(without, full)
+    differences = np.array([-0.10, -0.04, -0.07])
+    t_statistic = differences.mean() / (differences.std(ddof=1) / math.sqrt(3))
+    from scipy import stats
+
+    assert d.difference.mean == pytest.approx(-0.07) and d.n == 3 and d.wins == 0
+    assert d.p_value == pytest.approx(2 * stats.t.sf(abs(t_statistic), 2))
+    assert paired_difference({0: 1.0}, {1: 1.0}) is None
+
+
+def test_ablation_table_cells_ci_and_directions(ablation_store):
+    uri, client, _ = ablation_store
+    study = load_study(client, "study")
+    assert study.counts() == {"finished": 9, "stopped_early": 1}
+    table = ablation_table(study.runs)
+    assert table.variants == ["full", "w/o C", "w/o Q"] and table.bits == [32]
+    full = table.cells["full", 32]
+    assert full.summary.mean == pytest.approx(0.85) and full.summary.n == 3  # the stopped run is not counted
+    assert full.summary.half_width == pytest.approx(T_975_DF2 * 0.05 / math.sqrt(3))
+    assert table.cells["w/o Q", 32].versus_reference.difference.mean == pytest.approx(-0.07)
+    markdown = table.to_markdown()
+    assert "**0.877 ± 0.137 (n=3)**" in markdown  # w/o C has the best mean: bold
+    assert "0.850 ± 0.124 (n=3)" in markdown
+    directions = paper_directions(table)
+    assert directions[0].startswith("full > w/o C") and "does not hold (reversed)" in directions[0]
+    assert directions[1].startswith("full > w/o Q") and "+0.070 mAP, 3/3 seeds agree" in directions[1]
+    rows = table.to_csv().splitlines()
+    assert rows[0].startswith("variant,bits,n,mean,ci95_low") and rows[1].startswith("full,32,3,0.8500,0.7258,0.9742")
+
+
+def test_report_writes_tables_plots_and_logs_them_on_the_parent(ablation_store, tmp_path):
+    uri, client, parent = ablation_store
+    written = {path.name for path in build_report(client, "study", tmp_path / "out")}
+    assert {"ablation.md", "ablation.csv", "importance.csv", "importance.png", "pr_curves.png", "search_progress.png", "README.md"} <= written
+    for name in written:
+        if name.endswith(".png"):
+            assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    importance = (tmp_path / "out" / "importance.csv").read_text()
+    assert {"data.seed=train.seed", "loss.prob", "loss.quant_weight"} <= {line.split(",")[1] for line in importance.splitlines()[1:]}
+    assert {line.split(",")[0] for line in importance.splitlines()[1:]} == {"fANOVA", "PED-ANOVA"}
+    logged = {artifact.path for artifact in client.list_artifacts(parent, "report")}
+    assert {f"report/{name}" for name in written} == logged
+    assert "full > w/o Q" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_k_bits_table_marks_infeasible_and_not_run_cells(tmp_path):
+    uri, client, experiment_id, parent = _store(tmp_path)
+    for k, bits, value in [(1, 16, 0.70), (1, 16, 0.72), (2, 16, 0.75), (2, 32, 0.80), (4, 32, 0.82)]:
+        _child(client, experiment_id, parent, {"model.k_groups": k, "model.bits": bits}, metrics={"test/mAP": value, "val/mAP": value})
+    table = k_bits_table(load_study(client, "study").runs)
+    assert table.k_values == [1, 2, 3, 4] and table.bits == [16, 32]
+    assert table.cell_text(1, 16) == "0.710 (n=2)" and table.cell_text(2, 32) == "0.800 (n=1)"
+    # 16 bits leave 8 local bits: 3 or 4 heads would get under min_local_bits=4 each
+    assert table.cell_text(3, 16) == "-" and table.cell_text(4, 16) == "-"
+    assert table.cell_text(1, 32) == "" and table.cell_text(3, 32) == ""  # feasible, not run
+    assert "| K=3 | - |  |" in table.to_markdown()
+
+
+def test_continuous_sensitivity_bins_and_importance_names(tmp_path):
+    uri, client, experiment_id, parent = _store(tmp_path)
+    rng = np.random.default_rng(1)
+    for gamma in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0]:
+        lam = float(rng.uniform(0.01, 1.0))
+        _child(client, experiment_id, parent, {"loss.gamma": gamma, "loss.quant_weight": lam},
+               metrics={"test/mAP": 0.5 + 0.05 * math.log2(gamma), "val/mAP": 0.5 + 0.05 * math.log2(gamma)})
+    runs = load_study(client, "study").runs
+    gamma = next(curve for curve in continuous_sensitivity(runs) if curve.param == "loss.gamma")
+    assert gamma.log_scale and len(gamma.bin_means) == 4 and [m.n for m in gamma.bin_means] == [2, 2, 2, 2]
+    assert gamma.bin_means[0].mean == pytest.approx(0.525) and gamma.bin_means[-1].mean < 0.81
+    study = rebuild_study(runs)
+    assert set(study.trials[0].distributions) == {"loss.gamma", "loss.quant_weight"}
+    assert infer_distribution([1.0, 64.0]).log and not infer_distribution([0.0, 0.1]).log
+    importances = parameter_importances(study)
+    assert importances["fANOVA"]["loss.gamma"] > importances["fANOVA"]["loss.quant_weight"]
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    uri, client, experiment_id, parent = _store(tmp_path)
+    with pytest.raises(ReportError, match=r"no MLflow experiment named 'nope' .* experiments there: Default, study"):
+        load_study(client, "nope")
+    _child(client, experiment_id, parent, {}, status="stopped_early", metrics={"val/mAP": 0.4})
+    with pytest.raises(ReportError, match=r"has no finished trial runs \(stopped_early: 1\)"):
+        load_study(client, "study")
+    _child(client, experiment_id, parent, {}, metrics={"val/mAP": 0.4})
+    with pytest.raises(ReportError, match=r"1 finished run\(s\) of 'study' have no test/mAP metric"):
+        load_study(client, "study")
+    assert report_main(["--experiment", "nope", "--mlflow-uri", uri]) == 2
+    assert report_main(["--experiment", "study", "--mlflow-uri", f"sqlite:///{tmp_path / 'missing.db'}"]) == 2
+    assert report_main(["--experiment", "study", "--mlflow-uri", uri, "--metric", "test/mAP"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hashtune.report:")]
+    assert len(errors) == 3 and "no MLflow store at" in errors[1] and "non-validation" in errors[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
+    uri, client, _ = ablation_store
+    port = _free_port()
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=study", timeout=10) as response:
+            experiment = json.loads(response.read())
+        experiment_id = experiment["experiment"]["experiment_id"]
+        found = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
+                                                              "filter": "tags.`hashtune.status` = 'finished'"})
+        runs = found["runs"]
+        assert len(runs) == 9
+        study = load_study(client, "study")
+        served = {run["info"]["run_id"]: run for run in runs}
+        for trial in study.finished:
+            run = served[trial.run_id]
+            metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert metrics["test/mAP"] == pytest.approx(trial.metrics["test/mAP"])
+            assert params["loss.prob"] == trial.config.loss.prob and params["train.seed"] == str(trial.seed)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
