@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sweep: $(STAMP)
-	$(BIN)/python -m hashtune.sweep --space ablations $(ARGS)
+	$(BIN)/python -m hashtune.sweep --space ablations --resume auto $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -35,7 +35,7 @@ def run_arm(label: str, space, base, results_dir: Path) -> dict:
 
     name = "bench-" + label.split()[0].lower().strip(",")
     args = argparse.Namespace(
-        name=name, space=space.name, resume=False, address=None, mlflow_uri=None, storage=None, max_concurrent=None,
+        name=name, space=space.name, resume="never", address=None, mlflow_uri=None, storage=None, max_concurrent=None,
         results_dir=results_dir,
     )
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """`python -m hashtune.sweep`: a Ray Tune + Optuna search over the trainer's config, tracked in MLflow.
 
-    python -m hashtune.sweep --space NAME|FILE [--name EXP] [--resume] [--address auto]
+    python -m hashtune.sweep --space NAME|FILE [--name EXP] [--resume [auto]] [--address auto]
                              [--mlflow-uri URI] [--storage PATH_OR_S3_URI] [--max-concurrent N] [key=value ...]
 
 Each trial runs the plain trainer inside the trial process (`workers: 0`, the default on one
@@ -214,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every trial")
     parser.add_argument("--space", required=True, help="a shipped space name (search_spaces/NAME.yaml) or a YAML file")
     parser.add_argument("--name", help="experiment name (default: the space's name)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    parser.add_argument(
+        "--resume", nargs="?", const="always", default="never", choices=("never", "always", "auto"),
+        help="continue an interrupted sweep of this name (`--resume`); `--resume auto` continues one if it exists, "
+             "else starts it (what `make sweep` does); default: refuse to touch an existing sweep",
+    )
     parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: start a local Ray on 127.0.0.1)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--storage", help="Tune storage path or s3:// URI (default: results/ray)")

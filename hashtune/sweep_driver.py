@@ -52,7 +52,7 @@ def _parent_run(client, experiment_id: str, experiment_path: str, name: str, spa
 
 
 def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dict[str, Any]:
-    """Start (or with `--resume`, continue) the sweep; returns its summary."""
+    """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary."""
     from mlflow import MlflowClient
     from ray.tune import Tuner
 
@@ -65,14 +65,15 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
     experiment_path = _experiment_path(storage, name)
     uri, artifacts = resolve_tracking(args.mlflow_uri, results_dir)
     exists = Tuner.can_restore(experiment_path)
-    if args.resume and not exists:
+    if args.resume == "always" and not exists:
         raise SweepError(f"--resume: no sweep named {name!r} at {experiment_path}; start it without --resume")
-    if not args.resume and exists:
+    if args.resume == "never" and exists:
         raise SweepError(f"a sweep named {name!r} already exists at {experiment_path}; continue it with --resume or pick another --name")
+    resume = exists
     client = MlflowClient(uri)
     experiment_id = get_or_create_experiment(client, name, artifacts)
-    parent_run_id = _parent_run(client, experiment_id, experiment_path, name, space, base, args.resume)
-    if args.resume:
+    parent_run_id = _parent_run(client, experiment_id, experiment_path, name, space, base, resume)
+    if resume:
         mark_orphans_killed(client, experiment_id, parent_run_id)
     if space.search == "grid":
         _, infeasible = space.grid_points(base)
@@ -84,7 +85,8 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
     )
     started = init_ray(args.address)
     try:
-        if args.resume:
+        if resume:
+            print(f"continuing sweep {name!r} from {experiment_path} (finished trials are not re-run)")
             tuner = Tuner.restore(experiment_path, trainable=trial_trainable(space, resolver, storage), resume_errored=False)
         else:
             tuner = build_tuner(

@@ -54,6 +54,9 @@ def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path):
     assert {"README.md", "sensitivity_k.md", "search_progress.png", "pr_curves.png"} <= {p.name for p in (tmp_path / "smoke").iterdir()}
     assert "report/README.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 2  # exists: no silent overwrite
+    # `make sweep` again (--resume auto): the finished sweep is continued, nothing re-run or duplicated
+    assert sweep_main(["--space", "smoke", "--resume", "auto", "--results-dir", str(tmp_path)]) == 0
+    assert len(_children(tmp_path, "smoke")) == 2
 
 
 def test_failing_trial_is_failed_in_tune_and_mlflow_while_others_finish(tmp_path, capsys):
