@@ -163,10 +163,9 @@ class TransHash(nn.Module):
         cls_token = tokens[:, :1]
         patches = tokens[:, self.num_prefix_tokens :][:, self.group_order]
         groups = torch.tensor_split(patches, self.k_groups, dim=1)
-        if len({group.shape[1] for group in groups}) == 1:
-            batch = tokens.shape[0]
+        if len({group.shape[1] for group in groups}) == 1:  # equal groups: one batched pass
             stacked = torch.cat([torch.cat([cls_token, group], dim=1) for group in groups], dim=0)
-            return list(self.local_branch(stacked)[:, 0].split(batch, dim=0))
+            return list(self.local_branch(stacked)[:, 0].unflatten(0, (self.k_groups, -1)).unbind(0))
         return [self.local_branch(torch.cat([cls_token, group], dim=1))[:, 0] for group in groups]
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:

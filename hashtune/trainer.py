@@ -201,7 +201,7 @@ def fit(
     run_dir = Path(run_dir)
     config, state, splits = _restore(config, Path(resume_from) if resume_from else None, runtime.device)
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-    data = build_retrieval_data(name=config.data.name, root=config.data.root, seed=config.data.seed, img_size=_img_size(config), splits=splits)
+    data = build_retrieval_data(name=config.data.name, root=config.data.root, seed=config.data.seed, img_size=input_size(config), splits=splits)
     model = build_model(config, data)
     run = _TrainingRun(config, data, model, runtime, run_dir)
     if state is not None:
@@ -228,7 +228,8 @@ def fit(
     return run.finish()
 
 
-def _img_size(config: Config) -> int:
+def input_size(config: Config) -> int:
+    """The network's input side in pixels: `model.img_size`, else the backbone's registered size."""
     if config.model.img_size is not None:
         return config.model.img_size
     return timm.models.get_pretrained_cfg(config.model.backbone).input_size[-1]

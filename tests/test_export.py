@@ -1,0 +1,154 @@
+"""Export a finished run as a bundle and retrieve with it: same codes in a fresh process, exact --eval, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashtune.bundle import BundleError, pack_codes, unpack_codes, verify_bundle
+from hashtune.config import load_config
+from hashtune.data import load_source
+from hashtune.export import export_bundle
+from hashtune.export import main as export_main
+from hashtune.checkpoint import load_checkpoint
+from hashtune.retrieval import Retriever, evaluate_bundle
+from hashtune.retrieve import main as retrieve_main
+from hashtune.trainer import fit
+
+TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=2", "train.eval_every=1", "model.bits=24"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    metrics = fit(load_config(overrides=TINY), run_dir=root / "run")
+    assert export_main(["--run-dir", str(root / "run"), "--out", str(root / "bundle")]) == 0
+    return root / "bundle", metrics
+
+
+def _query_pngs(bundle, folder, count=5):
+    """The first test queries written as 8-bit grayscale PNGs, like a user's files."""
+    ids = np.load(bundle / "query_ids.npy")[:count]
+    pixels = load_source("digits").pixels
+    paths = []
+    for identifier in ids:
+        path = folder / f"digit_{identifier}.png"
+        Image.fromarray(pixels[identifier, :, :, 0], mode="L").save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_pack_and_unpack_round_trip_with_padding():
+    codes = np.where(np.random.default_rng(0).standard_normal((7, 12)) >= 0, 1.0, -1.0)
+    packed = pack_codes(codes)
+    assert packed.dtype == np.uint8 and packed.shape == (7, 2)
+    assert np.array_equal(unpack_codes(packed, 12), codes)
+
+
+def test_eval_recomputes_the_runs_test_map_exactly(bundle, capsys):
+    folder, metrics = bundle
+    assert evaluate_bundle(folder) == pytest.approx(metrics["test/mAP"], abs=1e-12)
+    assert retrieve_main(["--bundle", str(folder), "--eval"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["equal"] is True and report["run_test_mAP"] == pytest.approx(metrics["test/mAP"])
+    manifest = verify_bundle(folder)
+    assert manifest["bits"] == 24 and sum(manifest["head_bits"]) == 24 and manifest["num_database"] == 1297
+
+
+def test_fresh_process_gives_the_stored_codes_for_the_same_images(bundle, tmp_path):
+    folder, _ = bundle
+    paths = _query_pngs(folder, tmp_path)
+    script = (
+        "import sys, json; from hashtune.retrieval import Retriever; "
+        "r = Retriever.load(sys.argv[1]); print(json.dumps(r.encode(sys.argv[2:]).tolist()))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(folder), *paths], capture_output=True, text=True, check=True).stdout
+    stored = np.load(folder / "query_codes.npy")[: len(paths)]
+    assert np.array_equal(np.array(json.loads(out.strip().splitlines()[-1]), dtype=np.uint8), stored)
+
+
+def test_search_radius_and_add(bundle):
+    folder, _ = bundle
+    retriever = Retriever.load(folder)
+    database = np.load(folder / "database_codes.npy")
+    result = retriever.search(database[:3], k=5)
+    assert result.ids.shape == (3, 5) and result.labels.shape == (3, 5, 10)
+    assert (result.distances[:, 0] == 0).all() and (np.diff(result.distances, axis=1) >= 0).all()
+    # brute-force Hamming distances agree with faiss
+    brute = np.bitwise_count(database[:3, None, :] ^ database[None, :, :]).sum(-1)
+    assert np.array_equal(np.sort(brute, axis=1)[:, :5], result.distances)
+    within = retriever.search_radius(database[:2], 2)
+    for i, found in enumerate(within):
+        assert sorted(found.distances[0].tolist()) == sorted(brute[i][brute[i] <= 2].tolist())
+    size = len(retriever)
+    retriever.add(database[:2] ^ 0xFF, ids=[10_001, 10_002])
+    assert len(retriever) == size + 2
+    assert retriever.search(database[:1] ^ 0xFF, k=1).ids[0, 0] == 10_001
+
+
+def test_cli_json_shape(bundle, tmp_path, capsys):
+    folder, _ = bundle
+    paths = _query_pngs(folder, tmp_path, count=2)
+    assert retrieve_main(["--bundle", str(folder), "--image", paths[0], "--image", paths[1], "-k", "3", "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["k"] == 3 and len(output["results"]) == 2
+    entry = output["results"][0]
+    assert entry["image"] == paths[0] and len(entry["code"]) == 6  # 24 bits = 3 bytes in hex
+    assert [set(n) for n in entry["neighbours"]] == [{"id", "distance", "labels"}] * 3
+    assert isinstance(entry["neighbours"][0]["id"], int) and len(entry["neighbours"][0]["labels"]) == 1
+
+
+def test_tampered_or_missing_bundle_is_one_line(bundle, tmp_path, capsys):
+    folder, _ = bundle
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(folder), str(copy)], check=True)
+    codes = np.load(copy / "database_codes.npy")
+    codes[0, 0] ^= 1
+    np.save(copy / "database_codes.npy", codes)
+    with pytest.raises(BundleError, match="database_codes.npy does not match its manifest checksum"):
+        Retriever.load(copy)
+    assert retrieve_main(["--bundle", str(copy), "--eval"]) == 2
+    assert retrieve_main(["--bundle", str(tmp_path / "nowhere"), "--image", "x.png"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(errors) == 2 and "does not match its manifest checksum" in errors[0] and "does not exist: not a hashtune bundle" in errors[1]
+
+
+def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_path, capsys):
+    folder, _ = bundle
+    state = load_checkpoint(folder.parent / "run")
+    from hashtune.export import ExportError
+
+    with pytest.raises(ExportError, match="already exists"):
+        export_bundle(state, folder)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert retrieve_main(["--bundle", str(folder), "--image", str(broken)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from hashtune.sweep import main as sweep_main
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "test/mAP", "--out", str(tmp_path / "b")]) == 2
+    assert "would select on test data" in capsys.readouterr().err
+    assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--out", str(tmp_path / "bundle")]) == 0
+    client = MlflowClient(uri)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("hashtune.status") == "finished"]
+    best = max(runs, key=lambda run: run.data.metrics["val/mAP"])
+    manifest = verify_bundle(tmp_path / "bundle")
+    assert manifest["provenance"]["mlflow_run_id"] == best.info.run_id
+    assert evaluate_bundle(tmp_path / "bundle") == pytest.approx(best.data.metrics["test/mAP"], abs=1e-12)
+    assert "bundle/manifest.json" in {a.path for a in client.list_artifacts(best.info.run_id, "bundle")}
+    versions = client.search_model_versions("name = 'hashtune'")
+    assert [v.run_id for v in versions] == [best.info.run_id]
