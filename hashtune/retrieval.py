@@ -39,14 +39,27 @@ class SearchResult:
 class Retriever:
     """An exported encoder, its preprocessing, and a faiss binary index over the database codes."""
 
-    def __init__(self, *, encoder: torch.nn.Module, preprocess: dict, index, ids: np.ndarray, labels: np.ndarray, bits: int, manifest: dict) -> None:
+    def __init__(self, *, encoder: torch.nn.Module | None, preprocess: dict | None, index, ids: np.ndarray, labels: np.ndarray,
+                 bits: int, manifest: dict) -> None:
         self.encoder, self.preprocess_spec, self.index = encoder, preprocess, index
         self.ids, self.labels, self.bits, self.manifest = ids, labels, bits, manifest
         self.code_bytes = (bits + 7) // 8
-        self._transform = build_transform(
+        self._transform = None if preprocess is None else build_transform(
             channels=preprocess["channels"], native_size=preprocess["native_size"], img_size=preprocess["img_size"],
             train=False, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]),
         )
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, bits: int, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> "Retriever":
+        """A code-only retriever over packed codes (no encoder: queries must be packed codes too)."""
+        import faiss
+
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        index.add(codes)
+        ids = np.arange(len(codes)) if ids is None else np.asarray(ids)
+        labels = np.zeros((len(codes), 0), np.uint8) if labels is None else np.asarray(labels, np.uint8)
+        return cls(encoder=None, preprocess=None, index=index, ids=ids, labels=labels, bits=bits, manifest={})
 
     @classmethod
     def load(cls, bundle: str | Path) -> "Retriever":
@@ -72,6 +85,8 @@ class Retriever:
         """Image files, PIL images or uint8 HWC arrays -> the encoder's input batch; a float tensor passes through."""
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images
+        if self._transform is None:
+            raise ValueError("this retriever has no encoder (built from codes): give packed uint8 codes")
         mode = "L" if self.preprocess_spec["channels"] == 1 else "RGB"
         return torch.stack([self._transform(self._read(image, mode)) for image in images])
 
@@ -89,6 +104,8 @@ class Retriever:
 
     def encode(self, images) -> np.ndarray:
         """Packed binary codes, uint8 (n, ceil(bits/8)), of preprocessed tensors or raw images."""
+        if self.encoder is None:
+            raise ValueError("this retriever has no encoder (built from codes): give packed uint8 codes")
         with torch.inference_mode():
             return pack_codes(self.encoder(self.preprocess(images)))
 

@@ -43,3 +43,12 @@ def test_search_benchmark_at_tiny_size(tmp_path):
     assert [row[0].strip() for row in rows] == ["TPE + ASHA", "random, no early stopping"]
     for row in rows:
         assert int(row[1]) == 2 and 0.0 < float(row[5]) <= 1.0 and float(row[6]) > 0
+
+
+def test_retrieval_benchmark_at_tiny_size(tmp_path):
+    from benchmarks import bench_retrieval
+
+    out = tmp_path / "retrieval.md"
+    bench_retrieval.main(["--sizes", "5000", "--ks", "10", "300", "--queries", "5", "--repeats", "2", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 5,000")]
+    assert len(rows) == 2 and all(row.rstrip(" |").endswith("True") for row in rows)
