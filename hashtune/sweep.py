@@ -228,13 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hashtune.sweep_driver import SweepError, run_sweep
+    from hashtune.sweep_driver import SweepError, SweepInterrupted, run_sweep
 
     args = build_parser().parse_args(argv)
     try:
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
         summary = run_sweep(args, base, space)
+    except SweepInterrupted as stopped:
+        print(f"hashtune.sweep: {stopped}", file=sys.stderr)
+        return 130
     except (ConfigError, SpaceError, SweepError, ConnectionError, FileNotFoundError) as error:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Kept apart from `hashtune.sweep` (the CLI, the trainable and the Tuner) so each 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,15 @@ from hashtune.tracking import (
     resolve_tracking,
 )
 
-__all__ = ["SweepError", "run_sweep", "summarize"]
+__all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
 
 
 class SweepError(RuntimeError):
     """A sweep that cannot start or resume as asked; the message says what to do instead."""
+
+
+class SweepInterrupted(SweepError):
+    """Ctrl-C (or SIGUSR1) stopped the sweep; its Tune state and MLflow runs are kept for `--resume`."""
 
 
 def _experiment_path(storage: str, name: str) -> str:
@@ -93,19 +98,37 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
                 space, base, name=name, storage=storage, callbacks=[logger], max_concurrent=args.max_concurrent or space.max_concurrent,
                 optuna_storage=f"sqlite:///{results_dir / 'optuna.db'}",
             )
+        start = time.monotonic()
         results = tuner.fit()
-    except KeyboardInterrupt:
-        print(f"\nsweep interrupted; its state is saved. Continue it with:\n  python -m hashtune.sweep --space {args.space} --name {name} --resume")
-        raise
+        interrupted = _interrupted(results, space, len(resolver.points), time.monotonic() - start)
+    except KeyboardInterrupt:  # a second Ctrl-C while Tune was already stopping
+        interrupted = True
     finally:
         if started:
             import ray
 
             ray.shutdown()
+    if interrupted:
+        mark_orphans_killed(client, experiment_id, parent_run_id)
+        client.set_tag(parent_run_id, f"{TAG}status", "interrupted")
+        client.set_terminated(parent_run_id, "KILLED")
+        raise SweepInterrupted(
+            f"sweep {name!r} interrupted; its state is saved (finished trials are kept). Continue it with: "
+            f"python -m hashtune.sweep --space {args.space} --name {name} --resume"
+        )
     summary = summarize(results, space, client, experiment_id)
     summary |= {"experiment": name, "mlflow_uri": uri, "storage": experiment_path, "parent_run_id": parent_run_id}
     _close_parent(client, parent_run_id, summary)
     return summary
+
+
+def _interrupted(results, space: SearchSpace, grid_size: int, elapsed: float) -> bool:
+    """Whether Tune returned early on Ctrl-C (SIGINT) or SIGUSR1: it then returns normally, with trials unfinished."""
+    if results.num_terminated + results.num_errors < len(results):
+        return True
+    budget_spent = space.time_budget_s is not None and elapsed >= space.time_budget_s
+    planned = grid_size if space.search == "grid" else space.num_samples
+    return len(results) < planned and not budget_spent
 
 
 def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[str, Any]:

@@ -78,17 +78,22 @@ def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results), *extra]
 
 
-def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
-    space = tmp_path / "resume.yaml"
-    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 2\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
-    driver = subprocess.Popen(_sweep_command(space, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _start_and_signal_after_first_trial(space: Path, results: Path, signum: int) -> subprocess.Popen:
+    driver = subprocess.Popen(_sweep_command(space, results), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:  # watch Tune's result files: the driver owns the MLflow store meanwhile
-        if any('"final": 1.0' in path.read_text() for path in (tmp_path / "ray").rglob("result.json")):
+        if any('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")):
             time.sleep(2)  # let the driver's callback close that trial's MLflow run
             break
         time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    os.killpg(driver.pid, signum)  # the driver and the local Ray it started, like a terminal's Ctrl-C
+    return driver
+
+
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
+    space = tmp_path / "resume.yaml"
+    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 2\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    driver = _start_and_signal_after_first_trial(space, tmp_path, signal.SIGKILL)
     driver.wait()
     finished_before = {r.data.tags["hashtune.trial_id"] for r in _children(tmp_path, "resume") if r.data.tags["hashtune.status"] == "finished"}
     assert finished_before, "the sweep was killed before any trial finished"
@@ -101,6 +106,26 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
     for run in children:
         if run.data.tags["hashtune.trial_id"] in finished_before:
             assert len(_client(tmp_path).get_metric_history(run.info.run_id, "train/loss")) == 2  # not re-run
+
+
+def test_ctrl_c_saves_the_sweep_and_says_how_to_resume(tmp_path):
+    space = tmp_path / "ctrlc.yaml"
+    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    driver = _start_and_signal_after_first_trial(space, tmp_path, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=180)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert "--name ctrlc --resume" in stderr.strip().splitlines()[-1]
+    client = _client(tmp_path)
+    experiment_id = client.get_experiment_by_name("ctrlc").experiment_id
+    parent = next(r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
+    assert parent.info.status == "KILLED" and parent.data.tags["hashtune.status"] == "interrupted"
+    children = _children(tmp_path, "ctrlc")
+    assert children and all(r.info.status != "RUNNING" for r in children)
+    assert any(r.data.tags["hashtune.status"] == "finished" for r in children)
+    resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    children = _children(tmp_path, "ctrlc")
+    assert len(children) == 3 and all(r.data.tags["hashtune.status"] == "finished" for r in children)
 
 
 def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
