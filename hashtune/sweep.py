@@ -191,6 +191,9 @@ def build_tuner(
     )
 
 
+DRIVER_RESOURCE = "trial_driver"
+
+
 def trial_dirname(trial) -> str:
     """Short trial folders (Tune's default embeds every parameter)."""
     return f"trial_{trial.trial_id}"
@@ -205,8 +208,20 @@ def trial_trainable(space: SearchSpace, resolver: TrialResolver, storage: str):
     if space.workers == 0:
         resources = {"cpu": space.cpus_per_trial} | ({"gpu": space.gpus_per_worker} if space.gpus_per_worker else {})
     else:
-        resources = {"cpu": 0.01}  # the trial only drives its TorchTrainer; the workers hold the resources
+        resources = {"cpu": 0.01} | _driver_resource()  # the trial only drives its TorchTrainer; the workers hold the resources
     return tune.with_resources(trainable, resources)
+
+
+def _driver_resource() -> dict[str, float]:
+    """`{DRIVER_RESOURCE: 0.01}` on a cluster that defines it (clusters/*.yaml give it to the head only), else nothing.
+
+    It pins the trials' driver processes to the head node, so a GPU node's CPUs all go to DDP workers.
+    """
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) > 0:
+        return {DRIVER_RESOURCE: 0.01}
+    return {}
 
 
 def build_parser() -> argparse.ArgumentParser:
