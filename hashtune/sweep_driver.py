@@ -68,12 +68,12 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
     results_dir = Path(args.results_dir).absolute()
     storage = args.storage or str(results_dir / "ray")
     experiment_path = _experiment_path(storage, name)
-    uri, artifacts = resolve_tracking(args.mlflow_uri, results_dir)
     exists = Tuner.can_restore(experiment_path)
     if args.resume == "always" and not exists:
         raise SweepError(f"--resume: no sweep named {name!r} at {experiment_path}; start it without --resume")
     if args.resume == "never" and exists:
         raise SweepError(f"a sweep named {name!r} already exists at {experiment_path}; continue it with --resume or pick another --name")
+    uri, artifacts = resolve_tracking(args.mlflow_uri, results_dir)
     resume = exists
     client = MlflowClient(uri)
     experiment_id = get_or_create_experiment(client, name, artifacts)

@@ -64,14 +64,18 @@ def test_failing_trial_is_failed_in_tune_and_mlflow_while_others_finish(tmp_path
     space.write_text(
         "search: grid\nmax_concurrent: 2\nfixed:\n  train.epochs: 1\n" + TINY
         + "variants:\n  ok: {}\n  broken: {data.name: cifar10, data.root: /nonexistent/cifar}\n"
+        + "  nan: {train.optimizer: sgd, train.lr: 1.0e+12, train.grad_clip: 0.0, train.warmup_epochs: 0, train.epochs: 3}\n"
     )
     assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
     summary = capsys.readouterr().out
-    assert '"failed": 1' in summary and '"finished": 1' in summary
+    assert '"failed": 2' in summary and '"finished": 1' in summary
     runs = {r.data.tags["hashtune.variant"]: r for r in _children(tmp_path, "failing")}
     assert runs["ok"].info.status == "FINISHED"
-    assert runs["broken"].info.status == "FAILED" and runs["broken"].data.tags["hashtune.status"] == "failed"
+    for variant in ("broken", "nan"):
+        assert runs[variant].info.status == "FAILED" and runs[variant].data.tags["hashtune.status"] == "failed"
     assert "data.root='/nonexistent/cifar' is not a directory" in runs["broken"].data.tags["hashtune.error"]
+    assert "NonFiniteLossError: train/loss became" in runs["nan"].data.tags["hashtune.error"]
+    assert "Trial runs: 2 failed, 1 finished." in (tmp_path / "failing" / "README.md").read_text()  # the study counts them
 
 
 def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
