@@ -26,7 +26,7 @@ def test_ray_benchmarks_at_tiny_size(tmp_path):
     from benchmarks import bench_ray_overhead, gpu_throughput
 
     tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
-    bench_ray_overhead.main(["--epochs", "1", "--extra", *tiny, "--out", str(tmp_path / "ray.md")])
+    bench_ray_overhead.main(["--epochs", "1", "--threads", "2", "--extra", *tiny, "--out", str(tmp_path / "ray.md")])
     assert (tmp_path / "ray.md").read_text().count("| Ray Train |") == 2
     gpu_throughput.main(["--tiny", "--images", "64", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "gpu.md")])
     assert "Ray Train, 1 worker" in (tmp_path / "gpu.md").read_text()
