@@ -110,6 +110,7 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
     for run in children:
         if run.data.tags["hashtune.trial_id"] in finished_before:
             assert len(_client(tmp_path).get_metric_history(run.info.run_id, "train/loss")) == 2  # not re-run
+    assert "Trial runs: 3 finished." in (tmp_path / "resume" / "README.md").read_text()  # the study counts each run once
 
 
 def test_ctrl_c_saves_the_sweep_and_says_how_to_resume(tmp_path):
