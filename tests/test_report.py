@@ -218,3 +218,20 @@ def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_ablation_rows_split_by_other_varying_parameters(tmp_path):
+    uri, client, experiment_id, parent = _store(tmp_path)
+    values = {("full", 1): [0.80, 0.82], ("full", 2): [0.90, 0.92], ("w/o Q", 1): [0.70, 0.74], ("w/o Q", 2): [0.91, 0.95]}
+    for (variant, k), per_seed in values.items():
+        overrides = {"loss.quant_weight": 0.0} if variant == "w/o Q" else {}
+        for seed, value in enumerate(per_seed):
+            _child(client, experiment_id, parent, overrides | {"model.k_groups": k, "train.seed": seed},
+                   variant=variant, metrics={"test/mAP": value, "val/mAP": value})
+    table = ablation_table(load_study(client, "study").runs)
+    assert table.variants == ["full k_groups=1", "w/o Q k_groups=1", "full k_groups=2", "w/o Q k_groups=2"]
+    assert table.cells["w/o Q k_groups=1", 32].versus_reference.difference.mean == pytest.approx(-0.09)
+    assert table.cells["w/o Q k_groups=2", 32].versus_reference.difference.mean == pytest.approx(0.02)
+    directions = paper_directions(table)
+    assert directions[0].startswith("full > w/o Q (the quantization loss helps) at 32 bits, k_groups=1: holds")
+    assert "k_groups=2: does not hold (reversed)" in directions[1]

@@ -10,14 +10,14 @@ import csv
 import io
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from hashtune.config import Config, to_flat_dict
 from hashtune.report.runs import TrialRun
 from hashtune.report.stats import MeanCI, PairedDifference, mean_ci, paired_difference
-from hashtune.space import is_feasible
+from hashtune.space import SEED_KEYS, is_feasible
 
 __all__ = [
     "METRIC",
@@ -68,17 +68,23 @@ class AblationCell:
     bits: int
     per_seed: dict[int, float]
     summary: MeanCI
-    versus_reference: PairedDifference | None  # this variant minus the reference, paired by seed
+    versus_reference: PairedDifference | None  # this row minus its reference row, paired by seed
 
 
 @dataclass(frozen=True)
 class AblationTable:
-    """Rows = variants, columns = bits; cells = mean ± 95% t-CI of test/mAP over seeds."""
+    """Rows = variants, columns = bits; cells = mean ± 95% t-CI of test/mAP over seeds.
 
-    variants: list[str]
+    A row is a variant, plus the values of any other parameter that varies within it (`full k_groups=2`),
+    so replicates are only ever seeds; each row's reference is the reference variant with the same values.
+    """
+
+    variants: list[str]  # row labels
     bits: list[int]
     cells: dict[tuple[str, int], AblationCell]
     reference: str | None
+    row_variant: dict[str, str] = field(default_factory=dict)
+    row_reference: dict[str, str | None] = field(default_factory=dict)
 
     def best_variant(self, bits: int) -> str:
         present = [v for v in self.variants if (v, bits) in self.cells]
@@ -102,7 +108,7 @@ class AblationTable:
 
     def _difference_text(self, variant: str, bits: int) -> str:
         cell = self.cells.get((variant, bits))
-        if cell is None or variant == self.reference or cell.versus_reference is None:
+        if cell is None or cell.versus_reference is None:
             return ""
         d = cell.versus_reference
         interval = "" if math.isnan(d.difference.half_width) else f" ± {d.difference.half_width:.3f}"
@@ -122,28 +128,45 @@ class AblationTable:
         return _csv(header, rows)
 
 
-def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTable | None:
-    """The ablation table of the finished runs that carry a variant tag; None when none do."""
-    per_cell: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
-    variants: list[str] = []
+def _within_variant_keys(runs: list[TrialRun]) -> list[str]:
+    """Config keys (seeds aside) that vary among runs of the same variant and bits."""
+    groups: dict[tuple[str, int], list[TrialRun]] = defaultdict(list)
     for run in runs:
-        if run.status != "finished" or not run.variant:
-            continue
-        if run.variant not in variants:
-            variants.append(run.variant)
-        per_cell[run.variant, run.bits][run.seed] = run.metrics[METRIC]
-    if not per_cell:
+        groups[run.variant, run.bits].append(run)
+    keys = set().union(*(varying_params(group) for group in groups.values()))
+    return sorted(keys - set(SEED_KEYS))
+
+
+def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTable | None:
+    """The ablation table of the finished runs that carry a variant tag; None when none do.
+
+    A seed run twice in the same row (a re-run trial) counts once, with its latest run.
+    """
+    tagged = [run for run in runs if run.status == "finished" and run.variant]
+    if not tagged:
         return None
-    variants.sort(key=lambda v: (v != reference, list(CLAIMS).index(v) if v in CLAIMS else len(CLAIMS), v))
+    extra = _within_variant_keys(tagged)
+    per_cell: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    row_variant, row_suffix = {}, {}
+    for run in tagged:
+        flat = to_flat_dict(run.config)
+        suffix = " ".join(f"{key.split('.')[-1]}={flat[key]}" for key in extra)
+        label = f"{run.variant} {suffix}".strip()
+        row_variant[label], row_suffix[label] = run.variant, suffix
+        per_cell[label, run.bits][run.seed] = run.metrics[METRIC]
+    order = list(CLAIMS)
+    rows = sorted(row_variant, key=lambda r: (row_suffix[r], row_variant[r] != reference,
+                                              order.index(row_variant[r]) if row_variant[r] in order else len(order), r))
+    row_reference = {row: (f"{reference} {row_suffix[row]}".strip() if row_variant[row] != reference else None) for row in rows}
+    row_reference = {row: ref if ref in row_variant else None for row, ref in row_reference.items()}
     bits = sorted({b for _, b in per_cell})
-    has_reference = reference in variants
     cells = {}
-    for (variant, b), per_seed in per_cell.items():
-        versus = None
-        if has_reference and variant != reference and (reference, b) in per_cell:
-            versus = paired_difference(per_seed, per_cell[reference, b])
-        cells[variant, b] = AblationCell(variant, b, per_seed, mean_ci(list(per_seed.values())), versus)
-    return AblationTable(variants, bits, cells, reference if has_reference else None)
+    for (row, b), per_seed in per_cell.items():
+        ref = row_reference[row]
+        versus = paired_difference(per_seed, per_cell[ref, b]) if ref is not None and (ref, b) in per_cell else None
+        cells[row, b] = AblationCell(row_variant[row], b, per_seed, mean_ci(list(per_seed.values())), versus)
+    has_reference = reference in row_variant.values()
+    return AblationTable(rows, bits, cells, reference if has_reference else None, row_variant, row_reference)
 
 
 def paper_directions(table: AblationTable) -> list[str]:
@@ -151,9 +174,14 @@ def paper_directions(table: AblationTable) -> list[str]:
     if table.reference is None:
         return []
     sentences = []
-    for variant, (claim, meaning, sign) in CLAIMS.items():
+    for row in table.variants:
+        variant = table.row_variant.get(row, row)
+        if variant not in CLAIMS:
+            continue
+        claim, meaning, sign = CLAIMS[variant]
+        where = row[len(variant):].strip()
         for b in table.bits:
-            cell = table.cells.get((variant, b))
+            cell = table.cells.get((row, b))
             if cell is None or cell.versus_reference is None:
                 continue
             d = cell.versus_reference
@@ -167,7 +195,7 @@ def paper_directions(table: AblationTable) -> list[str]:
                 verdict = "holds in direction, not significant at 5%"
             else:
                 verdict = "does not hold (reversed)"
-            sentences.append(f"{claim} ({meaning}) at {b} bits: {verdict} ({evidence}).")
+            sentences.append(f"{claim} ({meaning}) at {b} bits{f', {where}' if where else ''}: {verdict} ({evidence}).")
     return sentences
 
 
