@@ -76,7 +76,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
         notes["pr_curves.png"] = f"precision-recall curves of the best run by `{metric}` of each variant (or code length)"
     written.append(plot_search_progress(study.runs, metric, out / "search_progress.png"))
     notes["search_progress.png"] = f"each trial's last `{metric}` in start order, and the best finished so far"
-    write("README.md", _readme(study, metric, notes, directions), "")
+    write("README.md", _readme(study, metric, notes, directions, _sweep_command(client, study)), "")
     if log_to_parent and study.parent_run_ids:
         client.log_artifacts(study.parent_run_ids[0], str(out), artifact_path=ARTIFACT_PATH)
     return written
@@ -101,10 +101,25 @@ def _best_pr_curves(client, study: Study, metric: str) -> dict[str, dict[str, li
     return curves
 
 
-def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str]) -> str:
+def _sweep_command(client, study: Study) -> str | None:
+    """The command that ran the sweep, rebuilt from its parent run's params (space, name, base overrides)."""
+    if not study.parent_run_ids:
+        return None
+    params = client.get_run(study.parent_run_ids[0]).data.params
+    overrides = " ".join(f"{key.removeprefix('base.')}={value}" for key, value in sorted(params.items()) if key.startswith("base."))
+    name = "" if params.get("space") == study.experiment_name else f" --name {study.experiment_name}"
+    return f"python -m hashtune.sweep --space {params.get('space', '?')}{name}{' ' + overrides if overrides else ''}"
+
+
+def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None) -> str:
     counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
+    seeds = sorted({run.seed for run in study.runs})
+    started = min((run.start_time for run in study.runs if run.start_time), default=0)
     lines = [
         f"# Study `{study.experiment_name}`",
+        "",
+        *([f"Sweep: `{command}` (started {datetime.fromtimestamp(started / 1000, timezone.utc):%Y-%m-%d %H:%M} UTC), "
+           f"seeds {seeds}."] if command else []),
         "",
         f"Built by `python -m hashtune.report --experiment {study.experiment_name}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow store `{study.tracking_uri}` "
