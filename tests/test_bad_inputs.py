@@ -1,6 +1,5 @@
 """Every bad input through the CLIs: one line on stderr naming the value, a non-zero exit, nothing half-written."""
 
-import numpy as np
 import pytest
 import torch
 
