@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
         log_to_parent: also log the folder as artifacts (`report/`) of the newest sweep parent run.
     """
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     study = load_study(client, experiment)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
