@@ -13,7 +13,7 @@ kernels; hashtune only maps faiss's row numbers to the bundle's ids and labels.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -27,13 +27,24 @@ from hashtune.data import build_transform
 __all__ = ["Retriever", "SearchResult", "evaluate_bundle"]
 
 
-@dataclass(frozen=True)
 class SearchResult:
-    """Neighbours of each query, nearest first: ids and distances (n, k), labels (n, k, classes)."""
+    """Neighbours of each query, nearest first: ids and distances (n, k), labels (n, k, classes).
 
-    ids: np.ndarray
-    distances: np.ndarray
-    labels: np.ndarray
+    `ids` and `labels` are looked up on first access, so a search that only needs rows and distances
+    costs faiss's search alone.
+    """
+
+    def __init__(self, rows: np.ndarray, distances: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> None:
+        self.rows, self.distances = rows, distances
+        self._all_ids, self._all_labels = ids, labels
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return self._all_ids[self.rows]
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self._all_labels[self.rows]
 
 
 class Retriever:
@@ -122,7 +133,7 @@ class Retriever:
             raise ValueError(f"k must be >= 1, got {k}")
         codes = self._codes(queries)
         distances, rows = self.index.search(codes, min(k, len(self)))
-        return SearchResult(self.ids[rows], distances, self.labels[rows])
+        return SearchResult(rows, distances, self.ids, self.labels)
 
     def search_radius(self, queries, radius: int) -> list[SearchResult]:
         """Every database item within Hamming distance `radius` (inclusive) of each query, nearest first."""
@@ -134,7 +145,7 @@ class Retriever:
         for i in range(len(codes)):
             d, r = distances[limits[i]:limits[i + 1]], rows[limits[i]:limits[i + 1]]
             order = np.lexsort((r, d))
-            results.append(SearchResult(self.ids[r[order]][None], d[order][None], self.labels[r[order]][None]))
+            results.append(SearchResult(r[order][None], d[order][None], self.ids, self.labels))
         return results
 
     def add(self, images, ids: Sequence, labels: np.ndarray | None = None) -> None:
