@@ -16,8 +16,8 @@ import torch
 
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config
-from hashtune.distributed import fit_distributed, init_ray
-from hashtune.trainer import fit
+from hashtune.train.distributed import fit_distributed, init_ray
+from hashtune.train.trainer import fit
 
 
 def timed_run(function, **kwargs) -> tuple[dict, float]:

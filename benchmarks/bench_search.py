@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config, to_flat_dict
-from hashtune.space import load_space
+from hashtune.sweep.space import load_space
 from hashtune.tracking import TAG, find_runs
 
 ARMS = {
@@ -31,7 +31,7 @@ def run_arm(label: str, space, base, results_dir: Path) -> dict:
     """Run one sweep arm and read its trials back from MLflow."""
     from mlflow import MlflowClient
 
-    from hashtune.sweep_driver import run_sweep
+    from hashtune.sweep.driver import run_sweep
 
     name = "bench-" + label.split()[0].lower().strip(",")
     args = argparse.Namespace(

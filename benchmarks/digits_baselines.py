@@ -19,7 +19,7 @@ from hashtune.baselines import ITQ, LSH
 from hashtune.config import load_config
 from hashtune.data import build_splits, load_source
 from hashtune.metrics import mean_average_precision
-from hashtune.trainer import fit
+from hashtune.train.trainer import fit
 
 STRATEGIES = {"hashtune symmetric (defaults)": [], "hashtune asymmetric (epochs 150)": ["train.strategy=asymmetric", "train.epochs=150"]}
 

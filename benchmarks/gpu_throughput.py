@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config, to_flat_dict
-from hashtune.runtime import LocalRuntime, resolve_device
-from hashtune.trainer import build_model, build_optimizer, sharded_loader, train_one_epoch
+from hashtune.train.runtime import LocalRuntime, resolve_device
+from hashtune.train.symmetric import SymmetricStrategy
+from hashtune.train.trainer import build_model, build_optimizer
 
 VIT_B = ["model.backbone=vit_base_patch16_224", "model.img_size=224", "model.patch_size=16", "model.depth=12",
          "model.embed_dim=768", "model.num_heads=12", "model.bits=64", "model.k_groups=4", "train.precision=bf16"]
@@ -49,15 +50,14 @@ def measure(config, runtime: LocalRuntime, *, images: int, epochs: int) -> float
     train_model = runtime.prepare_model(model)
     optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loader = sharded_loader(RandomImages(images, config.model.img_size), runtime, batch_size=config.train.batch_size // runtime.world_size,
-                            shuffle=True, seed=0, num_workers=0)
-    step = dict(config=config, multi_label=False, runtime=runtime)
-    train_one_epoch(train_model, loader, optimizer, scheduler, epoch=0, **step)
+    data = SimpleNamespace(train=RandomImages(images, config.model.img_size), multi_label=False)
+    strategy = SymmetricStrategy(config=config, data=data, runtime=runtime, per_worker_batch=config.train.batch_size // runtime.world_size)
+    strategy.train_one_epoch(train_model, optimizer, scheduler, epoch=0)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     start, seen = time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
-        seen += train_one_epoch(train_model, loader, optimizer, scheduler, epoch=epoch, **step)["_images"]
+        seen += strategy.train_one_epoch(train_model, optimizer, scheduler, epoch=epoch).images
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     return seen / (time.perf_counter() - start)
@@ -70,7 +70,7 @@ def ray_worker(loop_config: dict) -> None:
     import ray.train
 
     from hashtune.config import config_from_dict
-    from hashtune.distributed import RayTrainRuntime
+    from hashtune.train.distributed import RayTrainRuntime
 
     rate = measure(config_from_dict(loop_config["config"]), RayTrainRuntime(), images=loop_config["images"], epochs=loop_config["epochs"])
     # Train V2 keeps a report's metrics only with a checkpoint
@@ -106,7 +106,7 @@ def main(argv=None) -> None:
     config = load_config(overrides=VIT_B + (TINY if args.tiny else []) + [f"train.batch_size={args.batch_size}"])
     device = resolve_device(config.train.device)
     plain = measure(config, LocalRuntime(device), images=args.images, epochs=args.epochs)
-    from hashtune.distributed import init_ray
+    from hashtune.train.distributed import init_ray
 
     started = init_ray(num_cpus=None)
     try:

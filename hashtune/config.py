@@ -32,7 +32,12 @@ __all__ = [
     "config_from_dict",
     "to_flat_dict",
     "save_config",
+    "require_val_metric",
+    "SEED_KEYS",
 ]
+
+SEED_KEYS = ("train.seed", "data.seed")
+"""The keys a seed replicate sets (a study's `seeds`)."""
 
 
 class ConfigError(ValueError):
@@ -288,3 +293,10 @@ def to_flat_dict(config: Config) -> dict[str, Any]:
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as nested YAML (readable back with `load_config`)."""
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def require_val_metric(metric: str) -> str:
+    """`metric` if it is a validation metric (`val/...`); selection and early stopping never see test data."""
+    if not isinstance(metric, str) or metric.split("/")[0] != "val":
+        raise ConfigError(f"metric {metric!r} would select on non-validation data; use a val/* metric such as val/best_mAP")
+    return metric

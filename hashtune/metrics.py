@@ -2,7 +2,7 @@
 
 Conventions (the same in every function here):
 
-* Codes are in {-1, +1} (any sign-valued array; a code element > 0 is bit 1), as numpy arrays or
+* Codes are in {-1, +1} (any sign-valued array; a code element >= 0 is bit 1, see `pack_codes`), as numpy arrays or
   torch tensors. Labels are class indices (shape (n,)) or multi-hot rows (shape (n, classes)); a
   database item is relevant to a query iff they share at least one class.
 * The database is ranked by Hamming distance ascending, **ties broken by database index ascending**
@@ -21,6 +21,7 @@ gives each item its rank as "items in closer buckets + earlier items in its own 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 __all__ = [
     "pack_codes",
+    "unpack_codes",
     "pack_labels",
     "average_precisions",
     "mean_average_precision",
@@ -50,18 +52,32 @@ def _as_numpy(array) -> np.ndarray:
 
 
 def pack_codes(codes) -> np.ndarray:
-    """Codes in {-1, +1} (n, bits) -> uint64 words (n, ceil(bits / 64)), bit j of a row is code j > 0."""
+    """Sign codes (n, bits) -> uint8 (n, ceil(bits / 8)), numpy `packbits` order; bit set where code >= 0.
+
+    The one packing of hashtune: bundles store it, faiss indexes it, the mAP kernel reads it. The
+    `>= 0` rule is the trainer's binarisation (`sign` with 0 -> +1), so continuous codes pack as
+    their binary codes. Short codes are padded with zero bits, which leave Hamming distances unchanged.
+    """
     codes = _as_numpy(codes)
     if codes.ndim != 2:
         raise ValueError(f"codes must be a 2-d (items, bits) array, got shape {codes.shape}")
-    bits = np.packbits(codes > 0, axis=1, bitorder="little")
-    padded = np.zeros((bits.shape[0], -(-bits.shape[1] // 8) * 8), dtype=np.uint8)
-    padded[:, : bits.shape[1]] = bits
-    return np.ascontiguousarray(padded).view("<u8").astype(np.uint64, copy=False)
+    return np.packbits(codes >= 0, axis=1)
+
+
+def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 (n, bytes) from `pack_codes` -> float32 codes in {-1, +1} of shape (n, bits)."""
+    return np.unpackbits(packed, axis=1, count=bits).astype(np.float32) * 2 - 1
+
+
+def _words(packed: np.ndarray) -> np.ndarray:
+    """Packed bytes viewed as 64-bit words (zero-padded), the unit the popcount kernel reads."""
+    padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64)
 
 
 def pack_labels(labels, num_classes: int | None = None) -> np.ndarray:
-    """Class indices (n,) or multi-hot rows (n, classes) -> uint64 words of the multi-hot row."""
+    """Class indices (n,) or multi-hot rows (n, classes) -> the multi-hot rows packed like codes."""
     labels = _as_numpy(labels)
     if labels.ndim == 1:
         num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
@@ -163,10 +179,10 @@ def _prepare(query_codes, db_codes, query_labels, db_labels):
     else:
         num_classes = None
     return (
-        pack_codes(query_codes),
-        pack_codes(db_codes),
-        pack_labels(query_labels, num_classes),
-        pack_labels(db_labels, num_classes),
+        _words(pack_codes(query_codes)),
+        _words(pack_codes(db_codes)),
+        _words(pack_labels(query_labels, num_classes)),
+        _words(pack_labels(db_labels, num_classes)),
         query_codes.shape[1],
     )
 
@@ -184,12 +200,9 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
 
 
 def _torch_threads() -> int:
-    """torch's intra-op thread count (OMP_NUM_THREADS in a Ray worker), or all cores without torch."""
-    try:
-        import torch
-    except ImportError:
-        return os.cpu_count() or 1
-    return torch.get_num_threads()
+    """torch's intra-op thread count (OMP_NUM_THREADS in a Ray worker) when torch is loaded, else all cores."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
 
 
 def average_precisions(query_codes, db_codes, query_labels, db_labels, topk: int | None = None) -> np.ndarray:

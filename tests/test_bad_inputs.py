@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import write_cifar_folder, write_listfile_folder
-from hashtune.model import create_backbone
-from hashtune.sweep import main as sweep_main
-from hashtune.train import main as train_main
+from hashtune.train.model import create_backbone
+from hashtune.sweep.cli import main as sweep_main
+from hashtune.train.cli import main as train_main
 
 TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1"]
 

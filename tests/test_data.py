@@ -92,7 +92,7 @@ def test_cifar10_transform_resizes_and_crops(cifar_root):
     source = load_source("cifar10", cifar_root)
     from hashtune.data import HashingDataset, build_transform
 
-    transform = build_transform(channels=3, native_size=32, img_size=16, train=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+    transform = build_transform(channels=3, native_size=32, img_size=16, train=True)
     image, _, _ = HashingDataset(source, np.arange(4), transform)[2]
     assert image.shape == (3, 16, 16)
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hashtune.checkpoint import load_checkpoint
+from hashtune.train.checkpoint import load_checkpoint
 from hashtune.config import config_from_dict, load_config
 from hashtune.data import Splits, build_retrieval_data
-from hashtune.distributed import fit_distributed
-from hashtune.runtime import LocalRuntime
-from hashtune.trainer import build_model, evaluate, sharded_loader
+from hashtune.train.distributed import fit_distributed
+from hashtune.train.runtime import LocalRuntime
+from hashtune.train.steps import sharded_loader
+from hashtune.train.trainer import build_model, evaluate
 from ray_helpers import local_ray, train_workers
 
 pytestmark = pytest.mark.slow

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashtune.bundle import BundleError, pack_codes, unpack_codes, verify_bundle
+from hashtune.metrics import pack_codes, unpack_codes
+from hashtune.retrieval.bundle import BundleError, verify_bundle
 from hashtune.config import load_config
 from hashtune.data import load_source
-from hashtune.export import export_bundle
-from hashtune.export import main as export_main
-from hashtune.checkpoint import load_checkpoint
+from hashtune.retrieval.export import export_bundle
+from hashtune.retrieval.export import main as export_main
+from hashtune.train.checkpoint import load_checkpoint
 from hashtune.retrieval import Retriever, evaluate_bundle
-from hashtune.retrieve import main as retrieve_main
-from hashtune.trainer import fit
+from hashtune.retrieval.cli import main as retrieve_main
+from hashtune.train.trainer import fit
 
 TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=2", "train.eval_every=1", "model.bits=24"]
 
@@ -119,7 +120,7 @@ def test_tampered_or_missing_bundle_is_one_line(bundle, tmp_path, capsys):
 def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_path, capsys):
     folder, _ = bundle
     state = load_checkpoint(folder.parent / "run")
-    from hashtune.export import ExportError
+    from hashtune.retrieval.export import ExportError
 
     with pytest.raises(ExportError, match="already exists"):
         export_bundle(state, folder)
@@ -135,7 +136,7 @@ def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
 
     from mlflow import MlflowClient
 
-    from hashtune.sweep import main as sweep_main
+    from hashtune.sweep.cli import main as sweep_main
 
     monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashtune import losses
+from hashtune.train import losses
 
 GAMMA = 3.0
 

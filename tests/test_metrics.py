@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashtune.metrics import average_precisions, mean_average_precision, pack_codes, pack_labels, retrieval_metrics
+from hashtune.metrics import average_precisions, mean_average_precision, pack_codes, pack_labels, retrieval_metrics, unpack_codes
 
 
 def _brute_force_ap(query, database, query_labels, database_labels, topk=None):
@@ -94,11 +94,16 @@ def test_precision_at_n_radius_and_pr_curve_against_brute_force():
 
 def test_packing_round_trips_bits():
     codes = np.where(np.random.default_rng(0).random((5, 70)) > 0.5, 1, -1)
-    words = pack_codes(codes)
-    assert words.shape == (5, 2) and words.dtype == np.uint64
-    unpacked = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :70]
-    np.testing.assert_array_equal(unpacked, codes > 0)
-    assert pack_labels(np.array([0, 3]), 4)[:, 0].tolist() == [1, 8]
+    packed = pack_codes(codes)
+    assert packed.shape == (5, 9) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(np.unpackbits(packed, axis=1)[:, :70], codes > 0)
+    np.testing.assert_array_equal(unpack_codes(packed, 70), codes)
+    assert pack_labels(np.array([0, 3]), 4)[:, 0].tolist() == [0b10000000, 0b00010000]
+
+
+def test_one_sign_rule_zero_is_a_one_bit():
+    """A continuous code of exactly 0 binarises to +1 in the trainer, so it packs as bit 1 everywhere."""
+    assert pack_codes(np.array([[0.0, -0.0, -1e-9, 0.3]]))[0, 0] == 0b11010000
 
 
 def test_bad_shapes_and_topk_are_rejected():

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hashtune.model import TransHash, bit_allocation, create_backbone
+from hashtune.train.bits import bit_allocation
+from hashtune.train.model import TransHash, create_backbone
 
 TINY = dict(img_size=8, patch_size=2, depth=3, embed_dim=32, num_heads=2, in_chans=1)
 

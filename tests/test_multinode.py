@@ -8,7 +8,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from hashtune.config import load_config
-from hashtune.distributed import fit_distributed
+from hashtune.train.distributed import fit_distributed
 from ray_helpers import train_workers
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from hashtune.config import Config, to_flat_dict
-from hashtune.outputs import write_pr_curve
+from hashtune.train.outputs import write_pr_curve
 from hashtune.metrics import retrieval_metrics
 from hashtune.report import ReportError, build_report, load_study
 from hashtune.report.__main__ import main as report_main

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from hashtune.sweep import main as sweep_main
-from hashtune.train import main as train_main
+from hashtune.sweep.cli import main as sweep_main
+from hashtune.train.cli import main as train_main
 
 pytestmark = pytest.mark.slow
 

@@ -4,11 +4,13 @@ import optuna
 import pytest
 
 from hashtune.config import Config, to_flat_dict
-from hashtune.space import SPACES_DIR, SpaceError, is_feasible, load_space
-from hashtune.sweep import OptunaSpace, _fidelity_aware_optuna_search
-from hashtune.sweep import main as sweep_main
+from hashtune.paths import shipped_spaces
+from hashtune.sweep.space import SpaceError, load_space
+from hashtune.train.bits import is_feasible
+from hashtune.sweep.tuner import OptunaSpace, _fidelity_aware_optuna_search
+from hashtune.sweep.cli import main as sweep_main
 
-SHIPPED = sorted(path.stem for path in SPACES_DIR.glob("*.yaml"))
+SHIPPED = sorted(shipped_spaces())
 
 
 def test_required_spaces_are_shipped():

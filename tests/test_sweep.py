@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from hashtune.sweep import main as sweep_main
+from hashtune.sweep.cli import main as sweep_main
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from hashtune.checkpoint import CheckpointError, load_checkpoint
+from hashtune.train.checkpoint import CheckpointError, load_checkpoint
 from hashtune.config import load_config
 from hashtune.data import build_retrieval_data
-from hashtune.runtime import LocalRuntime
-from hashtune.train import main as train_main
-from hashtune.trainer import NonFiniteLossError, build_model, evaluate, fit, sharded_loader, warmup_cosine
+from hashtune.train.runtime import LocalRuntime
+from hashtune.train.cli import main as train_main
+from hashtune.train.steps import NonFiniteLossError, sharded_loader, warmup_cosine
+from hashtune.train.trainer import build_model, evaluate, fit
 
 SMALL = ["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.batch_size=50", "train.lr=5e-3", "train.warmup_epochs=1", "train.device=cpu"]
 
@@ -52,7 +53,7 @@ def test_asymmetric_run_learns_database_codes(tmp_path):
     config = small_config("train.strategy=asymmetric", "train.epochs=20", "train.eval_every=10", "train.asym_sample_size=200")
     metrics = fit(config, run_dir=tmp_path)
     state = load_checkpoint(tmp_path)
-    codes = state["database_codes"]
+    codes = state["strategy"]["database_codes"]
     assert codes.shape == (500, 32) and set(codes.unique().tolist()) == {-1.0, 1.0}
     assert metrics["val/mAP"] > _initial_val_map(config) + 0.2
     assert "train/asym" in metrics

@@ -1,6 +1,6 @@
 """Datasets, retrieval protocols and transforms (no download ever happens here)."""
 
-from hashtune.data.datasets import HashingDataset, RetrievalData, build_retrieval_data, build_transform
+from hashtune.data.datasets import HashingDataset, Preprocessing, RetrievalData, build_retrieval_data, build_transform
 from hashtune.data.protocol import PROTOCOLS, ProtocolSpec, Splits, build_splits
 from hashtune.data.sources import SOURCES, ImageSource, load_source
 
@@ -8,6 +8,7 @@ __all__ = [
     "HashingDataset",
     "ImageSource",
     "PROTOCOLS",
+    "Preprocessing",
     "ProtocolSpec",
     "RetrievalData",
     "SOURCES",

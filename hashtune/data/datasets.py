@@ -14,24 +14,43 @@ from torchvision.transforms import v2
 from hashtune.data.protocol import SPLIT_NAMES, Splits, build_splits
 from hashtune.data.sources import ImageSource, load_source
 
-__all__ = ["HashingDataset", "RetrievalData", "build_transform", "build_retrieval_data"]
+__all__ = ["HashingDataset", "Preprocessing", "RetrievalData", "build_transform", "build_retrieval_data", "native_size"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input: normalisation, resize interpolation and centre-crop fraction.
+
+    The default is what hashtune uses for models trained from scratch; pretrained backbones take
+    theirs from timm (`hashtune.train.model.preprocessing`).
+    """
+
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    crop_pct: float = 224 / 256
+
+    def as_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct}
 
 
 def build_transform(
-    *, channels: int, native_size: int | None, img_size: int, train: bool, mean: tuple[float, ...], std: tuple[float, ...]
+    *, channels: int, native_size: int | None, img_size: int, train: bool, preprocessing: Preprocessing = Preprocessing()
 ) -> v2.Compose:
     """Resize + random crop + flip for training RGB data, resize + centre crop for evaluation.
 
-    Images already at `img_size` (digits at 8 px) are only normalised: a crop would cut digits and a
-    flip would turn them into other symbols.
+    Images already at `img_size` (digits at 8 px) are only normalised: a crop would cut digits and a flip would turn them
+    into other symbols.
     """
+    p = preprocessing
     steps: list = [v2.ToImage()]
     if native_size != img_size:
-        steps.append(v2.Resize(round(img_size * 256 / 224), antialias=True))
+        interpolation = v2.InterpolationMode(p.interpolation)
+        steps.append(v2.Resize(round(img_size / p.crop_pct), interpolation=interpolation, antialias=True))
         steps.append(v2.RandomCrop(img_size) if train else v2.CenterCrop(img_size))
         if train and channels == 3:
             steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean[:channels]), std=list(std[:channels]))]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(p.mean[:channels]), std=list(p.std[:channels]))]
     return v2.Compose(steps)
 
 
@@ -81,7 +100,7 @@ class RetrievalData:
     channels: int
 
 
-def _native_size(source: ImageSource) -> int | None:
+def native_size(source: ImageSource) -> int | None:
     return source.pixels.shape[1] if source.pixels is not None else None
 
 
@@ -91,8 +110,7 @@ def build_retrieval_data(
     root: str | Path = "",
     seed: int,
     img_size: int,
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    preprocessing: Preprocessing = Preprocessing(),
     splits: Splits | None = None,
 ) -> RetrievalData:
     """Load `name` and build its protocol's datasets (or use given `splits`, e.g. from a resumed run).
@@ -102,7 +120,7 @@ def build_retrieval_data(
     """
     source = load_source(name, root)
     splits = splits if splits is not None else build_splits(source, seed)
-    common = dict(channels=source.channels, native_size=_native_size(source), img_size=img_size, mean=mean, std=std)
+    common = dict(channels=source.channels, native_size=native_size(source), img_size=img_size, preprocessing=preprocessing)
     train_transform = build_transform(train=True, **common)
     eval_transform = build_transform(train=False, **common)
     datasets = {split: HashingDataset(source, getattr(splits, split), eval_transform) for split in SPLIT_NAMES}

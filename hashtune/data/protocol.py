@@ -83,9 +83,14 @@ class Splits:
             np.savez(handle, **{name: getattr(self, name) for name in SPLIT_NAMES})
 
     @classmethod
+    def from_arrays(cls, arrays) -> "Splits":
+        """Splits from a mapping of the four index arrays (numpy arrays or CPU tensors, e.g. a checkpoint's)."""
+        return cls(**{name: np.asarray(arrays[name]) for name in SPLIT_NAMES})
+
+    @classmethod
     def load(cls, path: str | Path) -> "Splits":
         with np.load(path) as arrays:
-            return cls(**{name: arrays[name] for name in SPLIT_NAMES})
+            return cls.from_arrays(arrays)
 
 
 def _single_label_splits(source: ImageSource, spec: ProtocolSpec, rng: np.random.Generator) -> Splits:

@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from hashtune.config import ConfigError, require_val_metric
+from hashtune.paths import RESULTS_DIR
 from hashtune.report.build import build_report
 from hashtune.report.runs import ReportError
-
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+from hashtune.tracking import resolve_tracking
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,17 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
 
-    from hashtune.tracking import resolve_tracking
-
     args = build_parser().parse_args(argv)
-    if args.metric.split("/")[0] != "val":
-        print(f"hashtune.report: error: --metric {args.metric!r} would select on non-validation data; use a val/* metric", file=sys.stderr)
-        return 2
     try:
+        require_val_metric(args.metric)
         uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)
         out = args.out or RESULTS_DIR / args.experiment.replace("/", "_")
         written = build_report(MlflowClient(uri), args.experiment, out, metric=args.metric, reference=args.reference, log_to_parent=not args.no_log)
-    except (ReportError, ConnectionError) as error:
+    except (ReportError, ConfigError, ConnectionError) as error:
         print(f"hashtune.report: error: {error}", file=sys.stderr)
         return 2
     print(f"study of {args.experiment!r} written to {out}:")

@@ -8,13 +8,13 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hashtune.outputs import read_pr_curve
 from hashtune.report.importance import parameter_importances, rebuild_study
-from hashtune.report.plots import plot_importance, plot_pr_curves, plot_search_progress, plot_sensitivity
+from hashtune.report.plots import plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
 from hashtune.report.tables import (
     METRIC, ablation_table, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
 )
+from hashtune.train.outputs import plot_pr_curves, read_pr_curve
 
 __all__ = ["build_report", "ARTIFACT_PATH"]
 
@@ -74,7 +74,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
         notes["importance.png"] = "the same as bar charts"
     pr = _best_pr_curves(client, study, metric)
     if pr:
-        written.append(plot_pr_curves(pr, out / "pr_curves.png", f"test PR by Hamming radius: best run (by {metric}) of each group"))
+        written.append(plot_pr_curves(pr, out / "pr_curves.png", title=f"test PR by Hamming radius: best run (by {metric}) of each group"))
         notes["pr_curves.png"] = f"precision-recall curves of the best run by `{metric}` of each variant (or code length)"
     written.append(plot_search_progress(study.runs, metric, out / "search_progress.png"))
     notes["search_progress.png"] = f"each trial's last `{metric}` in start order, and the best finished so far"

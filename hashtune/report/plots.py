@@ -1,4 +1,4 @@
-"""The study's figures (matplotlib, PNG): importance bars, sensitivity curves, PR curves, search progress."""
+"""The study's figures (matplotlib, PNG): importance bars, sensitivity curves, search progress (PR curves: `train.outputs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hashtune.report.runs import TrialRun  # noqa: E402
 from hashtune.report.tables import BinnedCurve  # noqa: E402
 
-__all__ = ["plot_importance", "plot_sensitivity", "plot_pr_curves", "plot_search_progress"]
+__all__ = ["plot_importance", "plot_sensitivity", "plot_search_progress"]
 
 
 def _save(figure, path: Path) -> Path:
@@ -53,21 +53,6 @@ def plot_sensitivity(curves: list[BinnedCurve], param: str, path: Path) -> Path:
     axis.set_title(f"sensitivity to {param} (points: runs; line: binned mean ± 95% CI)", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()
-    return _save(figure, path)
-
-
-def plot_pr_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
-    """Precision-recall by Hamming radius, one line per labelled run."""
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    for label, curve in curves.items():
-        axis.plot(curve["recall"], curve["precision"], marker=".", label=label)
-    axis.set_xlabel("recall")
-    axis.set_ylabel("precision")
-    axis.set_xlim(0, 1.02)
-    axis.set_ylim(0, 1.02)
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
     return _save(figure, path)
 
 

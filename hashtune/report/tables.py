@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hashtune.config import Config, to_flat_dict
+from hashtune.config import SEED_KEYS, Config, to_flat_dict
 from hashtune.report.runs import TrialRun
 from hashtune.report.stats import MeanCI, PairedDifference, mean_ci, paired_difference
-from hashtune.space import SEED_KEYS, is_feasible
+from hashtune.train.bits import is_feasible
 
 __all__ = [
     "METRIC",

@@ -14,9 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from hashtune.checkpoint import CheckpointError
 from hashtune.config import Config, ConfigError, load_config
-from hashtune.trainer import NonFiniteLossError, fit
+from hashtune.train.checkpoint import CheckpointError
+from hashtune.train.steps import NonFiniteLossError
+from hashtune.train.trainer import fit
 
 __all__ = ["main", "resolve_cli_config"]
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve_cli_config(args)
         if args.workers > 0:
-            from hashtune.distributed import fit_distributed
+            from hashtune.train.distributed import fit_distributed
 
             metrics = fit_distributed(
                 config, run_dir=out, resume_from=args.resume, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
@@ -81,7 +82,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({key: metrics[key] for key in sorted(metrics) if key.startswith("test/")}, indent=2))
     print(f"run folder: {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,37 +19,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["bit_allocation", "HashOutput", "TransHash", "create_backbone"]
+from hashtune.config import Config
+from hashtune.data import Preprocessing
+from hashtune.train.bits import MIN_LOCAL_BITS, bit_allocation
 
-
-def bit_allocation(bits: int, k_groups: int, dual_stream: bool = True, min_local_bits: int = 4) -> list[int]:
-    """Split `bits` over the hash heads, global head first.
-
-    The global head takes `bits // 2`; the rest is split over the K local heads as evenly as possible,
-    earlier heads taking the remainder (48 bits, K=5 -> [24, 5, 5, 5, 5, 4]). Without the dual stream
-    (the w/o P ablation) the global head takes every bit.
-
-    Raises:
-        ValueError: for non-positive `bits` or `k_groups`, or a local head under `min_local_bits`
-            (the paper reports that such models fail to converge).
-    """
-    if bits < 1:
-        raise ValueError(f"bits={bits} must be a positive number of bits, e.g. 16, 32, 48 or 64")
-    if k_groups < 1:
-        raise ValueError(f"k_groups={k_groups} must be a positive number of local groups, e.g. 1..6")
-    if not dual_stream:
-        return [bits]
-    global_bits = bits // 2
-    base, remainder = divmod(bits - global_bits, k_groups)
-    if base < min_local_bits:
-        max_groups = (bits - global_bits) // min_local_bits
-        min_bits = 2 * min_local_bits * k_groups - 1
-        fix = f"k_groups <= {max_groups}" if max_groups >= 1 else "dual_stream=False"
-        raise ValueError(
-            f"bits={bits} with k_groups={k_groups} leaves local heads of {base} bits, under "
-            f"min_local_bits={min_local_bits}; use {fix} or bits >= {min_bits}"
-        )
-    return [global_bits] + [base + 1] * remainder + [base] * (k_groups - remainder)
+__all__ = ["HashOutput", "TransHash", "create_backbone", "preprocessing"]
 
 
 class HashOutput(NamedTuple):
@@ -105,6 +79,18 @@ def create_backbone(
     return backbone
 
 
+def preprocessing(config: Config) -> Preprocessing:
+    """The input preprocessing the weights expect: timm's `resolve_data_config` of the backbone's pretrained
+    config (mean, std, interpolation, crop) when `model.pretrained` is set; hashtune's scratch default otherwise."""
+    if not config.model.pretrained:
+        return Preprocessing()
+    from timm.data import resolve_data_config
+
+    resolved = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(config.model.backbone).to_dict())
+    return Preprocessing(mean=tuple(resolved["mean"]), std=tuple(resolved["std"]), interpolation=resolved["interpolation"],
+                         crop_pct=float(resolved["crop_pct"]))
+
+
 def _group_order(num_patches: int, k_groups: int) -> torch.Tensor:
     """Patch order that deals tokens round-robin into K groups, so each group spans the whole image."""
     return torch.argsort(torch.arange(num_patches) % k_groups, stable=True)
@@ -131,7 +117,7 @@ class TransHash(nn.Module):
         k_groups: int,
         num_classes: int,
         dual_stream: bool = True,
-        min_local_bits: int = 4,
+        min_local_bits: int = MIN_LOCAL_BITS,
     ) -> None:
         super().__init__()
         self.bits = bits

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -18,7 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "copy_run_folder",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "hashtune-checkpoint-v1"
@@ -84,3 +87,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"{path} lacks {missing}; it was not written by hashtune's trainer")
     return state
+
+
+def copy_run_folder(source: str | Path, target: Path) -> Path:
+    """Copy the files of a run folder (a checkpoint directory) into `target`; returns `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in Path(source).iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    return target

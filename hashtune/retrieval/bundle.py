@@ -6,7 +6,7 @@ Files (all checksummed in `manifest.json`)::
     state_dict.pt          the same weights as a TransHash state dict (best val/mAP epoch)
     config.yaml            the run's resolved config
     preprocess.json        what turns an image file into the encoder's input (channels, sizes, mean, std)
-    database_codes.npy     packed codes, uint8 (n, ceil(bits/8)): bit 1 = code +1, numpy packbits order
+    database_codes.npy     packed codes, uint8 (n, ceil(bits/8)): `hashtune.metrics.pack_codes`
     database_ids.npy       one id per database image (dataset index, or its path for list files)
     database_labels.npy    multi-hot labels, uint8 (n, classes)
     query_codes.npy, query_ids.npy, query_labels.npy   the test queries, the same way (for --eval)
@@ -29,7 +29,7 @@ import torch
 
 import hashtune
 
-__all__ = ["FORMAT_VERSION", "BundleError", "pack_codes", "unpack_codes", "write_manifest", "verify_bundle", "MANIFEST"]
+__all__ = ["FORMAT_VERSION", "BundleError", "write_manifest", "verify_bundle", "MANIFEST"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -37,17 +37,6 @@ MANIFEST = "manifest.json"
 
 class BundleError(RuntimeError):
     """A bundle that cannot be used: missing, tampered with, or from incompatible versions (one line)."""
-
-
-def pack_codes(codes: torch.Tensor | np.ndarray) -> np.ndarray:
-    """{-1, +1} (or signed continuous) codes (n, bits) -> uint8 (n, ceil(bits/8)); bit set where code >= 0."""
-    codes = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
-    return np.packbits(codes >= 0, axis=1)
-
-
-def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 (n, bytes) -> float32 codes in {-1, +1} of shape (n, bits)."""
-    return np.unpackbits(packed, axis=1, count=bits).astype(np.float32) * 2 - 1
 
 
 def _sha256(path: Path) -> str:

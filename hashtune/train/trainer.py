@@ -1,16 +1,15 @@
 """The hashing trainer: a plain loop that runs in one process; Ray Train and Ray Tune wrap it.
 
-`fit` reads top to bottom: build data, model and optimizer; restore a checkpoint if asked; then per
-epoch `train_one_epoch` (symmetric, TransHash) or `train_one_epoch_asymmetric` (He & Wei / ADSH), and
-every `train.eval_every` epochs `evaluate` on the val queries, a checkpoint and a report. The test
+`fit` reads top to bottom: build data, model, optimizer and the training strategy (`SymmetricStrategy`,
+TransHash, or `AsymmetricStrategy`, He & Wei / ADSH); restore a checkpoint if asked; then per epoch the
+strategy's `train_one_epoch`, and every `train.eval_every` epochs `evaluate` on the val queries, a
+checkpoint and a report. The test
 queries are evaluated once, at the end, with the weights that had the best `val/mAP`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -18,34 +17,23 @@ import numpy as np
 import timm.optim
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hashtune import outputs
-from hashtune.asymmetric import init_database_codes, train_one_epoch_asymmetric
-from hashtune.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hashtune.config import Config, ConfigError, config_from_dict, save_config, to_flat_dict
 from hashtune.data import RetrievalData, Splits, build_retrieval_data
-from hashtune.losses import transhash_objective
 from hashtune.metrics import RetrievalMetrics, retrieval_metrics
-from hashtune.model import TransHash, create_backbone
-from hashtune.runtime import LocalRuntime
+from hashtune.train import outputs
+from hashtune.train.asymmetric import AsymmetricStrategy
+from hashtune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hashtune.train.model import TransHash, create_backbone, preprocessing
+from hashtune.train.runtime import LocalRuntime, resolve_device
+from hashtune.train.steps import autocast, sharded_loader, warmup_cosine
+from hashtune.train.symmetric import SymmetricStrategy
 
-__all__ = [
-    "NonFiniteLossError",
-    "build_model",
-    "build_optimizer",
-    "warmup_cosine",
-    "sharded_loader",
-    "train_one_epoch",
-    "encode",
-    "evaluate",
-    "fit",
-]
+__all__ = ["STRATEGIES", "build_data", "build_model", "build_optimizer", "encode", "evaluate", "fit", "input_size"]
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite: the run fails instead of reporting a silent 0 mAP."""
+STRATEGIES = {"symmetric": SymmetricStrategy, "asymmetric": AsymmetricStrategy}
 
 
 def build_model(config: Config, data: RetrievalData) -> TransHash:
@@ -63,75 +51,6 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     t = config.train
     extra = {"momentum": 0.9} if t.optimizer == "sgd" else {}
     return timm.optim.create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, **extra)
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Learning-rate factor: linear warm-up from 0, then cosine decay to 0 at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def sharded_loader(dataset, runtime: LocalRuntime, *, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
-    """This rank's share of `dataset`; the order is a pure function of (seed, epoch) via `set_epoch`.
-
-    Evaluation shards (`shuffle=False`) are padded by the sampler; `encode` removes the duplicates.
-    """
-    sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=False)
-
-
-def autocast(config: Config, device: torch.device):
-    if config.train.precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def check_finite(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(
-            f"train/loss became {loss.item()} at epoch {epoch} step {step} (lr {lr:.3g}); "
-            "lower train.lr or loss.gamma, or use train.precision=fp32"
-        )
-
-
-def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, grad_clip: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-
-
-def train_one_epoch(
-    model: nn.Module, loader: DataLoader, optimizer, scheduler, *, config: Config, multi_label: bool,
-    runtime: LocalRuntime, epoch: int,
-) -> dict[str, float]:
-    """One pass of the symmetric (TransHash) objective over in-batch pairs; returns mean loss terms."""
-    model.train()
-    loader.sampler.set_epoch(epoch)
-    sums: dict[str, float] = {}
-    images_seen, steps = 0, 0
-    for step, (images, labels, _) in enumerate(loader):
-        images, labels = images.to(runtime.device, non_blocking=True), labels.to(runtime.device, non_blocking=True)
-        with autocast(config, runtime.device):
-            out = model(images)
-        loss, terms = transhash_objective(
-            [codes.float() for codes in out.head_codes], out.logits.float(), labels,
-            gamma=config.loss.gamma, prob=config.loss.prob, quant_weight=config.loss.quant_weight,
-            cls_weight=config.loss.cls_weight, multi_label=multi_label,
-        )
-        check_finite(loss, epoch, step, scheduler.get_last_lr()[0])
-        optimizer_step(loss, model, optimizer, scheduler, config.train.grad_clip)
-        for name, value in {"loss": loss, **terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.item()
-        images_seen += len(images)
-        steps += 1
-    return {f"train/{name}": runtime.mean(total / max(steps, 1)) for name, total in sums.items()} | {
-        "_images": images_seen * runtime.world_size
-    }
 
 
 @torch.no_grad()
@@ -178,7 +97,7 @@ def _restore(config: Config, resume_from: Path | None, device: torch.device) -> 
     if saved != config:
         changed = {k: v for k, v in to_flat_dict(config).items() if to_flat_dict(saved)[k] != v}
         raise ConfigError(f"--resume uses the checkpoint's config; these overrides differ from it: {changed}")
-    splits = Splits(**{name: state["splits"][name].numpy() for name in state["splits"]})
+    splits = Splits.from_arrays(state["splits"])
     return saved, state, splits
 
 
@@ -195,13 +114,11 @@ def fit(
         resume_from: a run folder or checkpoint file to continue from (its config must equal `config`).
         show_progress: a progress bar over epochs.
     """
-    from hashtune.runtime import resolve_device
-
     runtime = runtime or LocalRuntime(resolve_device(config.train.device))
     run_dir = Path(run_dir)
     config, state, splits = _restore(config, Path(resume_from) if resume_from else None, runtime.device)
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-    data = build_retrieval_data(name=config.data.name, root=config.data.root, seed=config.data.seed, img_size=input_size(config), splits=splits)
+    data = build_data(config, splits)
     model = build_model(config, data)
     run = _TrainingRun(config, data, model, runtime, run_dir)
     if state is not None:
@@ -228,6 +145,12 @@ def fit(
     return run.finish()
 
 
+def build_data(config: Config, splits: Splits | None = None) -> RetrievalData:
+    """The protocol's datasets for `config` (or for given `splits`), preprocessed as the backbone expects."""
+    return build_retrieval_data(name=config.data.name, root=config.data.root, seed=config.data.seed, img_size=input_size(config),
+                                preprocessing=preprocessing(config), splits=splits)
+
+
 def input_size(config: Config) -> int:
     """The network's input side in pixels: `model.img_size`, else the backbone's registered size."""
     if config.model.img_size is not None:
@@ -245,17 +168,14 @@ class _TrainingRun:
         self.optimizer = build_optimizer(config, self.model)
         t = config.train
         self.per_worker_batch = max(1, t.batch_size // runtime.world_size)
+        self.strategy = STRATEGIES[t.strategy](config=config, data=data, runtime=runtime, per_worker_batch=self.per_worker_batch)
         loader_args = dict(batch_size=self.per_worker_batch, seed=t.seed, num_workers=config.data.num_workers)
-        self.train_loader = sharded_loader(data.train, runtime, shuffle=True, **loader_args)
         self.val_loader = sharded_loader(data.val_query, runtime, shuffle=False, **loader_args)
         self.test_loader = sharded_loader(data.test_query, runtime, shuffle=False, **loader_args)
         self.database_loader = sharded_loader(data.database, runtime, shuffle=False, **loader_args)
-        steps = self.steps_per_epoch()
+        steps = self.strategy.steps_per_epoch()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_cosine(step, t.epochs * steps, t.warmup_epochs * steps)
-        )
-        self.database_codes = (
-            init_database_codes(len(data.train), config.model.bits, t.seed) if t.strategy == "asymmetric" else None
         )
         self.epoch = 0
         self.resumed_at_epoch = 0
@@ -264,26 +184,12 @@ class _TrainingRun:
         self.train_seconds, self.images_trained = 0.0, 0
         self._cpu_before, self._cpu_mark = 0.0, time.process_time()
 
-    def steps_per_epoch(self) -> int:
-        t = self.config.train
-        if t.strategy == "symmetric":
-            return len(self.train_loader)
-        sample = min(t.asym_sample_size, len(self.data.train))
-        return t.asym_inner_epochs * math.ceil(math.ceil(sample / self.runtime.world_size) / self.per_worker_batch)
-
     def train_epoch(self, epoch: int) -> dict[str, float]:
         start = time.perf_counter()
-        common = dict(config=self.config, multi_label=self.data.multi_label, runtime=self.runtime, epoch=epoch)
-        if self.database_codes is None:
-            row = train_one_epoch(self.ddp_model, self.train_loader, self.optimizer, self.scheduler, **common)
-        else:
-            row, self.database_codes = train_one_epoch_asymmetric(
-                self.ddp_model, self.data.train, self.database_codes, self.optimizer, self.scheduler,
-                per_worker_batch=self.per_worker_batch, **common,
-            )
+        result = self.strategy.train_one_epoch(self.ddp_model, self.optimizer, self.scheduler, epoch)
         self.train_seconds += time.perf_counter() - start
-        self.images_trained += row.pop("_images")
-        return {"epoch": epoch + 1, **row, "train/lr": self.scheduler.get_last_lr()[0]}
+        self.images_trained += result.images
+        return {"epoch": epoch + 1, **result.metrics, "train/lr": self.scheduler.get_last_lr()[0]}
 
     def validate(self) -> dict[str, float]:
         metrics = evaluate(self.model, self.val_loader, self.database_loader, runtime=self.runtime, config=self.config)
@@ -305,7 +211,7 @@ class _TrainingRun:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "config": to_flat_dict(self.config),
-            "rng": rng_state(), "history": self.history, "best": self.best, "database_codes": self.database_codes,
+            "rng": rng_state(), "history": self.history, "best": self.best, "strategy": self.strategy.state_dict(),
             "splits": {name: torch.from_numpy(np.asarray(getattr(self.data.splits, name))) for name in self.data.splits.sizes()},
             "timing": {"train_seconds": self.train_seconds, "images_trained": self.images_trained, "cpu_seconds": self.cpu_seconds()},
         }
@@ -315,7 +221,7 @@ class _TrainingRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.best = state["epoch"], list(state["history"]), state["best"]
-        self.database_codes = state["database_codes"]
+        self.strategy.load_state_dict(state["strategy"])
         self.train_seconds = state["timing"]["train_seconds"]
         self.images_trained = state["timing"]["images_trained"]
         self._cpu_before, self._cpu_mark = state["timing"].get("cpu_seconds", 0.0), time.process_time()

@@ -1,7 +1,4 @@
-"""The sweep's driver side: stores, the MLflow parent run, start or resume, and the summary.
-
-Kept apart from `hashtune.sweep` (the CLI, the trainable and the Tuner) so each stays one idea.
-"""
+"""The sweep's driver: stores, the MLflow parent run, start or resume the Tuner, and the summary."""
 
 from __future__ import annotations
 
@@ -11,16 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from hashtune.config import Config, to_flat_dict
-from hashtune.space import SearchSpace
-from hashtune.tracking import (
-    TAG,
-    MlflowTrialLogger,
-    find_runs,
-    get_or_create_experiment,
-    log_infeasible_points,
-    mark_orphans_killed,
-    resolve_tracking,
-)
+from hashtune.sweep.mlflow_logger import MlflowTrialLogger
+from hashtune.sweep.space import SearchSpace
+from hashtune.sweep.trial import TrialResolver
+from hashtune.sweep.tuner import build_tuner, trial_trainable
+from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, resolve_tracking
 
 __all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
 
@@ -61,8 +53,7 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
     from mlflow import MlflowClient
     from ray.tune import Tuner
 
-    from hashtune.distributed import init_ray
-    from hashtune.sweep import TrialResolver, build_tuner, trial_trainable
+    from hashtune.train.distributed import init_ray
 
     name = args.name or space.name
     results_dir = Path(args.results_dir).absolute()

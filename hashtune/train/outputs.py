@@ -1,4 +1,4 @@
-"""Files of a run folder: history.csv, metrics.json and pr_curve.png (written by the main rank only)."""
+"""Files of a run folder: history.csv, metrics.json, pr_curve.csv and pr_curve.png (written by the main rank only)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from hashtune.metrics import RetrievalMetrics  # noqa: E402
 
-__all__ = ["write_history", "write_metrics", "read_metrics", "write_pr_curve", "read_pr_curve", "plot_pr_curve"]
+__all__ = ["write_history", "write_metrics", "read_metrics", "write_pr_curve", "read_pr_curve", "plot_pr_curve", "plot_pr_curves"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -59,16 +59,26 @@ def read_pr_curve(path: str | Path) -> dict[str, list[float]]:
     return {column: [float(row[column]) for row in rows] for column in ("radius", "precision", "recall")}
 
 
-def plot_pr_curve(metrics: RetrievalMetrics, path: str | Path, *, title: str = "") -> None:
-    """Precision-recall by Hamming radius (one point per radius 0..bits)."""
-    figure, axis = plt.subplots(figsize=(4.5, 4))
-    axis.plot(metrics.pr_recall, metrics.pr_precision, marker=".")
+def plot_pr_curves(curves: dict[str, dict[str, list[float]]], path: str | Path, *, title: str) -> Path:
+    """Precision-recall by Hamming radius, one line per label (`{"recall": [...], "precision": [...]}` each)."""
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    for label, curve in curves.items():
+        axis.plot(curve["recall"], curve["precision"], marker=".", label=label)
     axis.set_xlabel("recall")
     axis.set_ylabel("precision")
     axis.set_xlim(0, 1.02)
     axis.set_ylim(0, 1.02)
-    axis.set_title(title or f"mAP {metrics.map:.3f}")
+    axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
+    if len(curves) > 1:
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return Path(path)
+
+
+def plot_pr_curve(metrics: RetrievalMetrics, path: str | Path, *, title: str = "") -> Path:
+    """One run's precision-recall by Hamming radius (one point per radius 0..bits)."""
+    curve = {"recall": metrics.pr_recall, "precision": metrics.pr_precision}
+    return plot_pr_curves({"": curve}, path, title=title or f"mAP {metrics.map:.3f}")

@@ -11,6 +11,8 @@ Schema (every key but `params` or `variants` optional)::
     workers: 0                          # 0: the plain trainer inside the trial; N: Ray Train DDP workers
     cpus_per_trial: 1                   # CPUs of a trial (workers: 0) or of each worker (workers: N)
     gpus_per_worker: 0
+    max_failures: 2                     # Ray Train worker-group restarts of a trial (workers: N)
+    checkpoints_to_keep: 2              # checkpoints kept per trial: the latest and the best by `metric`
     time_budget_s: null                 # stop launching trials after this many seconds
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
@@ -40,19 +42,19 @@ from typing import Any
 
 import yaml
 
-from hashtune.config import Config, ConfigError, to_flat_dict
-from hashtune.model import bit_allocation
+from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric, to_flat_dict
+from hashtune.paths import shipped_spaces
+from hashtune.train.bits import is_feasible
 
-__all__ = ["SpaceError", "Domain", "SearchSpace", "load_space", "space_path", "SPACES_DIR", "is_feasible"]
+__all__ = ["SpaceError", "Domain", "SearchSpace", "load_space", "space_text"]
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SEARCHES = ("grid", "tpe", "random")
 DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
     "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
-    "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params",
+    "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
+    "checkpoints_to_keep",
 }
-SEED_KEYS = ("train.seed", "data.seed")
 
 
 class SpaceError(ValueError):
@@ -79,6 +81,8 @@ class SearchSpace:
     workers: int = 0
     cpus_per_trial: float = 1.0
     gpus_per_worker: float = 0.0
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
     time_budget_s: float | None = None
     scheduler: dict = field(default_factory=lambda: {"type": "none"})
     seeds: tuple[int, ...] = (0,)
@@ -104,27 +108,24 @@ class SearchSpace:
         return feasible, infeasible
 
 
-def is_feasible(config: Config) -> bool:
-    """Whether the config's bit allocation works (the paper's '-' cells are the ones that do not)."""
-    try:
-        bit_allocation(config.model.bits, config.model.k_groups, config.model.dual_stream)
-    except ValueError:
-        return False
-    return True
-
-
-def space_path(name_or_path: str) -> Path:
-    """A shipped space by name (`ablations`) or a YAML file path."""
+def space_text(name_or_path: str) -> tuple[str, str, str]:
+    """`(name, where, YAML text)` of a shipped space by name (`ablations`) or of a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise SpaceError(f"space file {name_or_path!r} does not exist")
-        return path
-    shipped = SPACES_DIR / f"{name_or_path}.yaml"
-    if not shipped.is_file():
-        known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-        raise SpaceError(f"unknown space {name_or_path!r}; shipped spaces: {', '.join(known)} (or give a .yaml path)")
-    return shipped
+        return path.stem, str(path), _read_text(path, str(path))
+    shipped = shipped_spaces()
+    if name_or_path not in shipped:
+        raise SpaceError(f"unknown space {name_or_path!r}; shipped spaces: {', '.join(sorted(shipped))} (or give a .yaml path)")
+    return name_or_path, f"search_spaces/{name_or_path}.yaml", _read_text(shipped[name_or_path], name_or_path)
+
+
+def _read_text(resource, where: str) -> str:
+    try:
+        return resource.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpaceError(f"{where}: not UTF-8 text (byte {error.start}); save the space as UTF-8") from None
 
 
 def _check_overrides(where: str, base: Config, overrides: dict[str, Any]) -> None:
@@ -178,18 +179,17 @@ def _parse_scheduler(where: str, scheduler: Any) -> dict:
 
 def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     """Load and validate a space; every error is one line naming the file and the key."""
-    path = space_path(name_or_path)
+    name, where, text = space_text(name_or_path)
     base = base or Config()
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise SpaceError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+        raise SpaceError(f"{where}: not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(tree, dict):
-        raise SpaceError(f"{path}: a space is a mapping of {', '.join(sorted(TOP_LEVEL))}")
+        raise SpaceError(f"{where}: a space is a mapping of {', '.join(sorted(TOP_LEVEL))}")
     unknown = set(tree) - TOP_LEVEL
     if unknown:
-        raise SpaceError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL))}")
-    where = str(path)
+        raise SpaceError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL))}")
     search = tree.get("search", "grid")
     if search not in SEARCHES:
         raise SpaceError(f"{where}: search must be one of {', '.join(SEARCHES)}, got {search!r}")
@@ -201,10 +201,12 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     params = {key: _parse_domain(where, key, spec, base, search) for key, spec in (tree.get("params") or {}).items()}
     if not params and not variants:
         raise SpaceError(f"{where}: nothing to search; give params or variants")
-    if tree.get("metric", "val/mAP").split("/")[0] != "val":
-        raise SpaceError(f"{where}: metric {tree['metric']!r} would select on non-validation data; use a val/* metric")
+    try:
+        require_val_metric(tree.get("metric", "val/mAP"))
+    except ConfigError as error:
+        raise SpaceError(f"{where}: {error}") from None
     space = SearchSpace(
-        name=path.stem,
+        name=name,
         search=search,
         description=str(tree.get("description", "")).strip(),
         metric=tree.get("metric", "val/mAP"),
@@ -214,6 +216,8 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         workers=int(tree.get("workers", 0)),
         cpus_per_trial=float(tree.get("cpus_per_trial", 1)),
         gpus_per_worker=float(tree.get("gpus_per_worker", 0)),
+        max_failures=int(tree.get("max_failures", 2)),
+        checkpoints_to_keep=int(tree.get("checkpoints_to_keep", 2)),
         time_budget_s=tree.get("time_budget_s"),
         scheduler=_parse_scheduler(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search),

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hashtune.bundle import pack_codes, unpack_codes, verify_bundle
-from hashtune.data import build_transform
+from hashtune.metrics import pack_codes, unpack_codes
+from hashtune.retrieval.bundle import verify_bundle
+from hashtune.data import Preprocessing, build_transform
 
 __all__ = ["Retriever", "SearchResult", "evaluate_bundle"]
 
@@ -56,8 +57,9 @@ class Retriever:
         self.ids, self.labels, self.bits, self.manifest = ids, labels, bits, manifest
         self.code_bytes = (bits + 7) // 8
         self._transform = None if preprocess is None else build_transform(
-            channels=preprocess["channels"], native_size=preprocess["native_size"], img_size=preprocess["img_size"],
-            train=False, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]),
+            channels=preprocess["channels"], native_size=preprocess["native_size"], img_size=preprocess["img_size"], train=False,
+            preprocessing=Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
+                                           for key, value in preprocess.items() if key in Preprocessing.__dataclass_fields__}),
         )
 
     @classmethod

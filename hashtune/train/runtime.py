@@ -1,7 +1,7 @@
 """Where the trainer runs: one process (`LocalRuntime`) or one rank of a DDP group.
 
 The trainer talks to its process group only through `LocalRuntime`'s interface, so the same epoch loop runs
-alone, inside a Ray Tune trial, or as a Ray Train worker (`hashtune.distributed.RayTrainRuntime`).
+alone, inside a Ray Tune trial, or as a Ray Train worker (`hashtune.train.distributed.RayTrainRuntime`).
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Ray Train (V2) around the plain trainer: multi-node DDP with restore, same config, metrics and files.
 
-Only two things here know Ray: `train_loop_per_worker` (restore from `ray.train.get_checkpoint()`,
-then the trainer's own `fit` with a `RayTrainRuntime`) and `fit_distributed`, which builds the
-`TorchTrainer`. The epoch loop, model, losses and metrics are the single-process ones.
+The one place that builds a `TorchTrainer` (`build_torch_trainer`): `python -m hashtune.train --workers N`
+(via `fit_distributed`) and sweep trials with `workers: N` both call it. The per-worker function
+(`train_loop_per_worker`) restores from `ray.train.get_checkpoint()`, then runs the trainer's own `fit`
+with a `RayTrainRuntime`. The epoch loop, model, losses and metrics are the single-process ones.
 
-* Backend: NCCL when workers have GPUs, gloo on CPU.
+* Backend: NCCL when workers have GPUs, gloo on CPU (or the one asked for).
 * Each report carries the run folder written by rank 0 (checkpoint.pt, history.csv, config.yaml, ...)
   as a `ray.train.Checkpoint`; Ray restarts a failed worker group (`FailureConfig(max_failures)`)
   from the latest one, and re-running the same command (same run folder, same storage) resumes it.
 * Evaluation: every rank encodes its shard of the query and database sets; codes are all-gathered
   with their dataset positions, so the mAP equals a single process's on the same weights.
-* Asymmetric strategy: `B` is replicated on every rank (see `hashtune.asymmetric`).
+* Asymmetric strategy: `B` is replicated on every rank (see `hashtune.train.asymmetric`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
 from hashtune.config import Config, config_from_dict, to_flat_dict
-from hashtune.outputs import read_metrics
-from hashtune.runtime import LocalRuntime
-from hashtune.trainer import fit
+from hashtune.train.checkpoint import copy_run_folder
+from hashtune.train.outputs import read_metrics
+from hashtune.train.runtime import LocalRuntime
+from hashtune.train.trainer import fit
 
-__all__ = ["RayTrainRuntime", "train_loop_per_worker", "fit_distributed", "init_ray"]
+__all__ = ["RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "init_ray", "build_torch_trainer", "fit_distributed"]
 
 
 class RayTrainRuntime(LocalRuntime):
@@ -68,11 +71,12 @@ class RayTrainRuntime(LocalRuntime):
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _copy_run_folder(source: str | Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    for item in Path(source).iterdir():
-        if item.is_file():
-            shutil.copy2(item, target / item.name)
+def restore_run_folder(checkpoint, run_dir: Path) -> Path | None:
+    """Copy a Ray (Train or Tune) checkpoint's run folder into `run_dir`: the folder to resume from, or None."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return copy_run_folder(folder, run_dir)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -86,15 +90,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config = config_from_dict(loop_config["config"])
     runtime = RayTrainRuntime()
     run_dir = Path(tempfile.mkdtemp(prefix=f"hashtune-rank{runtime.rank}-"))
-    resume_from = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            _copy_run_folder(folder, run_dir)
-        resume_from = run_dir
-    elif loop_config.get("resume_from"):
-        _copy_run_folder(loop_config["resume_from"], run_dir)
-        resume_from = run_dir
+    resume_from = restore_run_folder(ray.train.get_checkpoint(), run_dir)
+    if resume_from is None and loop_config.get("resume_from"):
+        resume_from = copy_run_folder(loop_config["resume_from"], run_dir)
     try:
         fit(config, runtime=runtime, run_dir=run_dir, resume_from=resume_from)
     finally:
@@ -114,10 +112,56 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(
-            num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
-        )
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     return True
+
+
+def build_torch_trainer(
+    config: Config,
+    *,
+    name: str,
+    storage: str,
+    workers: int,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    max_failures: int = 2,
+    num_to_keep: int = 2,
+    callbacks: Sequence = (),
+    resume_from: str | Path | None = None,
+    placement_strategy: str = "PACK",
+    backend: str | None = None,
+):
+    """The `TorchTrainer` that runs `config` on `workers` DDP workers.
+
+    Args:
+        name: the Ray Train run's name; the same name and storage resume the same run.
+        storage: Ray Train storage (a path or an s3:// URI).
+        max_failures: worker-group restarts before the run fails.
+        num_to_keep: checkpoints kept (the latest is always among them).
+        callbacks: Ray Train callbacks (a sweep trial passes Tune's report callback).
+        resume_from: a run folder to start from when Ray has no checkpoint of this run.
+        backend: `nccl` or `gloo` (default: NCCL with GPUs, gloo without).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = gpus_per_worker > 0
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_flat_dict(config), "resume_from": str(Path(resume_from).absolute()) if resume_from else None},
+        torch_config=TorchConfig(backend=backend or ("nccl" if use_gpu else "gloo")),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources, placement_strategy=placement_strategy),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+            callbacks=list(callbacks),
+            # torch's intra-op threads match the worker's CPU share (Ray would otherwise leave 1)
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker)))}},
+        ),
+    )
 
 
 def fit_distributed(
@@ -126,45 +170,26 @@ def fit_distributed(
     run_dir: str | Path,
     workers: int,
     resume_from: str | Path | None = None,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
     address: str | None = None,
     storage: str | None = None,
-    max_failures: int = 2,
-    placement_strategy: str = "PACK",
+    **trainer_options,
 ) -> dict[str, float]:
     """Run `config` as `workers` Ray Train DDP workers and copy the final run folder to `run_dir`.
 
     The Ray run is named after `run_dir` and stored under `storage` (default `<run_dir>/ray`), so
-    running the same command again continues from its latest checkpoint.
+    running the same command again continues from its latest checkpoint. `trainer_options` go to
+    `build_torch_trainer` (cpus/gpus per worker, max_failures, num_to_keep, backend, ...).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     run_dir = Path(run_dir).absolute()
-    use_gpu = gpus_per_worker > 0
-    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     started = init_ray(address)
     try:
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": to_flat_dict(config), "resume_from": str(Path(resume_from).absolute()) if resume_from else None},
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources, placement_strategy=placement_strategy
-            ),
-            run_config=RunConfig(
-                name=f"train-{run_dir.name}",
-                storage_path=storage or str(run_dir / "ray"),
-                failure_config=FailureConfig(max_failures=max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                # torch's intra-op threads match the worker's CPU share (Ray would otherwise leave 1)
-                worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker)))}},
-            ),
+        trainer = build_torch_trainer(
+            config, name=f"train-{run_dir.name}", storage=storage or str(run_dir / "ray"), workers=workers,
+            resume_from=resume_from, **trainer_options,
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as folder:
-            _copy_run_folder(folder, run_dir)
+            copy_run_folder(folder, run_dir)
     finally:
         if started:
             import ray
