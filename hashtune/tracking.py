@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "TAG",
     "default_tracking_uri",
+    "display_uri",
     "resolve_tracking",
     "get_or_create_experiment",
     "find_runs",
@@ -35,6 +36,18 @@ ARTIFACTS = ("config.yaml", "history.csv", "metrics.json", "pr_curve.png", "pr_c
 def default_tracking_uri(results_dir: Path) -> str:
     """A SQLite store under `results_dir` (no server needed)."""
     return f"sqlite:///{(results_dir / 'mlflow.db').absolute()}"
+
+
+def display_uri(uri: str) -> str:
+    """A tracking URI as results files may show it: a local SQLite store relative to the working directory
+    (results never name a path of the machine that made them); other URIs unchanged."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri.removeprefix("sqlite:///")).absolute()
+    try:
+        return f"sqlite:///{path.relative_to(Path.cwd().absolute()).as_posix()}"
+    except ValueError:
+        return f"sqlite:///<outside the project>/{path.name}"
 
 
 def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from hashtune.report.importance import parameter_importances, rebuild_study
 from hashtune.report.plots import plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
+from hashtune.tracking import display_uri
 from hashtune.report.tables import (
     METRIC, ablation_table, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
 )
@@ -19,6 +20,22 @@ from hashtune.train.outputs import plot_pr_curves, read_pr_curve
 __all__ = ["build_report", "ARTIFACT_PATH"]
 
 ARTIFACT_PATH = "report"
+
+
+class _StudyFolder:
+    """The study folder being written: its files, in order, and the README's note for each."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.written, self.notes = out, [], {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, name: str, text: str, note: str) -> None:
+        (self.out / name).write_text(text)
+        self.add(self.out / name, note)
+
+    def add(self, path: Path, note: str) -> None:
+        self.written.append(path)
+        self.notes[path.name] = note
 
 
 def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = "val/mAP", reference: str = "full",
@@ -36,52 +53,60 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     study = load_study(client, experiment)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written, notes = [], {}
-
-    def write(name: str, text: str, note: str) -> None:
-        (out / name).write_text(text)
-        written.append(out / name)
-        notes[name] = note
-
-    ablation = ablation_table(study.runs, reference)
-    directions = paper_directions(ablation) if ablation else []
-    if ablation:
-        write("ablation.md", ablation.to_markdown() + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
-              f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
-              f"each variant's paired difference to `{ablation.reference}`, and the papers' claims checked in words")
-        write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
-    k_table = k_bits_table(study.runs)
-    if k_table:
-        write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
-        write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
-    curves = continuous_sensitivity(study.runs)
-    if curves:
-        markdown, csv_text = continuous_table(curves)
-        write("sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits")
-        write("sensitivity_continuous.csv", csv_text, "the same with 95% intervals")
-        for param in dict.fromkeys(curve.param for curve in curves):
-            name = f"sensitivity_{param.replace('.', '_')}.png"
-            written.append(plot_sensitivity(curves, param, out / name))
-            notes[name] = f"{METRIC} against `{param}`: every finished run, binned means ± 95% CI"
-    importances = parameter_importances(rebuild_study(study.runs, metric))
-    if importances:
-        rows = [f"{name},{param},{value:.6f}" for name, values in importances.items() for param, value in values.items()]
-        write("importance.csv", "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
-              f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)")
-        written.append(plot_importance(importances, out / "importance.png"))
-        notes["importance.png"] = "the same as bar charts"
+    folder = _StudyFolder(Path(out_dir))
+    directions = _ablation_files(folder, study, reference)
+    _sensitivity_files(folder, study)
+    _importance_files(folder, study, metric)
     pr = _best_pr_curves(client, study, metric)
     if pr:
-        written.append(plot_pr_curves(pr, out / "pr_curves.png", title=f"test PR by Hamming radius: best run (by {metric}) of each group"))
-        notes["pr_curves.png"] = f"precision-recall curves of the best run by `{metric}` of each variant (or code length)"
-    written.append(plot_search_progress(study.runs, metric, out / "search_progress.png"))
-    notes["search_progress.png"] = f"each trial's last `{metric}` in start order, and the best finished so far"
-    write("README.md", _readme(study, metric, notes, directions, _sweep_command(client, study)), "")
+        folder.add(plot_pr_curves(pr, folder.out / "pr_curves.png", title=f"test PR by Hamming radius: best run (by {metric}) of each group"),
+                   f"precision-recall curves of the best run by `{metric}` of each variant (or code length)")
+    folder.add(plot_search_progress(study.runs, metric, folder.out / "search_progress.png"),
+               f"each trial's last `{metric}` in start order, and the best finished so far")
+    folder.write("README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study)), "")
     if log_to_parent and study.parent_run_ids:
-        client.log_artifacts(study.parent_run_ids[0], str(out), artifact_path=ARTIFACT_PATH)
-    return written
+        client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)
+    return folder.written
+
+
+def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[str]:
+    """ablation.md/.csv when the runs carry variants; returns the papers' directions in words."""
+    ablation = ablation_table(study.runs, reference)
+    if not ablation:
+        return []
+    directions = paper_directions(ablation)
+    folder.write("ablation.md", ablation.to_markdown() + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
+                 f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
+                 f"each variant's paired difference to `{ablation.reference}`, and the papers' claims checked in words")
+    folder.write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
+    return directions
+
+
+def _sensitivity_files(folder: _StudyFolder, study: Study) -> None:
+    """The K x bits table and the binned curves of continuous parameters, where the runs vary them."""
+    k_table = k_bits_table(study.runs)
+    if k_table:
+        folder.write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
+        folder.write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
+    curves = continuous_sensitivity(study.runs)
+    if not curves:
+        return
+    markdown, csv_text = continuous_table(curves)
+    folder.write("sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits")
+    folder.write("sensitivity_continuous.csv", csv_text, "the same with 95% intervals")
+    for param in dict.fromkeys(curve.param for curve in curves):
+        path = plot_sensitivity(curves, param, folder.out / f"sensitivity_{param.replace('.', '_')}.png")
+        folder.add(path, f"{METRIC} against `{param}`: every finished run, binned means ± 95% CI")
+
+
+def _importance_files(folder: _StudyFolder, study: Study, metric: str) -> None:
+    importances = parameter_importances(rebuild_study(study.runs, metric))
+    if not importances:
+        return
+    rows = [f"{name},{param},{value:.6f}" for name, values in importances.items() for param, value in values.items()]
+    folder.write("importance.csv", "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
+                 f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)")
+    folder.add(plot_importance(importances, folder.out / "importance.png"), "the same as bar charts")
 
 
 def _best_pr_curves(client, study: Study, metric: str) -> dict[str, dict[str, list[float]]]:
@@ -124,7 +149,7 @@ def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[s
            f"seeds {seeds}."] if command else []),
         "",
         f"Built by `python -m hashtune.report --experiment {study.experiment_name}` on "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow store `{study.tracking_uri}` "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow store `{display_uri(study.tracking_uri)}` "
         f"(experiment id {study.experiment_id}).",
         "",
         f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from hashtune.sweep.trial import TrialResolver
 from hashtune.sweep.tuner import build_tuner, trial_trainable
 from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, resolve_tracking
 
-__all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
+__all__ = ["SweepError", "SweepInterrupted", "SweepStores", "resolve_stores", "run_sweep", "summarize"]
 
 
 class SweepError(RuntimeError):
@@ -48,27 +49,52 @@ def _parent_run(client, experiment_id: str, experiment_path: str, name: str, spa
     return run.info.run_id
 
 
-def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dict[str, Any]:
-    """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary."""
-    from mlflow import MlflowClient
-    from ray.tune import Tuner
+@dataclass(frozen=True)
+class SweepStores:
+    """Where a sweep keeps its state: the Tune experiment folder, the MLflow store, the Optuna study."""
 
-    from hashtune.train.distributed import init_ray
+    name: str
+    results_dir: Path
+    storage: str
+    experiment_path: str
+    tracking_uri: str
+    artifact_location: str | None
 
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.results_dir / 'optuna.db'}"
+
+
+def resolve_stores(args: argparse.Namespace, space: SearchSpace) -> SweepStores:
+    """The sweep's stores from the CLI arguments (defaults under `--results-dir`)."""
     name = args.name or space.name
     results_dir = Path(args.results_dir).absolute()
     storage = args.storage or str(results_dir / "ray")
-    experiment_path = _experiment_path(storage, name)
-    exists = Tuner.can_restore(experiment_path)
-    if args.resume == "always" and not exists:
-        raise SweepError(f"--resume: no sweep named {name!r} at {experiment_path}; start it without --resume")
-    if args.resume == "never" and exists:
-        raise SweepError(f"a sweep named {name!r} already exists at {experiment_path}; continue it with --resume or pick another --name")
     uri, artifacts = resolve_tracking(args.mlflow_uri, results_dir)
-    resume = exists
-    client = MlflowClient(uri)
-    experiment_id = get_or_create_experiment(client, name, artifacts)
-    parent_run_id = _parent_run(client, experiment_id, experiment_path, name, space, base, resume)
+    return SweepStores(name, results_dir, storage, _experiment_path(storage, name), uri, artifacts)
+
+
+def _check_resume(mode: str, stores: SweepStores) -> bool:
+    """Whether the sweep continues an existing one, after checking `--resume` (never | always | auto) allows it."""
+    from ray.tune import Tuner
+
+    exists = Tuner.can_restore(stores.experiment_path)
+    if mode == "always" and not exists:
+        raise SweepError(f"--resume: no sweep named {stores.name!r} at {stores.experiment_path}; start it without --resume")
+    if mode == "never" and exists:
+        raise SweepError(f"a sweep named {stores.name!r} already exists at {stores.experiment_path}; continue it with --resume or pick another --name")
+    return exists
+
+
+def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dict[str, Any]:
+    """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary."""
+    from mlflow import MlflowClient
+
+    stores = resolve_stores(args, space)
+    resume = _check_resume(args.resume, stores)
+    client = MlflowClient(stores.tracking_uri)
+    experiment_id = get_or_create_experiment(client, stores.name, stores.artifact_location)
+    parent_run_id = _parent_run(client, experiment_id, stores.experiment_path, stores.name, space, base, resume)
     if resume:
         mark_orphans_killed(client, experiment_id, parent_run_id)
     if space.search == "grid":
@@ -76,18 +102,40 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
         log_infeasible_points(client, experiment_id, parent_run_id, space.name, infeasible, to_flat_dict(base))
     resolver = TrialResolver(base, space)
     logger = MlflowTrialLogger(
-        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id, space_name=space.name, resolve=resolver,
-        epochs=base.replace(space.fixed).train.epochs,
+        tracking_uri=stores.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, space_name=space.name,
+        resolve=resolver, epochs=base.replace(space.fixed).train.epochs,
     )
+    results, interrupted = _fit(args, base, space, stores, resolver, logger, resume)
+    if interrupted:
+        mark_orphans_killed(client, experiment_id, parent_run_id)
+        client.set_tag(parent_run_id, f"{TAG}status", "interrupted")
+        client.set_terminated(parent_run_id, "KILLED")
+        raise SweepInterrupted(
+            f"sweep {stores.name!r} interrupted; its state is saved (finished trials are kept). Continue it with: "
+            f"python -m hashtune.sweep --space {args.space} --name {stores.name} --resume"
+        )
+    summary = summarize(results, space, client, experiment_id)
+    summary |= {"experiment": stores.name, "mlflow_uri": stores.tracking_uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id}
+    _close_parent(client, parent_run_id, summary)
+    return summary
+
+
+def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, resolver: TrialResolver, logger, resume: bool):
+    """Run (or restore and continue) the Tuner on a Ray this call starts unless one is given; `(results, interrupted)`."""
+    from ray.tune import Tuner
+
+    from hashtune.train.distributed import init_ray
+
     started = init_ray(args.address)
+    results, interrupted = None, True
     try:
         if resume:
-            print(f"continuing sweep {name!r} from {experiment_path} (finished trials are not re-run)")
-            tuner = Tuner.restore(experiment_path, trainable=trial_trainable(space, resolver, storage), resume_errored=False)
+            print(f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)")
+            tuner = Tuner.restore(stores.experiment_path, trainable=trial_trainable(space, resolver, stores.storage), resume_errored=False)
         else:
             tuner = build_tuner(
-                space, base, name=name, storage=storage, callbacks=[logger], max_concurrent=args.max_concurrent or space.max_concurrent,
-                optuna_storage=f"sqlite:///{results_dir / 'optuna.db'}",
+                space, base, name=stores.name, storage=stores.storage, callbacks=[logger],
+                max_concurrent=args.max_concurrent or space.max_concurrent, optuna_storage=stores.optuna_storage,
             )
         start = time.monotonic()
         results = tuner.fit()
@@ -99,18 +147,7 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
             import ray
 
             ray.shutdown()
-    if interrupted:
-        mark_orphans_killed(client, experiment_id, parent_run_id)
-        client.set_tag(parent_run_id, f"{TAG}status", "interrupted")
-        client.set_terminated(parent_run_id, "KILLED")
-        raise SweepInterrupted(
-            f"sweep {name!r} interrupted; its state is saved (finished trials are kept). Continue it with: "
-            f"python -m hashtune.sweep --space {args.space} --name {name} --resume"
-        )
-    summary = summarize(results, space, client, experiment_id)
-    summary |= {"experiment": name, "mlflow_uri": uri, "storage": experiment_path, "parent_run_id": parent_run_id}
-    _close_parent(client, parent_run_id, summary)
-    return summary
+    return results, interrupted
 
 
 def _interrupted(results, space: SearchSpace, grid_size: int, elapsed: float) -> bool:

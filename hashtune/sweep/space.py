@@ -179,7 +179,7 @@ def _parse_scheduler(where: str, scheduler: Any) -> dict:
 
 def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     """Load and validate a space; every error is one line naming the file and the key."""
-    name, where, text = space_text(name_or_path)
+    space_name, where, text = space_text(name_or_path)
     base = base or Config()
     try:
         tree = yaml.safe_load(text)
@@ -206,7 +206,7 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     except ConfigError as error:
         raise SpaceError(f"{where}: {error}") from None
     space = SearchSpace(
-        name=name,
+        name=space_name,
         search=search,
         description=str(tree.get("description", "")).strip(),
         metric=tree.get("metric", "val/mAP"),

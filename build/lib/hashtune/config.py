@@ -1,0 +1,302 @@
+"""One frozen, typed configuration: defaults -> YAML file -> dotted `key=value` overrides.
+
+The dotted names (`model.bits`, `loss.gamma`, ...) are a public contract: search spaces, MLflow params
+and reports all use them. Unknown keys, wrong types and invalid choices are rejected with one line
+naming the key and what would be valid. The defaults are the tuned preset for the embedded digits
+data: a 4-block, width-64 ViT on 8x8 images that trains on 2 CPU cores in about a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "config_from_params",
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "Config",
+    "load_config",
+    "apply_overrides",
+    "parse_overrides",
+    "config_from_dict",
+    "to_flat_dict",
+    "save_config",
+    "require_val_metric",
+    "SEED_KEYS",
+]
+
+SEED_KEYS = ("train.seed", "data.seed")
+"""The keys a seed replicate sets (a study's `seeds`)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value that hashtune cannot use; the message names the key and the valid values."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    """Dataset: `digits` (embedded), `cifar10` or `listfile`."""
+    root: str = ""
+    """Folder of the CIFAR-10 batches or of the list files (unused for digits)."""
+    seed: int = 0
+    """Seed of the train / val / test / database split."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "vit_tiny_patch16_224"
+    """Any timm ViT name; the size fields below override its registered values when not null."""
+    pretrained: str = ""
+    """Local weight file (`.pth` / `.safetensors`), or empty to train from scratch."""
+    img_size: int | None = 8
+    patch_size: int | None = 2
+    depth: int | None = 4
+    embed_dim: int | None = 64
+    num_heads: int | None = 4
+    bits: int = 32
+    k_groups: int = 2
+    """Number of local groups K."""
+    dual_stream: bool = True
+    """False is the w/o P ablation (global branch only)."""
+    drop_path_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    prob: str = "cauchy"
+    """Pair probability: `cauchy` (TransHash) or `sigmoid` (the w/o C ablation)."""
+    gamma: float = 5.0
+    """Scale of the Cauchy distribution."""
+    quant_weight: float = 0.1
+    """lambda: weight of the Cauchy quantization loss (0 is the w/o Q ablation)."""
+    cls_weight: float = 1.0
+    """Weight of the classification loss (He & Wei); 0 drops it."""
+    gamma_a: float = 200.0
+    """Asymmetric strategy: weight tying a sampled image's learned code to its network code (ADSH's gamma)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    strategy: str = "symmetric"
+    """`symmetric` (TransHash, in-batch pairs) or `asymmetric` (He & Wei / ADSH, learned database codes)."""
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    batch_size: int = 128
+    """Global batch size (split over Ray Train workers)."""
+    epochs: int = 300
+    """Epochs; for the asymmetric strategy, outer iterations of `asym_inner_epochs` passes over a sample."""
+    warmup_epochs: int = 10
+    eval_every: int = 25
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    grad_clip: float = 1.0
+    """Max gradient norm (0 disables clipping)."""
+    asym_sample_size: int = 250
+    """Asymmetric strategy: training images sampled per outer iteration."""
+    asym_inner_epochs: int = 2
+    """Asymmetric strategy: passes over the sample per outer iteration, with the learned codes fixed."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    topk: int | None = None
+    """mAP@topk; null ranks the whole database."""
+    precision_at: int = 100
+    """N of `test/precision_at_N`."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def replace(self, overrides: dict[str, Any]) -> "Config":
+        """A new config with dotted overrides applied (and validated); this one is unchanged."""
+        return apply_overrides(self, overrides)
+
+
+CHOICES: dict[str, tuple] = {
+    "data.name": ("digits", "cifar10", "listfile"),
+    "loss.prob": ("cauchy", "sigmoid"),
+    "train.strategy": ("symmetric", "asymmetric"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16"),
+}
+POSITIVE = {
+    "model.bits", "model.k_groups", "model.img_size", "model.patch_size", "model.depth", "model.embed_dim",
+    "model.num_heads", "loss.gamma", "train.lr", "train.batch_size", "train.epochs", "train.eval_every",
+    "train.asym_sample_size", "train.asym_inner_epochs", "eval.topk", "eval.precision_at",
+}
+NON_NEGATIVE = {
+    "loss.quant_weight", "loss.cls_weight", "loss.gamma_a", "train.weight_decay", "train.warmup_epochs",
+    "train.grad_clip", "data.num_workers", "model.drop_path_rate",
+}
+
+
+def _sections() -> dict[str, type]:
+    return typing.get_type_hints(Config)
+
+
+def _field_types(section_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_class)
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " or ".join("null" if arg is type(None) else arg.__name__ for arg in typing.get_args(annotation))
+    return annotation.__name__
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's type; ints are accepted for floats, nothing else is converted."""
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and type(value) is kind:
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {type(value).__name__} {value!r}")
+
+
+def _check_value(key: str, value: Any) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}")
+    if value is None:
+        return
+    if key in POSITIVE and not value > 0:
+        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
+    if key in NON_NEGATIVE and not value >= 0:
+        raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _valid_keys() -> list[str]:
+    return [f"{section}.{name}" for section, cls in _sections().items() for name in _field_types(cls)]
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Apply dotted (or nested) overrides to `config`, validating every key, type and value."""
+    values = to_flat_dict(config)
+    valid = set(values)
+    for key, value in _flatten(overrides).items():
+        if key not in valid:
+            section = key.split(".")[0]
+            near = [k for k in sorted(valid) if k.startswith(f"{section}.")] or sorted(valid)
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(near)}")
+        values[key] = value
+    sections = {}
+    for section, cls in _sections().items():
+        kwargs = {}
+        for name, annotation in _field_types(cls).items():
+            key = f"{section}.{name}"
+            kwargs[name] = _coerce(key, values[key], annotation)
+            _check_value(key, kwargs[name])
+        sections[section] = cls(**kwargs)
+    return Config(**sections)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """A config from a nested or dotted dict (a YAML file, a checkpoint, MLflow params)."""
+    return apply_overrides(Config(), tree)
+
+
+def config_from_params(params: dict[str, str]) -> Config:
+    """A config from MLflow params (every value logged as `str(value)`); keys that are not config keys are ignored."""
+    valid = set(to_flat_dict(Config()))
+    values = {}
+    for key, text in params.items():
+        if key in valid:
+            values[key] = None if text == "None" else parse_overrides([f"{key}={text}"])[key]
+    return apply_overrides(Config(), values)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["model.bits=64", "train.lr=1e-3"]` -> typed values (YAML scalars: `null`, `true`, `1e-3`)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value, e.g. model.bits=64")
+        value = yaml.safe_load(text) if text.strip() else ""
+        if isinstance(value, str) and _looks_numeric(text):
+            value = float(text)  # YAML 1.1 reads 1e-3 as a string
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (nested sections or dotted keys), then `overrides`."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(tree).__name__}")
+        config = apply_overrides(config, tree)
+    if overrides:
+        config = apply_overrides(config, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return config
+
+
+def to_flat_dict(config: Config) -> dict[str, Any]:
+    """`{"data.name": "digits", ...}`: the MLflow params, the search-space keys."""
+    return _flatten(dataclasses.asdict(config))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as nested YAML (readable back with `load_config`)."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def require_val_metric(metric: str) -> str:
+    """`metric` if it is a validation metric (`val/...`); selection and early stopping never see test data."""
+    if not isinstance(metric, str) or metric.split("/")[0] != "val":
+        raise ConfigError(f"metric {metric!r} would select on non-validation data; use a val/* metric such as val/best_mAP")
+    return metric

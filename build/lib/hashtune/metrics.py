@@ -1,0 +1,277 @@
+"""Exact retrieval metrics for binary codes, computed in one compiled pass per query.
+
+Conventions (the same in every function here):
+
+* Codes are in {-1, +1} (any sign-valued array; a code element >= 0 is bit 1, see `pack_codes`), as numpy arrays or
+  torch tensors. Labels are class indices (shape (n,)) or multi-hot rows (shape (n, classes)); a
+  database item is relevant to a query iff they share at least one class.
+* The database is ranked by Hamming distance ascending, **ties broken by database index ascending**
+  (what a stable argsort gives).
+* `AP@K = sum_{i<=K} P@i * rel_i / R_K`, `R_K` the number of relevant items in the top K; a query
+  with no relevant item in its top K has AP 0 (it still counts in the mean). `topk=None` means the
+  whole database (no item is dropped, unlike DeepHash-pytorch's `gnd[0:-1]`).
+* Precision within Hamming radius r of a query that retrieves nothing within r is 0 (`p_r2`, as in
+  DPSH/DeepHash); in the precision-recall curve such queries are left out of that radius' mean.
+
+Hamming distances take only `bits + 1` values, so no sort is needed: with codes packed into 64-bit
+words, one pass computes distances (popcount of xor) and a per-distance histogram, and a second pass
+gives each item its rank as "items in closer buckets + earlier items in its own bucket".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+# numba's default OpenMP layer shares libgomp with torch: its first parallel region resets torch's
+# thread count (1 -> all cores in a 1-CPU Ray trial), and concurrent trials then oversubscribe the
+# machine about 5x. The workqueue layer has its own threads and leaves torch's settings alone.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+__all__ = [
+    "pack_codes",
+    "unpack_codes",
+    "pack_labels",
+    "average_precisions",
+    "mean_average_precision",
+    "RetrievalMetrics",
+    "retrieval_metrics",
+]
+
+
+def _as_numpy(array) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def pack_codes(codes) -> np.ndarray:
+    """Sign codes (n, bits) -> uint8 (n, ceil(bits / 8)), numpy `packbits` order; bit set where code >= 0.
+
+    The one packing of hashtune: bundles store it, faiss indexes it, the mAP kernel reads it. The
+    `>= 0` rule is the trainer's binarisation (`sign` with 0 -> +1), so continuous codes pack as
+    their binary codes. Short codes are padded with zero bits, which leave Hamming distances unchanged.
+    """
+    codes = _as_numpy(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be a 2-d (items, bits) array, got shape {codes.shape}")
+    return np.packbits(codes >= 0, axis=1)
+
+
+def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 (n, bytes) from `pack_codes` -> float32 codes in {-1, +1} of shape (n, bits)."""
+    return np.unpackbits(packed, axis=1, count=bits).astype(np.float32) * 2 - 1
+
+
+def _words(packed: np.ndarray) -> np.ndarray:
+    """Packed bytes viewed as 64-bit words (zero-padded), the unit the popcount kernel reads."""
+    padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
+def pack_labels(labels, num_classes: int | None = None) -> np.ndarray:
+    """Class indices (n,) or multi-hot rows (n, classes) -> the multi-hot rows packed like codes."""
+    labels = _as_numpy(labels)
+    if labels.ndim == 1:
+        num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+        multi_hot = np.zeros((labels.shape[0], num_classes), dtype=bool)
+        multi_hot[np.arange(labels.shape[0]), labels.astype(np.int64)] = True
+        labels = multi_hot
+    elif labels.ndim != 2:
+        raise ValueError(f"labels must be class indices (n,) or multi-hot (n, classes), got shape {labels.shape}")
+    return pack_codes(np.where(labels > 0, 1, -1))
+
+
+@numba.njit(inline="always")
+def _popcount(word):
+    word = word - ((word >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    word = (word & np.uint64(0x3333333333333333)) + ((word >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    word = (word + (word >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (word * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@numba.njit(parallel=True, cache=True)
+def _rank_statistics(query_words, db_words, query_labels, db_labels, bits, topk, cutoffs, n_threads):
+    """Per query: AP@topk, relevant items in the top n for each cutoff, and distance histograms.
+
+    One pass over the database in index order gives each item its distance d and its place among the
+    earlier items of bucket d (the bucket's count so far); relevant items keep (d, place, relevant
+    place). Their ranks then follow from the finished histograms without a sort or a second full pass.
+    """
+    n_query, n_db = query_words.shape[0], db_words.shape[0]
+    n_words, n_label_words = db_words.shape[1], db_labels.shape[1]
+    ap = np.zeros(n_query)
+    hits_at = np.zeros((n_query, cutoffs.shape[0]), dtype=np.int64)
+    counts = np.zeros((n_query, bits + 1), dtype=np.int64)
+    relevant_counts = np.zeros((n_query, bits + 1), dtype=np.int64)
+    chunk = (n_query + n_threads - 1) // n_threads
+    for t in numba.prange(n_threads):
+        bucket_of = np.empty(n_db, dtype=np.int32)
+        place_of = np.empty(n_db, dtype=np.int32)
+        relevant_place_of = np.empty(n_db, dtype=np.int32)
+        count = np.empty(bits + 1, dtype=np.int64)
+        relevant_count = np.empty(bits + 1, dtype=np.int64)
+        closer = np.empty(bits + 1, dtype=np.int64)
+        relevant_closer = np.empty(bits + 1, dtype=np.int64)
+        for q in range(t * chunk, min(n_query, (t + 1) * chunk)):
+            count[:] = 0
+            relevant_count[:] = 0
+            n_relevant = 0
+            for j in range(n_db):
+                d = 0
+                for w in range(n_words):
+                    d += _popcount(query_words[q, w] ^ db_words[j, w])
+                shared = np.uint64(0)
+                for w in range(n_label_words):
+                    shared |= query_labels[q, w] & db_labels[j, w]
+                is_relevant = shared != 0
+                # branch-free append: the slot is overwritten unless the item is relevant
+                bucket_of[n_relevant] = d
+                place_of[n_relevant] = count[d]
+                relevant_place_of[n_relevant] = relevant_count[d]
+                count[d] += 1
+                relevant_count[d] += is_relevant
+                n_relevant += is_relevant
+            closer[0] = 0
+            relevant_closer[0] = 0
+            for d in range(1, bits + 1):
+                closer[d] = closer[d - 1] + count[d - 1]
+                relevant_closer[d] = relevant_closer[d - 1] + relevant_count[d - 1]
+            precision_sum = 0.0
+            relevant_in_topk = 0
+            for i in range(n_relevant):
+                d = bucket_of[i]
+                position = closer[d] + place_of[i]  # 0-based rank of this relevant item
+                if position < topk:
+                    relevant_in_topk += 1
+                    precision_sum += (relevant_closer[d] + relevant_place_of[i] + 1) / (position + 1.0)
+                for c in range(cutoffs.shape[0]):
+                    if position < cutoffs[c]:
+                        hits_at[q, c] += 1
+            if relevant_in_topk > 0:
+                ap[q] = precision_sum / relevant_in_topk
+            counts[q] = count
+            relevant_counts[q] = relevant_count
+    return ap, hits_at, counts, relevant_counts
+
+
+def _prepare(query_codes, db_codes, query_labels, db_labels):
+    query_codes, db_codes = _as_numpy(query_codes), _as_numpy(db_codes)
+    if query_codes.ndim != 2 or db_codes.ndim != 2 or query_codes.shape[1] != db_codes.shape[1]:
+        raise ValueError(
+            f"query and database codes must be (n, bits) with the same bits, got {query_codes.shape} and {db_codes.shape}"
+        )
+    query_labels, db_labels = _as_numpy(query_labels), _as_numpy(db_labels)
+    if len(query_labels) != len(query_codes) or len(db_labels) != len(db_codes):
+        raise ValueError(
+            f"got {len(query_labels)} query labels for {len(query_codes)} query codes and "
+            f"{len(db_labels)} database labels for {len(db_codes)} database codes"
+        )
+    if query_labels.ndim == 1 and db_labels.ndim == 1:
+        num_classes = int(max(query_labels.max(initial=0), db_labels.max(initial=0))) + 1
+    else:
+        num_classes = None
+    return (
+        _words(pack_codes(query_codes)),
+        _words(pack_codes(db_codes)),
+        _words(pack_labels(query_labels, num_classes)),
+        _words(pack_labels(db_labels, num_classes)),
+        query_codes.shape[1],
+    )
+
+
+def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
+    query_words, db_words, query_label_words, db_label_words, bits = _prepare(query_codes, db_codes, query_labels, db_labels)
+    n_db = db_words.shape[0]
+    if topk is not None and topk < 1:
+        raise ValueError(f"topk={topk} must be a positive number of items or None for the whole database")
+    topk = n_db if topk is None else min(int(topk), n_db)
+    cutoff_array = np.asarray(list(cutoffs) or [0], dtype=np.int64)
+    threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
+    numba.set_num_threads(threads)
+    return _rank_statistics(query_words, db_words, query_label_words, db_label_words, bits, topk, cutoff_array, threads)
+
+
+def _torch_threads() -> int:
+    """torch's intra-op thread count (OMP_NUM_THREADS in a Ray worker) when torch is loaded, else all cores."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
+
+
+def average_precisions(query_codes, db_codes, query_labels, db_labels, topk: int | None = None) -> np.ndarray:
+    """AP@topk of every query (see the module docstring for the exact definition)."""
+    return _run(query_codes, db_codes, query_labels, db_labels, topk)[0]
+
+
+def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk: int | None = None) -> float:
+    """mAP@topk over all queries; `topk=None` ranks the whole database.
+
+    Args:
+        query_codes, db_codes: codes in {-1, +1}, shapes (q, bits) and (n, bits).
+        query_labels, db_labels: class indices or multi-hot rows.
+        topk: number of top-ranked items that count, or None for all.
+    """
+    return float(average_precisions(query_codes, db_codes, query_labels, db_labels, topk).mean())
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """Everything `retrieval_metrics` measures for one query set against one database."""
+
+    map: float
+    precision_at: dict[int, float]
+    precision_within_radius: dict[int, float]
+    pr_radius: np.ndarray
+    pr_precision: np.ndarray
+    pr_recall: np.ndarray
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        """Flat metric names such as `test/mAP`, `test/precision_at_100`, `test/p_r2`."""
+        flat = {f"{prefix}/mAP": self.map}
+        flat.update({f"{prefix}/precision_at_{n}": value for n, value in self.precision_at.items()})
+        flat.update({f"{prefix}/p_r{r}": value for r, value in self.precision_within_radius.items()})
+        return flat
+
+
+def retrieval_metrics(
+    query_codes,
+    db_codes,
+    query_labels,
+    db_labels,
+    *,
+    topk: int | None = None,
+    precision_at: tuple[int, ...] = (100,),
+    radii: tuple[int, ...] = (2,),
+) -> RetrievalMetrics:
+    """mAP@topk, precision@N, precision within Hamming radius r, and the precision-recall curve by radius.
+
+    The curve has one point per radius 0..bits: precision is the mean over queries that retrieve
+    something within the radius, recall the mean over queries with any relevant item.
+    """
+    ap, hits_at, count, relevant_count = _run(query_codes, db_codes, query_labels, db_labels, topk, precision_at)
+    n_db = count.sum(axis=1)
+    retrieved = np.cumsum(count, axis=1)
+    relevant_retrieved = np.cumsum(relevant_count, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # radii that no query reaches are NaN
+        precision = relevant_retrieved / retrieved
+        recall = relevant_retrieved / relevant_retrieved[:, -1:]
+        pr_precision = np.nanmean(np.where(retrieved > 0, precision, np.nan), axis=0)
+        pr_recall = np.nanmean(np.where(relevant_retrieved[:, -1:] > 0, recall, np.nan), axis=0)
+    precision_within = {r: float(np.nan_to_num(precision[:, min(r, precision.shape[1] - 1)]).mean()) for r in radii}
+    precision_at_n = {n: float((hits_at[:, i] / np.minimum(n, n_db)).mean()) for i, n in enumerate(precision_at)}
+    return RetrievalMetrics(
+        map=float(ap.mean()),
+        precision_at=precision_at_n,
+        precision_within_radius=precision_within,
+        pr_radius=np.arange(count.shape[1]),
+        pr_precision=pr_precision,
+        pr_recall=pr_recall,
+    )

@@ -1,0 +1,164 @@
+"""Build a study's folder from its MLflow runs and log it on the sweep's parent run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hashtune.report.importance import parameter_importances, rebuild_study
+from hashtune.report.plots import plot_importance, plot_search_progress, plot_sensitivity
+from hashtune.report.runs import Study, TrialRun, load_study
+from hashtune.tracking import display_uri
+from hashtune.report.tables import (
+    METRIC, ablation_table, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
+)
+from hashtune.train.outputs import plot_pr_curves, read_pr_curve
+
+__all__ = ["build_report", "ARTIFACT_PATH"]
+
+ARTIFACT_PATH = "report"
+
+
+class _StudyFolder:
+    """The study folder being written: its files, in order, and the README's note for each."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.written, self.notes = out, [], {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, name: str, text: str, note: str) -> None:
+        (self.out / name).write_text(text)
+        self.add(self.out / name, note)
+
+    def add(self, path: Path, note: str) -> None:
+        self.written.append(path)
+        self.notes[path.name] = note
+
+
+def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = "val/mAP", reference: str = "full",
+                 log_to_parent: bool = True) -> list[Path]:
+    """Write every table, plot and the folder's README.md; returns the files written.
+
+    Args:
+        client: an `mlflow.MlflowClient` on the sweep's tracking store.
+        experiment: the sweep's experiment name.
+        out_dir: the study folder (created).
+        metric: the selection metric (best runs, importance objective, search progress).
+        reference: the variant the ablation differences are taken against.
+        log_to_parent: also log the folder as artifacts (`report/`) of the newest sweep parent run.
+    """
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    study = load_study(client, experiment)
+    folder = _StudyFolder(Path(out_dir))
+    directions = _ablation_files(folder, study, reference)
+    _sensitivity_files(folder, study)
+    _importance_files(folder, study, metric)
+    pr = _best_pr_curves(client, study, metric)
+    if pr:
+        folder.add(plot_pr_curves(pr, folder.out / "pr_curves.png", title=f"test PR by Hamming radius: best run (by {metric}) of each group"),
+                   f"precision-recall curves of the best run by `{metric}` of each variant (or code length)")
+    folder.add(plot_search_progress(study.runs, metric, folder.out / "search_progress.png"),
+               f"each trial's last `{metric}` in start order, and the best finished so far")
+    folder.write("README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study)), "")
+    if log_to_parent and study.parent_run_ids:
+        client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)
+    return folder.written
+
+
+def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[str]:
+    """ablation.md/.csv when the runs carry variants; returns the papers' directions in words."""
+    ablation = ablation_table(study.runs, reference)
+    if not ablation:
+        return []
+    directions = paper_directions(ablation)
+    folder.write("ablation.md", ablation.to_markdown() + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
+                 f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
+                 f"each variant's paired difference to `{ablation.reference}`, and the papers' claims checked in words")
+    folder.write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
+    return directions
+
+
+def _sensitivity_files(folder: _StudyFolder, study: Study) -> None:
+    """The K x bits table and the binned curves of continuous parameters, where the runs vary them."""
+    k_table = k_bits_table(study.runs)
+    if k_table:
+        folder.write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
+        folder.write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
+    curves = continuous_sensitivity(study.runs)
+    if not curves:
+        return
+    markdown, csv_text = continuous_table(curves)
+    folder.write("sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits")
+    folder.write("sensitivity_continuous.csv", csv_text, "the same with 95% intervals")
+    for param in dict.fromkeys(curve.param for curve in curves):
+        path = plot_sensitivity(curves, param, folder.out / f"sensitivity_{param.replace('.', '_')}.png")
+        folder.add(path, f"{METRIC} against `{param}`: every finished run, binned means ± 95% CI")
+
+
+def _importance_files(folder: _StudyFolder, study: Study, metric: str) -> None:
+    importances = parameter_importances(rebuild_study(study.runs, metric))
+    if not importances:
+        return
+    rows = [f"{name},{param},{value:.6f}" for name, values in importances.items() for param, value in values.items()]
+    folder.write("importance.csv", "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
+                 f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)")
+    folder.add(plot_importance(importances, folder.out / "importance.png"), "the same as bar charts")
+
+
+def _best_pr_curves(client, study: Study, metric: str) -> dict[str, dict[str, list[float]]]:
+    """The test PR curve (`pr_curve.csv` artifact) of the best finished run per variant, else per bits."""
+    groups: dict[str, TrialRun] = {}
+    for run in study.finished:
+        if metric not in run.metrics:
+            continue
+        label = run.variant or f"{run.bits} bits"
+        if label not in groups or run.metrics[metric] > groups[label].metrics[metric]:
+            groups[label] = run
+    curves = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, run in groups.items():
+            if "pr_curve.csv" not in {artifact.path for artifact in client.list_artifacts(run.run_id)}:
+                continue
+            local = client.download_artifacts(run.run_id, "pr_curve.csv", scratch)
+            curves[f"{label} (test mAP {run.metrics[METRIC]:.3f})"] = read_pr_curve(local)
+    return curves
+
+
+def _sweep_command(client, study: Study) -> str | None:
+    """The command that ran the sweep, rebuilt from its parent run's params (space, name, base overrides)."""
+    if not study.parent_run_ids:
+        return None
+    params = client.get_run(study.parent_run_ids[0]).data.params
+    overrides = " ".join(f"{key.removeprefix('base.')}={value}" for key, value in sorted(params.items()) if key.startswith("base."))
+    name = "" if params.get("space") == study.experiment_name else f" --name {study.experiment_name}"
+    return f"python -m hashtune.sweep --space {params.get('space', '?')}{name}{' ' + overrides if overrides else ''}"
+
+
+def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None) -> str:
+    counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
+    seeds = sorted({run.seed for run in study.runs})
+    started = min((run.start_time for run in study.runs if run.start_time), default=0)
+    lines = [
+        f"# Study `{study.experiment_name}`",
+        "",
+        *([f"Sweep: `{command}` (started {datetime.fromtimestamp(started / 1000, timezone.utc):%Y-%m-%d %H:%M} UTC), "
+           f"seeds {seeds}."] if command else []),
+        "",
+        f"Built by `python -m hashtune.report --experiment {study.experiment_name}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow store `{display_uri(study.tracking_uri)}` "
+        f"(experiment id {study.experiment_id}).",
+        "",
+        f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "
+        "importance objective. Seeds are `train.seed` = `data.seed` replicates.",
+        "",
+        "| file | what |",
+        "|---|---|",
+        *[f"| `{name}` | {note} |" for name, note in notes.items() if note],
+    ]
+    if directions:
+        lines += ["", "## The papers' directions on this data", "", *[f"- {sentence}" for sentence in directions]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""The study's figures (matplotlib, PNG): importance bars, sensitivity curves, search progress (PR curves: `train.outputs`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hashtune.report.runs import TrialRun  # noqa: E402
+from hashtune.report.tables import BinnedCurve  # noqa: E402
+
+__all__ = ["plot_importance", "plot_sensitivity", "plot_search_progress"]
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_importance(importances: dict[str, dict[str, float]], path: Path) -> Path:
+    """One horizontal bar chart per evaluator, parameters in the first evaluator's order."""
+    order = list(next(iter(importances.values())))[::-1]
+    figure, axes = plt.subplots(1, len(importances), figsize=(4.5 * len(importances), 0.45 * len(order) + 1.5), squeeze=False)
+    for axis, (name, values) in zip(axes[0], importances.items()):
+        axis.barh(order, [values.get(param, 0.0) for param in order])
+        axis.set_title(name)
+        axis.set_xlabel("importance (normalised)")
+    return _save(figure, path)
+
+
+def plot_sensitivity(curves: list[BinnedCurve], param: str, path: Path) -> Path:
+    """test/mAP of every finished run against `param`, one colour per bits, with binned means and 95% CIs."""
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for curve in (c for c in curves if c.param == param):
+        points = axis.scatter(curve.x, curve.y, s=14, alpha=0.5, label=f"{curve.bits} bits")
+        centres, means, errors = [], [], []
+        for i, mean in enumerate(curve.bin_means):
+            if mean is None:
+                continue
+            low, high = curve.bin_edges[i], curve.bin_edges[min(i + 1, len(curve.bin_edges) - 1)]
+            centres.append((low * high) ** 0.5 if curve.log_scale else (low + high) / 2)
+            means.append(mean.mean)
+            errors.append(0.0 if mean.n < 2 else mean.half_width)
+        axis.errorbar(centres, means, yerr=errors, color=points.get_facecolor()[0], marker="o", capsize=3)
+        axis.set_xscale("log" if curve.log_scale else "linear")
+    axis.set_xlabel(param)
+    axis.set_ylabel("test/mAP")
+    axis.set_title(f"sensitivity to {param} (points: runs; line: binned mean ± 95% CI)", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
+
+
+def plot_search_progress(runs: list[TrialRun], metric: str, path: Path) -> Path:
+    """Each trial's last `metric` by start order (finished vs stopped early) and the best finished so far."""
+    ordered = [run for run in runs if metric in run.metrics]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for status, marker in (("finished", "o"), ("stopped_early", "x")):
+        points = [(i, run.metrics[metric]) for i, run in enumerate(ordered) if run.status == status]
+        if points:
+            axis.scatter(*zip(*points), marker=marker, label=status.replace("_", " "))
+    best, line = float("-inf"), []
+    for i, run in enumerate(ordered):
+        if run.status == "finished":
+            best = max(best, run.metrics[metric])
+        line.append(best if best > float("-inf") else float("nan"))
+    axis.step(range(len(ordered)), line, where="post", color="black", label="best finished so far")
+    axis.set_xlabel("trial (start order)")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)

@@ -1,0 +1,305 @@
+"""The studies' tables, as pure functions of `TrialRun`s: ablation (TransHash Tab. 2), K x bits (Tab. 3),
+binned sensitivity of continuous parameters, and the paper's directions checked in words.
+
+Every table reads `test/mAP` of finished runs only (trials ASHA stopped early have no test metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hashtune.config import SEED_KEYS, Config, to_flat_dict
+from hashtune.report.runs import TrialRun
+from hashtune.report.stats import MeanCI, PairedDifference, mean_ci, paired_difference
+from hashtune.train.bits import is_feasible
+
+__all__ = [
+    "METRIC",
+    "AblationCell",
+    "AblationTable",
+    "ablation_table",
+    "SensitivityTable",
+    "k_bits_table",
+    "BinnedCurve",
+    "continuous_sensitivity",
+    "continuous_table",
+    "varying_params",
+    "paper_directions",
+]
+
+METRIC = "test/mAP"
+# What each paper claims about a variant relative to the full model (TransHash Tab. 2; He & Wei 2023)
+CLAIMS = {
+    "w/o C": ("full > w/o C", "the Cauchy likelihood beats the sigmoid one", +1),
+    "w/o P": ("full > w/o P", "the local (part) branch helps", +1),
+    "w/o Q": ("full > w/o Q", "the quantization loss helps", +1),
+    "w/o cls": ("full > w/o cls", "the classification loss helps", +1),
+    "asymmetric": ("asymmetric > full", "the asymmetric strategy beats pairwise training", -1),
+}
+SIGNIFICANCE = 0.05
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class AblationCell:
+    variant: str
+    bits: int
+    per_seed: dict[int, float]
+    summary: MeanCI
+    versus_reference: PairedDifference | None  # this row minus its reference row, paired by seed
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    """Rows = variants, columns = bits; cells = mean ± 95% t-CI of test/mAP over seeds.
+
+    A row is a variant, plus the values of any other parameter that varies within it (`full k_groups=2`),
+    so replicates are only ever seeds; each row's reference is the reference variant with the same values.
+    """
+
+    variants: list[str]  # row labels
+    bits: list[int]
+    cells: dict[tuple[str, int], AblationCell]
+    reference: str | None
+    row_variant: dict[str, str] = field(default_factory=dict)
+    row_reference: dict[str, str | None] = field(default_factory=dict)
+
+    def best_variant(self, bits: int) -> str:
+        present = [v for v in self.variants if (v, bits) in self.cells]
+        return max(present, key=lambda v: self.cells[v, bits].summary.mean)
+
+    def to_markdown(self) -> str:
+        header = ["variant"] + [f"{b} bits" for b in self.bits]
+        if self.reference:
+            header += [f"Δ vs {self.reference} ({b} bits), paired over seeds" for b in self.bits]
+        rows = []
+        for variant in self.variants:
+            row = [variant]
+            for b in self.bits:
+                cell = self.cells.get((variant, b))
+                text = cell.summary.format() if cell else ""
+                row.append(f"**{text}**" if cell and self.best_variant(b) == variant else text)
+            if self.reference:
+                row += [self._difference_text(variant, b) for b in self.bits]
+            rows.append(row)
+        return _markdown(header, rows)
+
+    def _difference_text(self, variant: str, bits: int) -> str:
+        cell = self.cells.get((variant, bits))
+        if cell is None or cell.versus_reference is None:
+            return ""
+        d = cell.versus_reference
+        interval = "" if math.isnan(d.difference.half_width) else f" ± {d.difference.half_width:.3f}"
+        p_value = "" if math.isnan(d.p_value) else f", p={d.p_value:.3f}"
+        return f"{d.difference.mean:+.3f}{interval}{p_value} ({d.wins}/{d.n} seeds higher)"
+
+    def to_csv(self) -> str:
+        header = ["variant", "bits", "n", "mean", "ci95_low", "ci95_high", "seeds", "values",
+                  "diff_vs_reference", "diff_ci95_low", "diff_ci95_high", "paired_t_p", "seeds_higher", "pairs"]
+        rows = []
+        for (variant, b), cell in sorted(self.cells.items(), key=lambda item: (self.variants.index(item[0][0]), item[0][1])):
+            s, d = cell.summary, cell.versus_reference
+            seeds = sorted(cell.per_seed)
+            difference = [_number(d.difference.mean), _number(d.difference.low), _number(d.difference.high), _number(d.p_value), d.wins, d.n] if d else [""] * 6
+            rows.append([variant, b, s.n, _number(s.mean), _number(s.low), _number(s.high),
+                         " ".join(map(str, seeds)), " ".join(_number(cell.per_seed[seed]) for seed in seeds), *difference])
+        return _csv(header, rows)
+
+
+def _within_variant_keys(runs: list[TrialRun]) -> list[str]:
+    """Config keys (seeds aside) that vary among runs of the same variant and bits."""
+    groups: dict[tuple[str, int], list[TrialRun]] = defaultdict(list)
+    for run in runs:
+        groups[run.variant, run.bits].append(run)
+    keys = set().union(*(varying_params(group) for group in groups.values()))
+    return sorted(keys - set(SEED_KEYS))
+
+
+def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTable | None:
+    """The ablation table of the finished runs that carry a variant tag; None when none do.
+
+    A seed run twice in the same row (a re-run trial) counts once, with its latest run.
+    """
+    tagged = [run for run in runs if run.status == "finished" and run.variant]
+    if not tagged:
+        return None
+    extra = _within_variant_keys(tagged)
+    per_cell: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    row_variant, row_suffix = {}, {}
+    for run in tagged:
+        flat = to_flat_dict(run.config)
+        suffix = " ".join(f"{key.split('.')[-1]}={flat[key]}" for key in extra)
+        label = f"{run.variant} {suffix}".strip()
+        row_variant[label], row_suffix[label] = run.variant, suffix
+        per_cell[label, run.bits][run.seed] = run.metrics[METRIC]
+    order = list(CLAIMS)
+    rows = sorted(row_variant, key=lambda r: (row_suffix[r], row_variant[r] != reference,
+                                              order.index(row_variant[r]) if row_variant[r] in order else len(order), r))
+    row_reference = {row: (f"{reference} {row_suffix[row]}".strip() if row_variant[row] != reference else None) for row in rows}
+    row_reference = {row: ref if ref in row_variant else None for row, ref in row_reference.items()}
+    bits = sorted({b for _, b in per_cell})
+    cells = {}
+    for (row, b), per_seed in per_cell.items():
+        ref = row_reference[row]
+        versus = paired_difference(per_seed, per_cell[ref, b]) if ref is not None and (ref, b) in per_cell else None
+        cells[row, b] = AblationCell(row_variant[row], b, per_seed, mean_ci(list(per_seed.values())), versus)
+    has_reference = reference in row_variant.values()
+    return AblationTable(rows, bits, cells, reference if has_reference else None, row_variant, row_reference)
+
+
+def paper_directions(table: AblationTable) -> list[str]:
+    """One sentence per paper claim that the table can test: whether it holds here, and how confidently."""
+    if table.reference is None:
+        return []
+    sentences = []
+    for row in table.variants:
+        variant = table.row_variant.get(row, row)
+        if variant not in CLAIMS:
+            continue
+        claim, meaning, sign = CLAIMS[variant]
+        where = row[len(variant):].strip()
+        for b in table.bits:
+            cell = table.cells.get((row, b))
+            if cell is None or cell.versus_reference is None:
+                continue
+            d = cell.versus_reference
+            gain = -sign * d.difference.mean  # > 0 when the claim's direction holds
+            wins = d.wins if sign < 0 else d.n - d.wins
+            evidence = f"{gain:+.3f} mAP, {wins}/{d.n} seeds agree"
+            evidence += "" if math.isnan(d.p_value) else f", paired t-test p={d.p_value:.3f}"
+            if gain > 0 and not math.isnan(d.p_value) and d.p_value < SIGNIFICANCE:
+                verdict = "holds, significant at 5%"
+            elif gain > 0:
+                verdict = "holds in direction, not significant at 5%"
+            else:
+                verdict = "does not hold (reversed)"
+            sentences.append(f"{claim} ({meaning}) at {b} bits{f', {where}' if where else ''}: {verdict} ({evidence}).")
+    return sentences
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """K x bits: mean test/mAP per cell; `-` infeasible bit allocation, blank not run."""
+
+    k_values: list[int]
+    bits: list[int]
+    cells: dict[tuple[int, int], MeanCI]
+    infeasible: set[tuple[int, int]]
+
+    def cell_text(self, k: int, b: int) -> str:
+        if (k, b) in self.infeasible:
+            return "-"
+        cell = self.cells.get((k, b))
+        return f"{cell.mean:.3f} (n={cell.n})" if cell else ""
+
+    def to_markdown(self) -> str:
+        rows = [[f"K={k}"] + [self.cell_text(k, b) for b in self.bits] for k in self.k_values]
+        return _markdown(["K"] + [f"{b} bits" for b in self.bits], rows)
+
+    def to_csv(self) -> str:
+        rows = []
+        for k in self.k_values:
+            for b in self.bits:
+                cell = self.cells.get((k, b))
+                state = "infeasible" if (k, b) in self.infeasible else ("run" if cell else "not run")
+                rows.append([k, b, state, cell.n if cell else 0, _number(cell.mean) if cell else "", _number(cell.low) if cell else "", _number(cell.high) if cell else ""])
+        return _csv(["k_groups", "bits", "state", "n", "mean", "ci95_low", "ci95_high"], rows)
+
+
+def k_bits_table(runs: list[TrialRun]) -> SensitivityTable | None:
+    """Mean test/mAP by (K, bits) over finished dual-stream runs; None unless K or bits vary."""
+    dual = [run for run in runs if run.config.model.dual_stream]
+    finished = [run for run in dual if run.status == "finished"]
+    if len({(run.k_groups, run.bits) for run in dual}) < 2 or not finished:
+        return None
+    k_values = list(range(1, max(run.k_groups for run in dual) + 1))
+    bits = sorted({run.bits for run in dual})
+    values: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for run in finished:
+        values[run.k_groups, run.bits].append(run.metrics[METRIC])
+    infeasible = {(k, b) for k in k_values for b in bits if not is_feasible(Config().replace({"model.bits": b, "model.k_groups": k}))}
+    return SensitivityTable(k_values, bits, {key: mean_ci(v) for key, v in values.items()}, infeasible)
+
+
+def varying_params(runs: list[TrialRun]) -> dict[str, list]:
+    """Config keys whose value differs between the given runs, with their sorted distinct values."""
+    values: dict[str, set] = defaultdict(set)
+    for run in runs:
+        for key, value in to_flat_dict(run.config).items():
+            values[key].add(value)
+    return {key: sorted(found, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+            for key, found in values.items() if len(found) > 1}
+
+
+@dataclass(frozen=True)
+class BinnedCurve:
+    """test/mAP against one continuous parameter at one code length: points and quantile-binned means."""
+
+    param: str
+    bits: int
+    log_scale: bool
+    x: list[float]
+    y: list[float]
+    bin_edges: list[float]
+    bin_means: list[MeanCI | None]
+
+
+def _quantile_edges(x: np.ndarray, bins: int, log_scale: bool) -> np.ndarray:
+    scaled = np.log10(x) if log_scale else x
+    edges = np.unique(np.quantile(scaled, np.linspace(0, 1, bins + 1)))
+    return 10 ** edges if log_scale else edges
+
+
+def continuous_sensitivity(runs: list[TrialRun], *, min_values: int = 4, bins: int = 4) -> list[BinnedCurve]:
+    """For each float parameter with at least `min_values` distinct values among finished runs, per bits."""
+    finished = [run for run in runs if run.status == "finished"]
+    curves = []
+    for param, values in varying_params(finished).items():
+        if len(values) < min_values or not all(isinstance(v, float) for v in values):
+            continue
+        log_scale = values[0] > 0 and values[-1] / values[0] >= 10
+        for b in sorted({run.bits for run in finished}):
+            points = sorted((to_flat_dict(run.config)[param], run.metrics[METRIC]) for run in finished if run.bits == b)
+            if len(points) < 2:
+                continue
+            x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+            edges = _quantile_edges(x, min(bins, len(points) // 2 or 1), log_scale)
+            index = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
+            means = [mean_ci(y[index == i]) if (index == i).any() else None for i in range(max(len(edges) - 1, 1))]
+            curves.append(BinnedCurve(param, b, log_scale, x.tolist(), y.tolist(), edges.tolist(), means))
+    return curves
+
+
+def continuous_table(curves: list[BinnedCurve]) -> tuple[str, str]:
+    """Markdown and CSV of the binned curves: one row per (parameter, bits, bin)."""
+    header = ["parameter", "bits", "bin", "n", "mean test/mAP", "ci95_low", "ci95_high"]
+    rows = []
+    for curve in curves:
+        for i, mean in enumerate(curve.bin_means):
+            low, high = curve.bin_edges[i], curve.bin_edges[min(i + 1, len(curve.bin_edges) - 1)]
+            rows.append([curve.param, curve.bits, f"[{low:.4g}, {high:.4g}]", mean.n if mean else 0,
+                         _number(mean.mean) if mean else "", _number(mean.low) if mean else "", _number(mean.high) if mean else ""])
+    markdown_rows = [[str(cell) for cell in row[:5]] for row in rows]
+    return _markdown(header[:5], markdown_rows), _csv(header, rows)

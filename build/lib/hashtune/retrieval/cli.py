@@ -1,0 +1,90 @@
+"""Retrieve with a bundle from the command line.
+
+    python -m hashtune.retrieve --bundle BUNDLE --image q1.png [--image q2.png ...] [-k 10] [--radius R] [--json]
+    python -m hashtune.retrieve --bundle BUNDLE --eval
+
+`--json` prints one object::
+
+    {"bundle": "...", "k": 10, "radius": null,
+     "results": [{"image": "q1.png", "code": "9f03...",            # packed code, hex
+                  "neighbours": [{"id": 17, "distance": 0, "labels": [3]}, ...]}]}
+
+`labels` are the class indices of the neighbour's multi-hot label. `--eval` recomputes the test mAP
+from the bundle's stored codes and compares it with the exporting run's `test/mAP`: exit 0 when they
+agree (to 1e-9), 1 when not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hashtune.retrieval.bundle import BundleError
+from hashtune.retrieval.retriever import Retriever, SearchResult, evaluate_bundle
+
+TOLERANCE = 1e-9
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hashtune.retrieve", description="Search a bundle's database with query images.")
+    parser.add_argument("--bundle", type=Path, required=True, help="a folder written by python -m hashtune.export")
+    parser.add_argument("--image", type=Path, action="append", default=[], help="a query image file (repeatable)")
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
+    parser.add_argument("--radius", type=int, help="return everything within this Hamming radius instead of the top k")
+    parser.add_argument("--json", action="store_true", help="print JSON (the documented shape) instead of a table")
+    parser.add_argument("--eval", action="store_true", help="recompute the test mAP from the stored codes and compare with the run's")
+    return parser
+
+
+def _neighbours(result: SearchResult, row: int) -> list[dict]:
+    return [
+        {"id": identifier.item() if hasattr(identifier, "item") else identifier, "distance": int(distance),
+         "labels": np.flatnonzero(labels).tolist()}
+        for identifier, distance, labels in zip(result.ids[row], result.distances[row], result.labels[row])
+    ]
+
+
+def _evaluate(bundle: Path) -> int:
+    recomputed = evaluate_bundle(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    run_map = manifest.get("provenance", {}).get("run_metrics", {}).get("test/mAP")
+    report = {"bundle": str(bundle), "test_mAP_from_codes": recomputed, "run_test_mAP": run_map}
+    report["equal"] = run_map is not None and abs(recomputed - run_map) <= TOLERANCE
+    print(json.dumps(report))
+    return 0 if report["equal"] or run_map is None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.eval:
+            return _evaluate(args.bundle)
+        if not args.image:
+            print("hashtune.retrieve: error: give at least one --image (or --eval)", file=sys.stderr)
+            return 2
+        retriever = Retriever.load(args.bundle)
+        codes = retriever.encode(args.image)
+        if args.radius is not None:
+            results = retriever.search_radius(codes, args.radius)
+            per_query = [_neighbours(result, 0) for result in results]
+        else:
+            result = retriever.search(codes, args.k)
+            per_query = [_neighbours(result, i) for i in range(len(codes))]
+    except (BundleError, ValueError) as error:
+        print(f"hashtune.retrieve: error: {error}", file=sys.stderr)
+        return 2
+    output = {"bundle": str(args.bundle), "k": None if args.radius is not None else args.k, "radius": args.radius,
+              "results": [{"image": str(image), "code": code.tobytes().hex(), "neighbours": neighbours}
+                          for image, code, neighbours in zip(args.image, codes, per_query)]}
+    if args.json:
+        print(json.dumps(output))
+    else:
+        for entry in output["results"]:
+            print(f"{entry['image']} (code {entry['code']}):")
+            for rank, n in enumerate(entry["neighbours"], 1):
+                print(f"  {rank:>3}. id {n['id']}  distance {n['distance']}  labels {n['labels']}")
+    return 0

@@ -1,0 +1,217 @@
+"""Export a run's best checkpoint as a retrieval bundle (see `hashtune.retrieval.bundle` for its files).
+
+    python -m hashtune.export --experiment NAME [--metric val/mAP] [--run-id ID] --out BUNDLE
+    python -m hashtune.export --run-dir runs/digits32 --out BUNDLE      # a plain `hashtune.train` run
+
+The run is the best finished one of the sweep by a validation metric (never by test). The encoder
+gets the weights of the run's best `val/mAP` epoch, the same weights its `test/mAP` was measured
+with, so `python -m hashtune.retrieve --eval` on the bundle reproduces that number. The bundle is
+written to a temporary folder beside `--out` and renamed into place, so a crash leaves no half
+bundle; an existing `--out` is never overwritten. With `--experiment`, the bundle is logged on the
+run (artifacts `bundle/`) and registered as a version of the MLflow model `--model-name`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hashtune.config import ConfigError, config_from_dict, require_val_metric, save_config
+from hashtune.data import Splits
+from hashtune.data.datasets import native_size
+from hashtune.metrics import pack_codes, retrieval_metrics
+from hashtune.paths import RESULTS_DIR
+from hashtune.retrieval.bundle import BundleError, write_manifest
+from hashtune.tracking import TAG, find_runs, resolve_tracking
+from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from hashtune.train.outputs import read_metrics
+from hashtune.train.model import preprocessing
+from hashtune.train.trainer import build_data, build_model, input_size
+
+__all__ = ["HashEncoder", "ExportError", "best_run", "export_bundle", "main"]
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done as asked (one line naming the run, file or value)."""
+
+
+class HashEncoder(nn.Module):
+    """images (n, C, H, W), preprocessed -> continuous codes (n, bits) in (-1, 1); sign gives the binary code."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).codes
+
+
+def best_run(client, experiment: str, metric: str = "val/mAP", run_id: str | None = None):
+    """The MLflow run to export: `run_id`, or the finished trial run with the highest `metric` (a val/* metric)."""
+    require_val_metric(metric)
+    if run_id:
+        try:
+            return client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - MLflow raises several types for an unknown id
+            raise ExportError(f"no MLflow run with id {run_id!r} at {client.tracking_uri}") from None
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ExportError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    finished = [run for run in find_runs(client, found.experiment_id, f"tags.`{TAG}status` = 'finished'") if metric in run.data.metrics]
+    if not finished:
+        raise ExportError(f"experiment {experiment!r} has no finished run with {metric}; nothing to export")
+    return max(finished, key=lambda run: run.data.metrics[metric])
+
+
+def _checkpoint_of(run) -> dict:
+    """The run's checkpoint state, from the Tune/Train checkpoint its `hashtune.checkpoint` tag points to."""
+    from ray.train import Checkpoint
+
+    location = run.data.tags.get("hashtune.checkpoint")
+    if not location:
+        raise ExportError(f"run {run.info.run_id} has no hashtune.checkpoint tag (it never reported a checkpoint)")
+    try:
+        with Checkpoint(location).as_directory() as folder:
+            return load_checkpoint(Path(folder) / CHECKPOINT_NAME)
+    except (CheckpointError, FileNotFoundError, OSError) as error:
+        raise ExportError(f"run {run.info.run_id}: cannot read its checkpoint at {location}: {str(error).splitlines()[0]}") from None
+
+
+def _encode_split(encoder: HashEncoder, dataset, batch_size: int = 256) -> torch.Tensor:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.inference_mode():
+        return torch.cat([encoder(images) for images, _, _ in loader])
+
+
+def _ids(dataset) -> np.ndarray:
+    """Database/query ids: the image's path for file datasets, else its index in the dataset."""
+    if dataset.source.paths is not None:
+        return np.array([str(Path(dataset.source.paths[i])) for i in dataset.indices])
+    return dataset.indices.copy()
+
+
+def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the bundle of checkpoint `state` to `out` (must not exist); returns its manifest.
+
+    `provenance` (MLflow run id, experiment, the run's metrics) goes into the manifest as is.
+    """
+    out = Path(out)
+    if out.exists():
+        raise ExportError(f"--out {out} already exists; pick a new folder (an existing bundle is never overwritten)")
+    config = config_from_dict(state["config"])
+    splits = Splits.from_arrays(state["splits"])
+    data = build_data(config, splits)
+    model = build_model(config, data)
+    model.load_state_dict(state["best"]["model"] if state.get("best") else state["model"])
+    encoder = HashEncoder(model).eval()
+    query, database = _encode_split(encoder, data.test_query), _encode_split(encoder, data.database)
+    binary = [torch.where(codes >= 0, 1.0, -1.0) for codes in (query, database)]
+    metrics = retrieval_metrics(*binary, data.test_query.labels, data.database.labels, topk=config.eval.topk)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        _write_files(staging, encoder, model, config, data, query, database)
+        manifest = write_manifest(staging, {
+            "bits": config.model.bits,
+            "head_bits": list(model.head_bits),
+            "num_database": len(database),
+            "num_queries": len(query),
+            "bundle_test_mAP": metrics.map,
+            "provenance": provenance or {},
+        })
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_files(folder: Path, encoder: HashEncoder, model: nn.Module, config, data, query: torch.Tensor, database: torch.Tensor) -> None:
+    import faiss
+
+    size = input_size(config)
+    example = torch.zeros(2, data.channels, size, size)
+    program = torch.export.export(encoder, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+    torch.export.save(program, folder / "encoder.pt2")
+    torch.save(model.state_dict(), folder / "state_dict.pt")
+    save_config(config, folder / "config.yaml")
+    source = data.database.source
+    preprocess = {"channels": data.channels, "native_size": native_size(source), "img_size": size, **preprocessing(config).as_dict()}
+    (folder / "preprocess.json").write_text(json.dumps(preprocess, indent=2) + "\n")
+    for prefix, codes, dataset in (("database", database, data.database), ("query", query, data.test_query)):
+        np.save(folder / f"{prefix}_codes.npy", pack_codes(codes))
+        np.save(folder / f"{prefix}_ids.npy", _ids(dataset))
+        np.save(folder / f"{prefix}_labels.npy", dataset.labels.numpy().astype(np.uint8))
+    packed = pack_codes(database)
+    index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
+    index.add(packed)
+    faiss.write_index_binary(index, str(folder / "index.faiss"))
+
+
+def _log_to_mlflow(client, run, out: Path, model_name: str) -> str | None:
+    """Log the bundle on the run and register it as a model version; returns the version (None without a registry)."""
+    client.log_artifacts(run.info.run_id, str(out), artifact_path="bundle")
+    try:
+        try:
+            client.create_registered_model(model_name)
+        except Exception as error:  # noqa: BLE001 - "already exists" is fine, anything else re-raised below
+            if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
+                raise
+        version = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id)
+        return version.version
+    except Exception as error:  # noqa: BLE001 - a store without a registry still keeps the logged bundle
+        print(f"hashtune.export: bundle logged, not registered ({str(error).splitlines()[0][:160]})", file=sys.stderr)
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hashtune.export", description="Export a run's best checkpoint as a retrieval bundle.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="the sweep's MLflow experiment: export its best finished run")
+    source.add_argument("--run-dir", type=Path, help="a run folder of python -m hashtune.train (holds checkpoint.pt)")
+    parser.add_argument("--run-id", help="export this MLflow run instead of the best one (with --experiment)")
+    parser.add_argument("--metric", default="val/mAP", help="validation metric that picks the best run (default: val/mAP)")
+    parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
+    parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
+    parser.add_argument("--out", type=Path, required=True, help="the bundle folder to create (must not exist)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.run_dir is not None:
+            state = load_checkpoint(args.run_dir)
+            provenance = {"run_dir": str(args.run_dir.absolute())}
+            if (args.run_dir / "metrics.json").is_file():
+                provenance["run_metrics"] = read_metrics(args.run_dir / "metrics.json")
+            manifest = export_bundle(state, args.out, provenance=provenance)
+        else:
+            from mlflow import MlflowClient
+
+            uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)
+            client = MlflowClient(uri)
+            run = best_run(client, args.experiment, args.metric, args.run_id)
+            provenance = {"mlflow_run_id": run.info.run_id, "experiment": args.experiment, "tracking_uri": uri,
+                          "selected_by": args.metric, "run_metrics": dict(run.data.metrics)}
+            manifest = export_bundle(_checkpoint_of(run), args.out, provenance=provenance)
+            version = _log_to_mlflow(client, run, args.out, args.model_name)
+            if version is not None:
+                print(f"registered as MLflow model {args.model_name!r} version {version}")
+    except (ExportError, ConfigError, CheckpointError, BundleError, ConnectionError) as error:
+        print(f"hashtune.export: error: {error}", file=sys.stderr)
+        return 2
+    run_map = manifest["provenance"].get("run_metrics", {}).get("test/mAP")
+    summary = f"bundle written to {args.out} ({manifest['num_database']} database codes of {manifest['bits']} bits); test mAP from its codes {manifest['bundle_test_mAP']:.6f}"
+    print(summary + (f" (run's test/mAP {run_map:.6f})" if run_map is not None else ""))
+    return 0

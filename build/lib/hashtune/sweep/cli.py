@@ -1,0 +1,75 @@
+"""`python -m hashtune.sweep`: a Ray Tune + Optuna search over the trainer's config, tracked in MLflow.
+
+    python -m hashtune.sweep --space NAME|FILE [--name EXP] [--resume [auto]] [--address auto]
+                             [--mlflow-uri URI] [--storage PATH_OR_S3_URI] [--max-concurrent N] [key=value ...]
+
+Each trial runs the plain trainer inside the trial process (`workers: 0`, the default on one
+machine: no per-trial Ray Train start-up) or builds a Ray Train `TorchTrainer` (`workers: N`, for
+clusters); both report the same metrics and checkpoints to Tune. The sweep ends with its study
+(`hashtune.report`). Imports run one way: cli -> driver -> tuner -> trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hashtune.config import ConfigError, load_config
+from hashtune.paths import RESULTS_DIR
+from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
+from hashtune.sweep.space import SpaceError, load_space
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hashtune.sweep", description="Search hashing configs with Ray Tune + Optuna.")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every trial")
+    parser.add_argument("--space", required=True, help="a shipped space name (search_spaces/NAME.yaml) or a YAML file")
+    parser.add_argument("--name", help="experiment name (default: the space's name)")
+    parser.add_argument(
+        "--resume", nargs="?", const="always", default="never", choices=("never", "always", "auto"),
+        help="continue an interrupted sweep of this name (`--resume`); `--resume auto` continues one if it exists, "
+             "else starts it (what `make sweep` does); default: refuse to touch an existing sweep",
+    )
+    parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: start a local Ray on 127.0.0.1)")
+    parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
+    parser.add_argument("--storage", help="Tune storage path or s3:// URI (default: results/ray)")
+    parser.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's max_concurrent)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the default stores and the study go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        base = load_config(overrides=args.overrides)
+        space = load_space(args.space, base)
+        summary = run_sweep(args, base, space)
+    except SweepInterrupted as stopped:
+        print(f"hashtune.sweep: {stopped}", file=sys.stderr)
+        return 130
+    except (ConfigError, SpaceError, SweepError, ConnectionError, FileNotFoundError) as error:
+        print(f"hashtune.sweep: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    if summary.get("best"):
+        _report(summary, Path(args.results_dir))
+    return 0 if summary.get("best") else 1
+
+
+def _report(summary: dict, results_dir: Path) -> None:
+    """The study of the sweep's experiment into `results/<experiment>/` (and onto its parent run)."""
+    from mlflow import MlflowClient
+
+    from hashtune.report import ReportError, build_report
+
+    out = results_dir / summary["experiment"].replace("/", "_")
+    try:
+        build_report(MlflowClient(summary["mlflow_uri"]), summary["experiment"], out)
+    except ReportError as error:  # the sweep's runs are safe in MLflow; the report can be rebuilt later
+        print(f"hashtune.sweep: report not built: {error}", file=sys.stderr)
+        return
+    print(f"study written to {out} (python -m hashtune.report --experiment {summary['experiment']} rebuilds it)")

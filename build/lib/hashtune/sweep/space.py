@@ -1,0 +1,263 @@
+"""Search spaces: YAML files whose keys are the trainer's dotted config names.
+
+Schema (every key but `params` or `variants` optional)::
+
+    description: what the study is for
+    search: grid | tpe | random         # grid: every point once; tpe/random: Optuna samplers
+    metric: val/mAP                     # selection metric (only val/* may select)
+    mode: max
+    num_samples: 24                     # tpe/random trials (grid: the grid decides)
+    max_concurrent: 2
+    workers: 0                          # 0: the plain trainer inside the trial; N: Ray Train DDP workers
+    cpus_per_trial: 1                   # CPUs of a trial (workers: 0) or of each worker (workers: N)
+    gpus_per_worker: 0
+    max_failures: 2                     # Ray Train worker-group restarts of a trial (workers: N)
+    checkpoints_to_keep: 2              # checkpoints kept per trial: the latest and the best by `metric`
+    time_budget_s: null                 # stop launching trials after this many seconds
+    scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
+    seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
+    fixed: {train.epochs: 150}          # overrides every trial gets
+    variants:                           # named override sets, a grid dimension (ablations)
+      full: {}
+      w/o Q: {loss.quant_weight: 0.0}
+    params:                             # searched keys and their domains
+      model.k_groups: {int: [1, 6]}
+      model.bits: {choice: [16, 32, 48, 64]}
+      loss.gamma: {loguniform: [1, 50]}
+      loss.quant_weight: {uniform: [0, 1]}
+      model.dual_stream: {grid: [true, false]}
+
+Domains: `choice` (categorical; in a grid, a grid dimension), `grid` (grid spaces only), `uniform`
+and `loguniform` ([low, high]), `int` ([low, high], inclusive). Every value is checked against the
+config's types. Points whose `model.bits` / `model.k_groups` allocation fails are never launched:
+grids list them as infeasible, and TPE/random sample `k_groups` only within the feasible range.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric, to_flat_dict
+from hashtune.paths import shipped_spaces
+from hashtune.train.bits import is_feasible
+
+__all__ = ["SpaceError", "Domain", "SearchSpace", "load_space", "space_text"]
+
+SEARCHES = ("grid", "tpe", "random")
+DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
+TOP_LEVEL = {
+    "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
+    "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
+    "checkpoints_to_keep",
+}
+
+
+class SpaceError(ValueError):
+    """A search space that cannot be run; the message names the file, the key and what would be valid."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    kind: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space (see the module docstring for the YAML schema)."""
+
+    name: str
+    search: str = "grid"
+    description: str = ""
+    metric: str = "val/mAP"
+    mode: str = "max"
+    num_samples: int = 1
+    max_concurrent: int = 2
+    workers: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    time_budget_s: float | None = None
+    scheduler: dict = field(default_factory=lambda: {"type": "none"})
+    seeds: tuple[int, ...] = (0,)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    params: dict[str, Domain] = field(default_factory=dict)
+
+    def grid_points(self, base: Config) -> tuple[list[dict], list[dict]]:
+        """All grid points as (feasible, infeasible) lists of `{"label", "variant", "overrides"}`, in a stable order.
+
+        The label (`w/o Q k_groups=2 seed=1`) names the trial in Tune's table and in MLflow.
+        """
+        variants = self.variants or {"": {}}
+        names = list(self.params)
+        value_lists = [self.params[name].values for name in names]
+        feasible, infeasible = [], []
+        for variant, values, seed in itertools.product(variants, itertools.product(*value_lists), self.seeds):
+            overrides = {**self.fixed, **variants[variant], **dict(zip(names, values)), **dict.fromkeys(SEED_KEYS, seed)}
+            searched = " ".join(f"{name.split('.')[-1]}={value}" for name, value in zip(names, values))
+            label = " ".join(part for part in (variant, searched, f"seed={seed}") if part)
+            point = {"label": label, "variant": variant, "overrides": overrides}
+            (feasible if is_feasible(base.replace(overrides)) else infeasible).append(point)
+        return feasible, infeasible
+
+
+def space_text(name_or_path: str) -> tuple[str, str, str]:
+    """`(name, where, YAML text)` of a shipped space by name (`ablations`) or of a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpaceError(f"space file {name_or_path!r} does not exist")
+        return path.stem, str(path), _read_text(path, str(path))
+    shipped = shipped_spaces()
+    if name_or_path not in shipped:
+        raise SpaceError(f"unknown space {name_or_path!r}; shipped spaces: {', '.join(sorted(shipped))} (or give a .yaml path)")
+    return name_or_path, f"search_spaces/{name_or_path}.yaml", _read_text(shipped[name_or_path], name_or_path)
+
+
+def _read_text(resource, where: str) -> str:
+    try:
+        return resource.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpaceError(f"{where}: not UTF-8 text (byte {error.start}); save the space as UTF-8") from None
+
+
+def _check_overrides(where: str, base: Config, overrides: dict[str, Any]) -> None:
+    try:
+        base.replace(overrides)
+    except ConfigError as error:
+        raise SpaceError(f"{where}: {error}") from None
+
+
+def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) -> Domain:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DOMAIN_KINDS:
+        raise SpaceError(f"{where}: params.{key} must be one of {{{', '.join(DOMAIN_KINDS)}: ...}}, got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise SpaceError(f"{where}: params.{key}: {kind} needs a non-empty list, got {values!r}")
+    if kind in ("uniform", "loguniform", "int"):
+        if len(values) != 2 or not values[0] < values[1]:
+            raise SpaceError(f"{where}: params.{key}: {kind} needs [low, high] with low < high, got {values!r}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise SpaceError(f"{where}: params.{key}: loguniform needs low > 0, got {values!r}")
+        if kind == "int" and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise SpaceError(f"{where}: params.{key}: int needs integer bounds, got {values!r}")
+        if search == "grid":
+            raise SpaceError(f"{where}: params.{key}: a grid space takes choice or grid domains, not {kind}")
+    if kind == "grid" and search != "grid":
+        raise SpaceError(f"{where}: params.{key}: grid domains need search: grid (use choice with {search})")
+    for value in values:
+        _check_overrides(f"{where}: params.{key}", base, {key: value})
+    return Domain(kind=kind, values=tuple(values))
+
+
+def _parse_seeds(where: str, seeds: Any, search: str) -> tuple[int, ...]:
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SpaceError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if search != "grid" and len(seeds) != 1:
+        raise SpaceError(f"{where}: a {search} search takes one seed, got {seeds}; replicate chosen configs with a grid space")
+    return tuple(seeds)
+
+
+def _parse_scheduler(where: str, scheduler: Any) -> dict:
+    if scheduler in (None, "none"):
+        return {"type": "none"}
+    if not isinstance(scheduler, dict) or scheduler.get("type") not in ("none", "asha"):
+        raise SpaceError(f"{where}: scheduler must be {{type: none}} or {{type: asha, grace_period: N, reduction_factor: N}}")
+    unknown = set(scheduler) - {"type", "grace_period", "reduction_factor"}
+    if unknown:
+        raise SpaceError(f"{where}: unknown scheduler keys {sorted(unknown)}; valid: type, grace_period, reduction_factor")
+    return dict(scheduler)
+
+
+def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
+    """Load and validate a space; every error is one line naming the file and the key."""
+    space_name, where, text = space_text(name_or_path)
+    base = base or Config()
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpaceError(f"{where}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise SpaceError(f"{where}: a space is a mapping of {', '.join(sorted(TOP_LEVEL))}")
+    unknown = set(tree) - TOP_LEVEL
+    if unknown:
+        raise SpaceError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL))}")
+    search = tree.get("search", "grid")
+    if search not in SEARCHES:
+        raise SpaceError(f"{where}: search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    fixed = tree.get("fixed") or {}
+    _check_overrides(f"{where}: fixed", base, fixed)
+    variants = tree.get("variants") or {}
+    for name, overrides in variants.items():
+        _check_overrides(f"{where}: variants.{name}", base, overrides or {})
+    params = {key: _parse_domain(where, key, spec, base, search) for key, spec in (tree.get("params") or {}).items()}
+    if not params and not variants:
+        raise SpaceError(f"{where}: nothing to search; give params or variants")
+    try:
+        require_val_metric(tree.get("metric", "val/mAP"))
+    except ConfigError as error:
+        raise SpaceError(f"{where}: {error}") from None
+    space = SearchSpace(
+        name=space_name,
+        search=search,
+        description=str(tree.get("description", "")).strip(),
+        metric=tree.get("metric", "val/mAP"),
+        mode=tree.get("mode", "max"),
+        num_samples=int(tree.get("num_samples", 1)),
+        max_concurrent=int(tree.get("max_concurrent", 2)),
+        workers=int(tree.get("workers", 0)),
+        cpus_per_trial=float(tree.get("cpus_per_trial", 1)),
+        gpus_per_worker=float(tree.get("gpus_per_worker", 0)),
+        max_failures=int(tree.get("max_failures", 2)),
+        checkpoints_to_keep=int(tree.get("checkpoints_to_keep", 2)),
+        time_budget_s=tree.get("time_budget_s"),
+        scheduler=_parse_scheduler(where, tree.get("scheduler")),
+        seeds=_parse_seeds(where, tree.get("seeds", [0]), search),
+        fixed=dict(fixed),
+        variants={name: dict(overrides or {}) for name, overrides in variants.items()},
+        params=params,
+    )
+    _check_feasible(where, space, base)
+    _check_scheduler(where, space, base)
+    return space
+
+
+def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
+    """ASHA's rungs must fit inside the trials' epochs (they are counted in epochs)."""
+    if space.scheduler["type"] != "asha":
+        return
+    epochs = base.replace(space.fixed).train.epochs
+    grace = space.scheduler.get("grace_period", max(1, epochs // 6))
+    factor = space.scheduler.get("reduction_factor", 3)
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= epochs:
+        raise SpaceError(f"{where}: scheduler.grace_period must be an integer in [1, train.epochs={epochs}], got {grace!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+        raise SpaceError(f"{where}: scheduler.reduction_factor must be a number > 1, got {factor!r}")
+
+
+def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:
+    if space.search == "grid":
+        feasible, infeasible = space.grid_points(base)
+        if not feasible:
+            raise SpaceError(f"{where}: every one of the {len(infeasible)} grid points has an infeasible model.bits/model.k_groups allocation")
+        return
+    bits = _values(space, base, "model.bits")
+    groups = _values(space, base, "model.k_groups")
+    if not any(is_feasible(base.replace({**space.fixed, "model.bits": b, "model.k_groups": k})) for b in bits for k in groups):
+        raise SpaceError(f"{where}: no model.bits in {sorted(bits)} works with any model.k_groups in {sorted(groups)}")
+
+
+def _values(space: SearchSpace, base: Config, key: str) -> list:
+    """The values a key can take in a search (an int range expanded), or its fixed/base value."""
+    if key in space.params:
+        domain = space.params[key]
+        return list(range(domain.values[0], domain.values[1] + 1)) if domain.kind == "int" else list(domain.values)
+    return [to_flat_dict(base.replace(space.fixed))[key]]

@@ -1,0 +1,86 @@
+"""The Tune trainable: a trial resolves its config and trains it, in its own process or as Ray Train workers.
+
+`run_trial` is what Tune calls. With `workers: 0` the plain trainer runs inside the trial process and
+reports through `ray.tune.report`; with `workers: N` the trial drives a `TorchTrainer` built by
+`hashtune.train.distributed.build_torch_trainer`, whose reports reach Tune through its callback. Both
+paths restore from the trial's latest checkpoint, so a restarted trial resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
+from hashtune.sweep.space import SearchSpace
+
+__all__ = ["TrialResolver", "run_trial"]
+
+
+class TrialResolver:
+    """Maps a Tune trial config to `(variant, flat resolved config)`; picklable for Tune's state."""
+
+    def __init__(self, base: Config, space: SearchSpace) -> None:
+        self.base_flat = to_flat_dict(base)
+        self.fixed = dict(space.fixed)
+        self.seed = space.seeds[0]
+        self.points = {point["label"]: point for point in space.grid_points(base)[0]} if space.search == "grid" else {}
+
+    def __call__(self, trial_config: dict) -> tuple[str, dict[str, Any]]:
+        if "point" in trial_config:
+            point = self.points[trial_config["point"]]
+            return point["variant"], self.base_flat | point["overrides"]
+        sampled = {key: value for key, value in trial_config.items() if "." in key}
+        return "", self.base_flat | self.fixed | sampled | dict.fromkeys(SEED_KEYS, self.seed)
+
+    def label(self, trial_config: dict) -> str:
+        """The grid point's label, or the sampled values of a search trial."""
+        if "point" in trial_config:
+            return trial_config["point"]
+        return " ".join(f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+                        for key, value in sorted(trial_config.items()) if "." in key)
+
+
+def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
+
+
+def _fit_in_trial(config: Config) -> None:
+    from ray import tune
+
+    from hashtune.train.distributed import restore_run_folder
+    from hashtune.train.runtime import LocalRuntime, resolve_device
+    from hashtune.train.trainer import fit
+
+    with tempfile.TemporaryDirectory(prefix="hashtune-trial-") as folder:
+        run_dir = Path(folder)
+        resume_from = restore_run_folder(tune.get_checkpoint(), run_dir)
+        fit(config, runtime=LocalRuntime(resolve_device(config.train.device), _report_to_tune), run_dir=run_dir, resume_from=resume_from)
+
+
+def _fit_with_ray_train(config: Config, *, space: SearchSpace, storage: str) -> None:
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from hashtune.train.distributed import build_torch_trainer
+
+    trainer = build_torch_trainer(
+        config,
+        name=f"train-trial_id={tune.get_context().get_trial_id()}",  # a restarted trial resumes this run
+        storage=storage, workers=space.workers, cpus_per_worker=space.cpus_per_trial, gpus_per_worker=space.gpus_per_worker,
+        max_failures=space.max_failures, num_to_keep=space.checkpoints_to_keep, callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str) -> None:
+    """The Tune trainable: resolve the trial's config and train it on the space's path."""
+    _, flat = resolver(trial_config)
+    config = config_from_dict(flat)
+    if space.workers == 0:
+        _fit_in_trial(config)
+    else:
+        _fit_with_ray_train(config, space=space, storage=storage)

@@ -1,0 +1,129 @@
+"""The sweep's `Tuner`: grid points or Optuna samplers, ASHA, resources, and the trainable.
+
+Grid spaces launch every feasible point once; `tpe` and `random` spaces use Optuna's samplers, with the
+study in an RDB storage next to the MLflow store. Trials that ASHA stops early are told to Optuna as
+PRUNED, not COMPLETE, so TPE only learns from values measured at full fidelity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hashtune.config import Config, config_from_dict
+from hashtune.sweep.space import Domain, SearchSpace
+from hashtune.sweep.trial import TrialResolver, run_trial
+from hashtune.train.bits import is_feasible
+
+__all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE"]
+
+
+class OptunaSpace:
+    """Optuna define-by-run space: samples `model.k_groups` last, within what `model.bits` allows."""
+
+    def __init__(self, params: dict[str, Domain], base: Config, fixed: dict[str, Any]) -> None:
+        self.params, self.base, self.fixed = params, base, fixed
+
+    def __call__(self, trial) -> None:
+        sampled: dict[str, Any] = {}
+        for key in sorted(self.params, key=lambda name: name == "model.k_groups"):
+            domain = self.params[key]
+            low, high = domain.values[0], domain.values[-1]
+            if domain.kind == "choice":
+                sampled[key] = trial.suggest_categorical(key, list(domain.values))
+            elif domain.kind == "int":
+                if key == "model.k_groups":
+                    high = max(k for k in range(low, high + 1) if k == low or self._feasible(sampled, k))
+                sampled[key] = trial.suggest_int(key, low, high)
+            else:
+                sampled[key] = trial.suggest_float(key, low, high, log=domain.kind == "loguniform")
+        return None
+
+    def _feasible(self, sampled: dict[str, Any], k_groups: int) -> bool:
+        return is_feasible(self.base.replace({**self.fixed, **sampled, "model.k_groups": k_groups}))
+
+
+def _fidelity_aware_optuna_search(**kwargs):
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FidelityAwareOptunaSearch(OptunaSearch):
+        """Only a trial whose final report carries `final` is COMPLETE; an ASHA-stopped one is PRUNED."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            finished = bool(result) and result.get("final") == 1.0
+            super().on_trial_complete(trial_id, result if finished else None, error)
+
+    return FidelityAwareOptunaSearch(**kwargs)
+
+
+def _scheduler(space: SearchSpace, epochs: int):
+    if space.scheduler["type"] != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch", max_t=epochs, grace_period=int(space.scheduler.get("grace_period", max(1, epochs // 6))),
+        reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
+    )
+
+
+def build_tuner(
+    space: SearchSpace, base: Config, *, name: str, storage: str, callbacks: list, optuna_storage: str, max_concurrent: int,
+):
+    """The `Tuner` of a sweep (fresh; `Tuner.restore` rebuilds it from storage on --resume)."""
+    from ray import tune
+
+    resolver = TrialResolver(base, space)
+    trainable = trial_trainable(space, resolver, storage)
+    tune_config: dict[str, Any] = dict(metric=space.metric, mode=space.mode, max_concurrent_trials=max_concurrent,
+                                       scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs),
+                                       time_budget_s=space.time_budget_s)
+    if space.search == "grid":
+        param_space = {"point": tune.grid_search(list(resolver.points))}
+        tune_config["num_samples"] = 1
+    else:
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=space.seeds[0]) if space.search == "tpe" else optuna.samplers.RandomSampler(seed=space.seeds[0])
+        tune_config["search_alg"] = _fidelity_aware_optuna_search(
+            space=OptunaSpace(space.params, base, space.fixed), metric=space.metric, mode=space.mode, sampler=sampler,
+            study_name=name, storage=optuna.storages.RDBStorage(optuna_storage),
+        )
+        tune_config["num_samples"] = space.num_samples
+        param_space = None
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(**tune_config, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+DRIVER_RESOURCE = "trial_driver"
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folders (Tune's default embeds every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_trainable(space: SearchSpace, resolver: TrialResolver, storage: str):
+    from ray import tune
+
+    trainable = tune.with_parameters(run_trial, resolver=resolver, space=space, storage=storage)
+    if space.workers == 0:
+        resources = {"cpu": space.cpus_per_trial} | ({"gpu": space.gpus_per_worker} if space.gpus_per_worker else {})
+    else:
+        resources = {"cpu": 0.01} | _driver_resource()  # the trial only drives its TorchTrainer; the workers hold the resources
+    return tune.with_resources(trainable, resources)
+
+
+def _driver_resource() -> dict[str, float]:
+    """`{DRIVER_RESOURCE: 0.01}` on a cluster that defines it (clusters/*.yaml give it to the head only), else nothing.
+
+    It pins the trials' driver processes to the head node, so a GPU node's CPUs all go to DDP workers.
+    """
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) > 0:
+        return {DRIVER_RESOURCE: 0.01}
+    return {}

@@ -1,0 +1,135 @@
+"""MLflow, and nothing else: the store, experiments, run look-ups and the tags hashtune writes.
+
+A sweep is one experiment with a parent run (`hashtune.role=sweep`) and one child run per trial (tagged
+`hashtune.trial_id`, `hashtune.variant`, `hashtune.seed`, `hashtune.status`). The sweep writes these
+through `hashtune.sweep.mlflow_logger`; the report and the export read them through this module, which
+needs no Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TAG",
+    "default_tracking_uri",
+    "display_uri",
+    "resolve_tracking",
+    "get_or_create_experiment",
+    "find_runs",
+    "ARTIFACTS",
+    "point_id",
+    "flat_params",
+    "log_infeasible_points",
+    "mark_orphans_killed",
+    "root_cause",
+]
+
+TAG = "hashtune."
+ARTIFACTS = ("config.yaml", "history.csv", "metrics.json", "pr_curve.png", "pr_curve.csv", "splits.npz")
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    """A SQLite store under `results_dir` (no server needed)."""
+    return f"sqlite:///{(results_dir / 'mlflow.db').absolute()}"
+
+
+def display_uri(uri: str) -> str:
+    """A tracking URI as results files may show it: a local SQLite store relative to the working directory
+    (results never name a path of the machine that made them); other URIs unchanged."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri.removeprefix("sqlite:///")).absolute()
+    try:
+        return f"sqlite:///{path.relative_to(Path.cwd().absolute()).as_posix()}"
+    except ValueError:
+        return f"sqlite:///<outside the project>/{path.name}"
+
+
+def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for new experiments); checks that the store answers.
+
+    With `create=False` (readers such as the report) a SQLite store that does not exist yet is an error
+    instead of a new empty database.
+    """
+    from mlflow import MlflowClient
+
+    if not create:
+        database = Path((uri or default_tracking_uri(results_dir)).removeprefix("sqlite:///"))
+        if (uri is None or uri.startswith("sqlite:///")) and not database.is_file():
+            raise ConnectionError(f"no MLflow store at {database}; run a sweep first or pass --mlflow-uri")
+    if uri is None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        uri, artifacts = default_tracking_uri(results_dir), (results_dir / "mlartifacts").absolute().as_uri()
+    else:
+        artifacts = None  # a server decides where artifacts go
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure to reach the store is the same user error
+        raise ConnectionError(f"MLflow tracking URI {uri!r} is unreachable: {str(error).splitlines()[0][:200]}") from None
+    return uri, artifacts
+
+
+def get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=f"{artifact_location}/{name}" if artifact_location else None)
+
+
+def find_runs(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every run of the experiment that matches `filter_string` (all pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def point_id(overrides: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def flat_params(flat_config: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(key, str(value)) for key, value in sorted(flat_config.items())]
+
+
+def log_infeasible_points(client, experiment_id: str, parent_run_id: str, space_name: str, points: list[dict], base_flat: dict) -> None:
+    """Grid points whose bit allocation fails: FINISHED child runs tagged infeasible, with params, no metrics."""
+    existing = {run.data.tags.get(f"{TAG}point") for run in find_runs(client, experiment_id, f"tags.`{TAG}status` = 'infeasible'")}
+    for point in points:
+        pid = point_id(point["overrides"])
+        if pid in existing:
+            continue
+        run = client.create_run(experiment_id, run_name=f"infeasible-{pid}", tags={
+            "mlflow.parentRunId": parent_run_id, f"{TAG}space": space_name, f"{TAG}variant": point["variant"],
+            f"{TAG}status": "infeasible", f"{TAG}point": pid, f"{TAG}seed": str(point["overrides"].get("train.seed", "")),
+        })
+        client.log_batch(run.info.run_id, params=flat_params(base_flat | point["overrides"]))
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def mark_orphans_killed(client, experiment_id: str, parent_run_id: str) -> int:
+    """Child runs left RUNNING by a driver that died: KILLED (a restarted trial sets its run RUNNING again)."""
+    orphans = find_runs(client, experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    for run in orphans:
+        client.set_tag(run.info.run_id, f"{TAG}status", "killed")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(orphans)
+
+
+def root_cause(message: str) -> str:
+    """The last exception line of a (possibly wrapped) Ray error: the reason a user can act on."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    causes = [line for line in lines if ("Error:" in line or "Exception:" in line) and not line.startswith("ray.")]
+    return causes[-1] if causes else (lines[-1] if lines else message)

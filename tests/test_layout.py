@@ -1,0 +1,78 @@
+"""The layout keeps its promises: light imports, small functions and modules, a wheel with the spaces,
+a README whose key list is the config's, results without machine paths."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hashtune.config import Config, to_flat_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hashtune"
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 400
+LONG_ON_PURPOSE = {"hashtune/metrics.py:_rank_statistics"}  # the compiled kernel: one loop nest, kept whole for numba
+
+
+def test_light_modules_load_neither_ray_nor_torch():
+    code = (
+        "import sys, hashtune.config, hashtune.sweep.space, hashtune.report, hashtune.metrics, hashtune.tracking\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'timm', 'torchvision'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+def _functions(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node.end_lineno - node.lineno + 1
+
+
+def test_no_function_over_60_lines_and_no_module_over_400():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{relative}: {lines} lines")
+        too_long += [f"{relative}:{name}: {n} lines" for name, n in _functions(path)
+                     if n > MAX_FUNCTION_LINES and f"{relative}:{name}" not in LONG_ON_PURPOSE]
+    assert not too_long, "split these:\n" + "\n".join(too_long)
+
+
+def test_readme_key_list_is_the_configs_keys():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Configuration"):readme.index("### Search spaces")]
+    listed = set(re.findall(r"`((?:data|model|loss|train|eval)\.[a-z_]+)`", section))
+    assert listed == set(to_flat_dict(Config()))
+
+
+def test_results_hold_no_machine_paths():
+    offenders = [path.relative_to(ROOT).as_posix() for path in (ROOT / "results").rglob("*")
+                 if path.suffix in (".md", ".csv", ".json") and re.search(r"(/work/|/home/|/tmp/|/root/)[A-Za-z]", path.read_text())]
+    assert not offenders
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_space_and_resolves_them_outside_the_repo(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(wheels.glob("hashtune-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"hashtune/search_spaces/{path.name}" for path in (ROOT / "search_spaces").glob("*.yaml")}
+    assert shipped and shipped <= names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True, capture_output=True)
+    code = "import hashtune.sweep.space as s; print(s.load_space('ablations').name, s.__file__)"
+    found = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert found[0] == "ablations" and found[1].startswith(str(site))
