@@ -9,6 +9,7 @@ data: a 4-block, width-64 ViT on 8x8 images that trains on 2 CPU cores in about 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hashtune.strict_yaml import YamlError, read_yaml
 
 __all__ = [
     "ConfigError",
@@ -27,6 +30,7 @@ __all__ = [
     "EvalConfig",
     "Config",
     "load_config",
+    "read_config_file",
     "apply_overrides",
     "parse_overrides",
     "config_from_dict",
@@ -187,6 +191,8 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}")
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if key in POSITIVE and not value > 0:
         raise ConfigError(f"{key}: expected a positive number, got {value!r}")
     if key in NON_NEGATIVE and not value >= 0:
@@ -226,7 +232,27 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
             kwargs[name] = _coerce(key, values[key], annotation)
             _check_value(key, kwargs[name])
         sections[section] = cls(**kwargs)
-    return Config(**sections)
+    config = Config(**sections)
+    _check_model_shape(config.model)
+    return config
+
+
+def _check_model_shape(model: ModelConfig) -> None:
+    """Cross-field rules of the ViT: heads divide the width, patches tile the image, K groups fit the patches."""
+    if model.embed_dim is not None and model.num_heads is not None and model.embed_dim % model.num_heads:
+        heads = [h for h in range(1, model.embed_dim + 1) if model.embed_dim % h == 0 and h <= 16]
+        raise ConfigError(f"model.embed_dim={model.embed_dim} is not divisible by model.num_heads={model.num_heads}; "
+                          f"use num_heads in {heads} or an embed_dim that is a multiple of {model.num_heads}")
+    if model.img_size is None or model.patch_size is None:
+        return
+    if model.img_size % model.patch_size:
+        sizes = [p for p in range(1, model.img_size + 1) if model.img_size % p == 0]
+        raise ConfigError(f"model.patch_size={model.patch_size} does not tile model.img_size={model.img_size}; "
+                          f"use a patch_size in {sizes}")
+    patches = (model.img_size // model.patch_size) ** 2
+    if model.dual_stream and model.k_groups > patches:
+        raise ConfigError(f"model.k_groups={model.k_groups} exceeds the {patches} patch tokens of a {model.img_size}px image "
+                          f"in {model.patch_size}px patches; use k_groups <= {patches} or a smaller patch_size")
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
@@ -245,15 +271,18 @@ def config_from_params(params: dict[str, str]) -> Config:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["model.bits=64", "train.lr=1e-3"]` -> typed values (YAML scalars: `null`, `true`, `1e-3`)."""
+    """`["model.bits=64", "train.lr=1e-3"]` -> typed values (YAML 1.2 scalars: `null`, `true`, `1e-3`)."""
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {pair!r} is not key=value, e.g. model.bits=64")
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = read_yaml(text) if text.strip() else ""
+        except YamlError as error:
+            raise ConfigError(f"override {pair!r}: {error}") from None
         if isinstance(value, str) and _looks_numeric(text):
-            value = float(text)  # YAML 1.1 reads 1e-3 as a string
+            value = float(text)  # inf, nan: refused as non-finite with the key named
         overrides[key.strip()] = value
     return overrides
 
@@ -266,23 +295,29 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file (nested sections or dotted keys), or one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        tree = read_yaml(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except YamlError as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (nested sections or dotted keys), then `overrides`."""
-    config = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(tree).__name__}")
-        config = apply_overrides(config, tree)
+    """Defaults, then the YAML file at `path` (nested sections or dotted keys), then `overrides`, validated once
+    as a whole (so a file and an override may change two fields that must agree)."""
+    values = _flatten(read_config_file(path)) if path is not None else {}
     if overrides:
-        config = apply_overrides(config, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
-    return config
+        values |= _flatten(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return apply_overrides(Config(), values)
 
 
 def to_flat_dict(config: Config) -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-__all__ = ["RESULTS_DIR", "SPACES_PACKAGE", "shipped_spaces"]
+__all__ = ["RESULTS_DIR", "SPACES_PACKAGE", "shipped_spaces", "check_name"]
+
+NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 RESULTS_DIR = Path("results")
 """Default stores (MLflow, Tune, Optuna) and studies, relative to the working directory."""
@@ -19,3 +22,10 @@ def shipped_spaces() -> dict[str, Traversable]:
     """`{name: YAML resource}` of every shipped space; works from a checkout and from an installed wheel."""
     folder = resources.files(SPACES_PACKAGE)
     return {entry.name.removesuffix(".yaml"): entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it is safe as a folder name (letters, digits, `.`, `_`, `-`; not `.` or `..`), else ValueError."""
+    if not NAME.fullmatch(name or "") or set(name) == {"."}:
+        raise ValueError(f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (it names folders); e.g. ablations-2")
+    return name

@@ -59,7 +59,7 @@ def test_bad_files_and_pairs(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not key=value"):
         parse_overrides(["model.bits"])

@@ -142,7 +142,7 @@ def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "test/mAP", "--out", str(tmp_path / "b")]) == 2
-    assert "would select on test data" in capsys.readouterr().err
+    assert "would select on non-validation data" in capsys.readouterr().err
     assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--out", str(tmp_path / "bundle")]) == 0
     client = MlflowClient(uri)
     runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("hashtune.status") == "finished"]

@@ -21,7 +21,9 @@ from hashtune.paths import RESULTS_DIR
 from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
 from hashtune.sweep.space import SpaceError, load_space
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "SIGTERM_EXIT"]
+
+SIGTERM_EXIT = 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_sweep(args, base, space)
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
-        return 130
+        return stopped.exit_code
     except (ConfigError, SpaceError, SweepError, ConnectionError, FileNotFoundError) as error:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2

@@ -3,75 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hashtune.config import Config, to_flat_dict
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
 from hashtune.sweep.space import SearchSpace
-from hashtune.sweep.trial import TrialResolver
+from hashtune.sweep.stores import (
+    SPACE_ARTIFACT, SweepError, SweepStores, changed_keys, open_tracking, resolve_stores, saved_space_record, space_record, sweep_lock,
+)
+from hashtune.sweep.trial import TrialResolver, TrialTracking
 from hashtune.sweep.tuner import build_tuner, trial_trainable
-from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, resolve_tracking
+from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed
 
-__all__ = ["SweepError", "SweepInterrupted", "SweepStores", "resolve_stores", "run_sweep", "summarize"]
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot start or resume as asked; the message says what to do instead."""
+__all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
 
 
 class SweepInterrupted(SweepError):
-    """Ctrl-C (or SIGUSR1) stopped the sweep; its Tune state and MLflow runs are kept for `--resume`."""
+    """Ctrl-C, SIGTERM or SIGUSR1 stopped the sweep; its Tune state and MLflow runs are kept for `--resume`."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-def _experiment_path(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}"
+def _find_parent(client, experiment_id: str, stores: SweepStores):
+    runs = find_runs(client, experiment_id, f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}storage` = '{stores.experiment_path}'")
+    return runs[0] if runs else None
 
 
-def _parent_run(client, experiment_id: str, experiment_path: str, name: str, space: SearchSpace, base: Config, resume: bool) -> str:
-    existing = find_runs(client, experiment_id, f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}storage` = '{experiment_path}'")
-    if resume and existing:
-        run_id = existing[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(experiment_id, run_name=name, tags={
-        f"{TAG}role": "sweep", f"{TAG}space": space.name, f"{TAG}storage": experiment_path, f"{TAG}search": space.search,
-    })
+def _check_unchanged(client, parent, record: dict[str, Any], stores: SweepStores) -> None:
+    """`--resume` continues the sweep that was started: a space or override edited since is refused."""
+    saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
+    changed = changed_keys(saved, record) if saved is not None else []
+    if changed:
+        raise SweepError(f"--resume: the space or overrides of sweep {stores.name!r} changed since it started ({', '.join(changed[:8])}"
+                         f"{', ...' if len(changed) > 8 else ''}); restore them, or start a new sweep with another --name")
+
+
+def _create_parent(client, experiment_id: str, stores: SweepStores, space: SearchSpace, base: Config, record: dict) -> str:
     from mlflow.entities import Param
 
+    run = client.create_run(experiment_id, run_name=stores.name, tags={
+        f"{TAG}role": "sweep", f"{TAG}space": space.name, f"{TAG}storage": stores.experiment_path, f"{TAG}search": space.search,
+    })
     params = {"space": space.name, "search": space.search, "metric": space.metric, "seeds": list(space.seeds),
               "workers": space.workers, "num_samples": space.num_samples}
-    changed = {k: v for k, v in to_flat_dict(base).items() if to_flat_dict(Config())[k] != v}
-    params |= {f"base.{key}": value for key, value in changed.items()}
+    params |= {f"base.{key}": value for key, value in record["overrides"].items()}
     client.log_batch(run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
+    client.log_dict(run.info.run_id, record, SPACE_ARTIFACT)
     return run.info.run_id
-
-
-@dataclass(frozen=True)
-class SweepStores:
-    """Where a sweep keeps its state: the Tune experiment folder, the MLflow store, the Optuna study."""
-
-    name: str
-    results_dir: Path
-    storage: str
-    experiment_path: str
-    tracking_uri: str
-    artifact_location: str | None
-
-    @property
-    def optuna_storage(self) -> str:
-        return f"sqlite:///{self.results_dir / 'optuna.db'}"
-
-
-def resolve_stores(args: argparse.Namespace, space: SearchSpace) -> SweepStores:
-    """The sweep's stores from the CLI arguments (defaults under `--results-dir`)."""
-    name = args.name or space.name
-    results_dir = Path(args.results_dir).absolute()
-    storage = args.storage or str(results_dir / "ray")
-    uri, artifacts = resolve_tracking(args.mlflow_uri, results_dir)
-    return SweepStores(name, results_dir, storage, _experiment_path(storage, name), uri, artifacts)
 
 
 def _check_resume(mode: str, stores: SweepStores) -> bool:
@@ -87,67 +74,146 @@ def _check_resume(mode: str, stores: SweepStores) -> bool:
 
 
 def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dict[str, Any]:
-    """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary."""
+    """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
+
+    Everything that can refuse (name, `--resume`, a running sweep of the same name, a space edited since
+    the sweep started) refuses before anything is written.
+    """
+    stores = resolve_stores(args, space)
+    _check_resume(args.resume, stores)
+    tracking_store = open_tracking(stores)
+    with sweep_lock(stores):
+        return _run_locked(args, base, space, stores, tracking_store)
+
+
+def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stores: SweepStores, tracking_store) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    stores = resolve_stores(args, space)
-    resume = _check_resume(args.resume, stores)
-    client = MlflowClient(stores.tracking_uri)
-    experiment_id = get_or_create_experiment(client, stores.name, stores.artifact_location)
-    parent_run_id = _parent_run(client, experiment_id, stores.experiment_path, stores.name, space, base, resume)
-    if resume:
+    resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
+    uri, artifacts = tracking_store
+    client = MlflowClient(uri)
+    existing = client.get_experiment_by_name(stores.name)
+    parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
+    record = space_record(space, base)
+    _check_unchanged(client, parent, record, stores)
+    experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
+    if parent is not None:
+        parent_run_id = parent.info.run_id
+        client.update_run(parent_run_id, status="RUNNING")
         mark_orphans_killed(client, experiment_id, parent_run_id)
+    else:
+        parent_run_id = _create_parent(client, experiment_id, stores, space, base, record)
     if space.search == "grid":
-        _, infeasible = space.grid_points(base)
-        log_infeasible_points(client, experiment_id, parent_run_id, space.name, infeasible, to_flat_dict(base))
-    resolver = TrialResolver(base, space)
-    logger = MlflowTrialLogger(
-        tracking_uri=stores.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, space_name=space.name,
-        resolve=resolver, epochs=base.replace(space.fixed).train.epochs,
-    )
-    results, interrupted = _fit(args, base, space, stores, resolver, logger, resume)
-    if interrupted:
-        mark_orphans_killed(client, experiment_id, parent_run_id)
-        client.set_tag(parent_run_id, f"{TAG}status", "interrupted")
-        client.set_terminated(parent_run_id, "KILLED")
-        raise SweepInterrupted(
-            f"sweep {stores.name!r} interrupted; its state is saved (finished trials are kept). Continue it with: "
-            f"python -m hashtune.sweep --space {args.space} --name {stores.name} --resume"
-        )
+        log_infeasible_points(client, experiment_id, parent_run_id, space.name, space.grid_points(base)[1], to_flat_dict(base))
+    tracking = TrialTracking(uri, experiment_id, parent_run_id)
+    interruption = _Interruption(client, tracking, stores, args.space)
+    results, stop_signal = _fit(args, base, space, stores, tracking, resume, lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr))
+    if stop_signal is not None:
+        raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     summary = summarize(results, space, client, experiment_id)
-    summary |= {"experiment": stores.name, "mlflow_uri": stores.tracking_uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id}
+    summary |= {"experiment": stores.name, "mlflow_uri": uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id,
+                "disk_bytes": _disk_bytes(stores.experiment_path)}
     _close_parent(client, parent_run_id, summary)
     return summary
 
 
-def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, resolver: TrialResolver, logger, resume: bool):
-    """Run (or restore and continue) the Tuner on a Ray this call starts unless one is given; `(results, interrupted)`."""
+class _Interruption:
+    """Records an interrupted sweep once (from the driver or the SIGTERM watchdog): runs KILLED, the resume line."""
+
+    def __init__(self, client, tracking: TrialTracking, stores: SweepStores, space_arg: str) -> None:
+        self.client, self.tracking, self.stores, self.space_arg = client, tracking, stores, space_arg
+        self._lock, self._message = threading.Lock(), None
+
+    def record(self, signal_name: str) -> str:
+        with self._lock:
+            if self._message is None:
+                mark_orphans_killed(self.client, self.tracking.experiment_id, self.tracking.parent_run_id)
+                self.client.set_tag(self.tracking.parent_run_id, f"{TAG}status", "interrupted")
+                self.client.set_terminated(self.tracking.parent_run_id, "KILLED")
+                self._message = (
+                    f"sweep {self.stores.name!r} interrupted by {signal_name}; nothing finished is lost. Continue it with: "
+                    f"python -m hashtune.sweep --space {self.space_arg} --name {self.stores.name} --resume"
+                )
+            return self._message
+
+
+def _disk_bytes(experiment_path: str) -> int | None:
+    """Bytes the sweep's Tune folder holds (checkpoints included); None for remote storage."""
+    folder = Path(experiment_path)
+    if "://" in experiment_path or not folder.is_dir():
+        return None
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+SIGTERM_GRACE_S = 10.0
+"""After SIGTERM, how long Tune's graceful stop may take before the driver records the interruption and exits."""
+
+
+@contextlib.contextmanager
+def _stop_signals(on_forced_exit) -> Iterator[list[str]]:
+    """SIGTERM stops the sweep the way Ctrl-C does (Tune saves its state and returns); yields the signals seen.
+
+    A SIGTERM sent to the whole process group also ends Ray's daemons, and Tune's clean-up then waits for a
+    dead GCS. A watchdog gives the graceful stop `SIGTERM_GRACE_S`, then calls `on_forced_exit()` (record
+    the interruption, say how to resume) and leaves with exit 143. Nothing is lost: trials are idempotent.
+    """
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if not done.wait(SIGTERM_GRACE_S):
+            on_forced_exit()
+            os._exit(128 + signal.SIGTERM)
+
+    def on_signal(signum, frame):
+        seen.append(signal.Signals(signum).name)
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop
+        threading.Thread(target=watchdog, daemon=True).start()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield seen
+    finally:
+        done.set()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: TrialTracking, resume: bool, on_forced_exit):
+    """Run (or restore and continue) the Tuner on a Ray this call starts unless one is given.
+
+    Returns `(results, stop_signal)`: the signal name when the sweep was interrupted, else None.
+    """
     from ray.tune import Tuner
 
     from hashtune.train.distributed import init_ray
 
+    resolver = TrialResolver(base, space)
+    logger = MlflowTrialLogger(tracking=tracking, space_name=space.name, resolve=resolver)
     started = init_ray(args.address)
-    results, interrupted = None, True
+    results, stop_signal = None, "SIGINT"
     try:
-        if resume:
-            print(f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)")
-            tuner = Tuner.restore(stores.experiment_path, trainable=trial_trainable(space, resolver, stores.storage), resume_errored=False)
-        else:
-            tuner = build_tuner(
-                space, base, name=stores.name, storage=stores.storage, callbacks=[logger],
-                max_concurrent=args.max_concurrent or space.max_concurrent, optuna_storage=stores.optuna_storage,
-            )
-        start = time.monotonic()
-        results = tuner.fit()
-        interrupted = _interrupted(results, space, len(resolver.points), time.monotonic() - start)
+        with _stop_signals(on_forced_exit) as seen:
+            if resume:
+                print(f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)")
+                tuner = Tuner.restore(stores.experiment_path, trainable=trial_trainable(space, resolver, stores.storage, tracking),
+                                      resume_errored=False)
+            else:
+                tuner = build_tuner(space, base, name=stores.name, storage=stores.storage, callbacks=[logger], tracking=tracking,
+                                    max_concurrent=args.max_concurrent or space.max_concurrent, optuna_storage=stores.optuna_storage)
+            start = time.monotonic()
+            results = tuner.fit()
+            interrupted = _interrupted(results, space, len(resolver.points), time.monotonic() - start)
+            stop_signal = (seen[0] if seen else "SIGINT") if interrupted else None
     except KeyboardInterrupt:  # a second Ctrl-C while Tune was already stopping
-        interrupted = True
+        stop_signal = "SIGINT"
     finally:
-        if started:
+        # After a SIGTERM to the process group, Ray's own daemons are dying with it: shutdown() would wait
+        # 60 s for a dead GCS. They share the driver's fate (PR_SET_PDEATHSIG), so they end when it exits.
+        if started and stop_signal != "SIGTERM":
             import ray
 
             ray.shutdown()
-    return results, interrupted
+    return results, stop_signal
 
 
 def _interrupted(results, space: SearchSpace, grid_size: int, elapsed: float) -> bool:

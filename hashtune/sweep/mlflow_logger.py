@@ -10,63 +10,82 @@ again by their `hashtune.trial_id` tag, so a resumed sweep never duplicates them
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from ray.tune import Callback
 
+from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import ARTIFACTS, TAG, find_runs, flat_params, root_cause
 
-__all__ = ["MlflowTrialLogger"]
+__all__ = ["MlflowTrialLogger", "FAULT_ENV"]
+
+FAULT_ENV = "HASHTUNE_TEST_FAULT"
+"""Test-only fault injection (`kill-driver-after-run-closed`): never set it outside tests."""
 
 
 class MlflowTrialLogger(Callback):
     """Ray Tune callback: one MLflow child run per trial under the sweep's parent run.
 
+    Each (metric, step) is logged once per run: a run found again after a driver restart first reads
+    back the steps it already holds, so a trial that resumes (or replays) logs only what is new.
+
     Args:
-        tracking_uri: the MLflow store.
-        experiment_id: the sweep's experiment.
-        parent_run_id: the sweep's parent run.
+        tracking: the sweep's MLflow store, experiment and parent run.
         space_name: logged as a tag.
         resolve: maps a trial's config to `(variant, flat resolved config)`; `resolve.label(config)` names the run.
-        epochs: `train.epochs`, to tell finished trials from early-stopped ones.
     """
 
-    def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, space_name: str, resolve, epochs: int) -> None:
-        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.space_name, self.resolve, self.epochs = space_name, resolve, epochs
+    def __init__(self, *, tracking: TrialTracking, space_name: str, resolve) -> None:
+        self.tracking, self.space_name, self.resolve = tracking, space_name, resolve
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
         self._client = None
         self._run_ids: dict[str, str] = {}
         self._last: dict[str, dict] = {}
         self._logged: dict[str, set] = {}
 
-    def __getstate__(self) -> dict:  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_client": None}
+    def __getstate__(self) -> dict:
+        # Tune pickles callbacks into its experiment state, which may be older than MLflow: keep no cache
+        return {"tracking": self.tracking, "space_name": self.space_name, "resolve": self.resolve}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fresh_state()
 
     @property
     def client(self):
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = MlflowClient(self.tracking.uri)
         return self._client
 
     def run_id(self, trial) -> str:
         """The trial's child run: cached, found by tag (resumed sweeps), or created with its params."""
         if trial.trial_id in self._run_ids:
             return self._run_ids[trial.trial_id]
-        found = find_runs(self.client, self.experiment_id, f"tags.`{TAG}trial_id` = '{trial.trial_id}'")
+        found = find_runs(self.client, self.tracking.experiment_id, f"tags.`{TAG}trial_id` = '{trial.trial_id}'")
         if found:
             run_id = found[0].info.run_id
+            self._logged[trial.trial_id] = {(key, metric.step) for key in found[0].data.metrics
+                                            for metric in self.client.get_metric_history(run_id, key)}
         else:
             variant, flat = self.resolve(trial.config)
             run_name = f"{self.resolve.label(trial.config)} [{trial.trial_id}]"
-            run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags={
-                "mlflow.parentRunId": self.parent_run_id, f"{TAG}space": self.space_name, f"{TAG}variant": variant,
+            run_id = self.client.create_run(self.tracking.experiment_id, run_name=run_name, tags={
+                "mlflow.parentRunId": self.tracking.parent_run_id, f"{TAG}space": self.space_name, f"{TAG}variant": variant,
                 f"{TAG}seed": str(flat["train.seed"]), f"{TAG}trial_id": trial.trial_id, f"{TAG}status": "running",
             }).info.run_id
             self.client.log_batch(run_id, params=flat_params(flat))
         self._run_ids[trial.trial_id] = run_id
         return run_id
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """The trial's latest checkpoint, so a trial restarted before Tune saved its state can resume from it."""
+        self.client.set_tag(self.run_id(trial), f"{TAG}checkpoint", checkpoint.path)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
@@ -94,6 +113,8 @@ class MlflowTrialLogger(Callback):
         self._log_artifacts(run_id, trial)
         self.client.set_tag(run_id, f"{TAG}status", "finished" if finished else "stopped_early")
         self.client.set_terminated(run_id, "FINISHED")
+        if os.environ.get(FAULT_ENV) == "kill-driver-after-run-closed":  # tests: the window before Tune saves its state
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)

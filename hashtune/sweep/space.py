@@ -12,7 +12,7 @@ Schema (every key but `params` or `variants` optional)::
     cpus_per_trial: 1                   # CPUs of a trial (workers: 0) or of each worker (workers: N)
     gpus_per_worker: 0
     max_failures: 2                     # Ray Train worker-group restarts of a trial (workers: N)
-    checkpoints_to_keep: 2              # checkpoints kept per trial: the latest and the best by `metric`
+    checkpoints_to_keep: 1              # best checkpoints kept per trial by `metric` (Ray also keeps the latest)
     time_budget_s: null                 # stop launching trials after this many seconds
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
@@ -36,14 +36,14 @@ grids list them as infeasible, and TPE/random sample `k_groups` only within the 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric, to_flat_dict
 from hashtune.paths import shipped_spaces
+from hashtune.strict_yaml import YamlError, read_yaml
 from hashtune.train.bits import is_feasible
 
 __all__ = ["SpaceError", "Domain", "SearchSpace", "load_space", "space_text"]
@@ -82,7 +82,7 @@ class SearchSpace:
     cpus_per_trial: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
-    checkpoints_to_keep: int = 2
+    checkpoints_to_keep: int = 1
     time_budget_s: float | None = None
     scheduler: dict = field(default_factory=lambda: {"type": "none"})
     seeds: tuple[int, ...] = (0,)
@@ -177,53 +177,74 @@ def _parse_scheduler(where: str, scheduler: Any) -> dict:
     return dict(scheduler)
 
 
-def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
-    """Load and validate a space; every error is one line naming the file and the key."""
-    space_name, where, text = space_text(name_or_path)
-    base = base or Config()
+INTEGERS = {"num_samples": 1, "max_concurrent": 1, "workers": 0, "max_failures": 0, "checkpoints_to_keep": 1}
+NUMBERS = {"cpus_per_trial": 1.0, "gpus_per_worker": 0.0}
+MODES = ("max", "min")
+
+
+def _read_tree(where: str, text: str) -> dict:
     try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpaceError(f"{where}: not valid YAML: {str(error).splitlines()[0]}") from None
+        tree = read_yaml(text)
+    except YamlError as error:
+        raise SpaceError(f"{where}: {error}") from None
     if not isinstance(tree, dict):
         raise SpaceError(f"{where}: a space is a mapping of {', '.join(sorted(TOP_LEVEL))}")
     unknown = set(tree) - TOP_LEVEL
     if unknown:
         raise SpaceError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL))}")
+    for key in ("fixed", "variants", "params"):
+        if tree.get(key) is not None and not isinstance(tree[key], dict):
+            raise SpaceError(f"{where}: {key} must be a mapping (key: value lines), got a {type(tree[key]).__name__}")
+    for name, overrides in (tree.get("variants") or {}).items():
+        if overrides is not None and not isinstance(overrides, dict):
+            raise SpaceError(f"{where}: variants.{name} must be a mapping of config overrides, got {overrides!r}")
+    return tree
+
+
+def _number(where: str, tree: dict, key: str, default, kind: type, minimum):
+    value = tree.get(key, default)
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
+    if not valid or (kind is int and not isinstance(value, int)):
+        expected = f"an integer >= {minimum}" if kind is int else f"a number >= {minimum}"
+        raise SpaceError(f"{where}: {key} must be {expected}, got {value!r}")
+    return kind(value)
+
+
+def _settings(where: str, tree: dict) -> dict[str, Any]:
+    """The space's scalar settings, each checked for its type and range."""
+    settings = {key: _number(where, tree, key, default, int, default if key != "max_concurrent" else 1)
+                for key, default in INTEGERS.items()}
+    settings |= {key: _number(where, tree, key, default, float, 0.0) for key, default in NUMBERS.items()}
+    if tree.get("time_budget_s") is not None:
+        settings["time_budget_s"] = _number(where, tree, "time_budget_s", None, float, 1e-9)
+    mode = tree.get("mode", "max")
+    if mode not in MODES:
+        raise SpaceError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    try:
+        settings["metric"] = require_val_metric(tree.get("metric", "val/mAP"))
+    except ConfigError as error:
+        raise SpaceError(f"{where}: {error}") from None
+    return settings | {"mode": mode, "description": str(tree.get("description", "")).strip()}
+
+
+def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
+    """Load and validate a space; every error is one line naming the file and the key."""
+    space_name, where, text = space_text(name_or_path)
+    base = base or Config()
+    tree = _read_tree(where, text)
     search = tree.get("search", "grid")
     if search not in SEARCHES:
         raise SpaceError(f"{where}: search must be one of {', '.join(SEARCHES)}, got {search!r}")
-    fixed = tree.get("fixed") or {}
+    fixed, variants = dict(tree.get("fixed") or {}), {name: dict(o or {}) for name, o in (tree.get("variants") or {}).items()}
     _check_overrides(f"{where}: fixed", base, fixed)
-    variants = tree.get("variants") or {}
     for name, overrides in variants.items():
-        _check_overrides(f"{where}: variants.{name}", base, overrides or {})
+        _check_overrides(f"{where}: variants.{name}", base, {**fixed, **overrides})
     params = {key: _parse_domain(where, key, spec, base, search) for key, spec in (tree.get("params") or {}).items()}
     if not params and not variants:
         raise SpaceError(f"{where}: nothing to search; give params or variants")
-    try:
-        require_val_metric(tree.get("metric", "val/mAP"))
-    except ConfigError as error:
-        raise SpaceError(f"{where}: {error}") from None
     space = SearchSpace(
-        name=space_name,
-        search=search,
-        description=str(tree.get("description", "")).strip(),
-        metric=tree.get("metric", "val/mAP"),
-        mode=tree.get("mode", "max"),
-        num_samples=int(tree.get("num_samples", 1)),
-        max_concurrent=int(tree.get("max_concurrent", 2)),
-        workers=int(tree.get("workers", 0)),
-        cpus_per_trial=float(tree.get("cpus_per_trial", 1)),
-        gpus_per_worker=float(tree.get("gpus_per_worker", 0)),
-        max_failures=int(tree.get("max_failures", 2)),
-        checkpoints_to_keep=int(tree.get("checkpoints_to_keep", 2)),
-        time_budget_s=tree.get("time_budget_s"),
-        scheduler=_parse_scheduler(where, tree.get("scheduler")),
-        seeds=_parse_seeds(where, tree.get("seeds", [0]), search),
-        fixed=dict(fixed),
-        variants={name: dict(overrides or {}) for name, overrides in variants.items()},
-        params=params,
+        name=space_name, search=search, **_settings(where, tree), scheduler=_parse_scheduler(where, tree.get("scheduler")),
+        seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
     )
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)
@@ -248,11 +269,24 @@ def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:
         feasible, infeasible = space.grid_points(base)
         if not feasible:
             raise SpaceError(f"{where}: every one of the {len(infeasible)} grid points has an infeasible model.bits/model.k_groups allocation")
+        _check_arms_run_together(where, space, feasible, infeasible)
         return
     bits = _values(space, base, "model.bits")
     groups = _values(space, base, "model.k_groups")
     if not any(is_feasible(base.replace({**space.fixed, "model.bits": b, "model.k_groups": k})) for b in bits for k in groups):
         raise SpaceError(f"{where}: no model.bits in {sorted(bits)} works with any model.k_groups in {sorted(groups)}")
+
+
+def _check_arms_run_together(where: str, space: SearchSpace, feasible: list[dict], infeasible: list[dict]) -> None:
+    """A variant infeasible at a grid point where another variant runs would silently drop out of a comparison."""
+    if len(space.variants) < 2:
+        return
+    running = {point["label"].removeprefix(point["variant"]).strip() for point in feasible}
+    for point in infeasible:
+        at = point["label"].removeprefix(point["variant"]).strip()
+        if at in running:
+            raise SpaceError(f"{where}: variant {point['variant']!r} has an infeasible model.bits/model.k_groups allocation at "
+                             f"{at!r}, where other variants run; change its k_groups or bits so every arm runs at every point")
 
 
 def _values(space: SearchSpace, base: Config, key: str) -> list:

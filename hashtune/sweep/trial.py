@@ -4,6 +4,11 @@
 reports through `ray.tune.report`; with `workers: N` the trial drives a `TorchTrainer` built by
 `hashtune.train.distributed.build_torch_trainer`, whose reports reach Tune through its callback. Both
 paths restore from the trial's latest checkpoint, so a restarted trial resumes where it stopped.
+
+Trials are idempotent. A driver killed after a trial finished but before Tune saved that fact restarts
+the trial on `--resume`; the trial first looks up its own MLflow run (by trial id) and, if it finished,
+reports the recorded result and checkpoint instead of training again (tag `hashtune.replayed`). A trial
+whose Tune checkpoint was not saved resumes from the checkpoint its MLflow run names.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from typing import Any
 
 from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import SearchSpace
+from hashtune.sweep.stores import TrialTracking
+from hashtune.tracking import TAG, find_runs
 
-__all__ = ["TrialResolver", "run_trial"]
+__all__ = ["TrialResolver", "TrialTracking", "run_trial"]
 
 
 class TrialResolver:
@@ -48,7 +55,7 @@ def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> N
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
 
 
-def _fit_in_trial(config: Config) -> None:
+def _fit_in_trial(config: Config, recorded_checkpoint: str | None) -> None:
     from ray import tune
 
     from hashtune.train.distributed import restore_run_folder
@@ -57,8 +64,32 @@ def _fit_in_trial(config: Config) -> None:
 
     with tempfile.TemporaryDirectory(prefix="hashtune-trial-") as folder:
         run_dir = Path(folder)
-        resume_from = restore_run_folder(tune.get_checkpoint(), run_dir)
+        checkpoint = tune.get_checkpoint() or (tune.Checkpoint(recorded_checkpoint) if recorded_checkpoint else None)
+        resume_from = restore_run_folder(checkpoint, run_dir)
         fit(config, runtime=LocalRuntime(resolve_device(config.train.device), _report_to_tune), run_dir=run_dir, resume_from=resume_from)
+
+
+def _recorded_run(tracking: TrialTracking, trial_id: str):
+    """This trial's MLflow run, if a previous attempt created one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking.uri)
+    runs = find_runs(client, tracking.experiment_id, f"tags.`{TAG}trial_id` = '{trial_id}'")
+    return client, (runs[0] if runs else None)
+
+
+def _replay(client, run, config: Config) -> None:
+    """Report a finished run's recorded final result and checkpoint to Tune, without training."""
+    from ray import tune
+
+    metrics = dict(run.data.metrics) | {"epoch": config.train.epochs, "final": 1.0}
+    location = run.data.tags.get(f"{TAG}checkpoint")
+    client.set_tag(run.info.run_id, f"{TAG}replayed", "1")
+    if location is None:
+        tune.report(metrics)
+        return
+    with tune.Checkpoint(location).as_directory() as folder:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _fit_with_ray_train(config: Config, *, space: SearchSpace, storage: str) -> None:
@@ -71,16 +102,22 @@ def _fit_with_ray_train(config: Config, *, space: SearchSpace, storage: str) -> 
         config,
         name=f"train-trial_id={tune.get_context().get_trial_id()}",  # a restarted trial resumes this run
         storage=storage, workers=space.workers, cpus_per_worker=space.cpus_per_trial, gpus_per_worker=space.gpus_per_worker,
-        max_failures=space.max_failures, num_to_keep=space.checkpoints_to_keep, callbacks=[TuneReportCallback()],
+        max_failures=space.max_failures, num_to_keep=space.checkpoints_to_keep, score_attribute=space.metric, score_order=space.mode,
+        callbacks=[TuneReportCallback()],
     )
     trainer.fit()
 
 
-def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str) -> None:
-    """The Tune trainable: resolve the trial's config and train it on the space's path."""
+def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking) -> None:
+    """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it."""
+    from ray import tune
+
     _, flat = resolver(trial_config)
     config = config_from_dict(flat)
-    if space.workers == 0:
-        _fit_in_trial(config)
+    client, run = _recorded_run(tracking, tune.get_context().get_trial_id())
+    if run is not None and run.data.tags.get(f"{TAG}status") == "finished":
+        _replay(client, run, config)
+    elif space.workers == 0:
+        _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None)
     else:
         _fit_with_ray_train(config, space=space, storage=storage)

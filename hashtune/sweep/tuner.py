@@ -11,7 +11,7 @@ from typing import Any
 
 from hashtune.config import Config, config_from_dict
 from hashtune.sweep.space import Domain, SearchSpace
-from hashtune.sweep.trial import TrialResolver, run_trial
+from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
 from hashtune.train.bits import is_feasible
 
 __all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE"]
@@ -68,12 +68,13 @@ def _scheduler(space: SearchSpace, epochs: int):
 
 def build_tuner(
     space: SearchSpace, base: Config, *, name: str, storage: str, callbacks: list, optuna_storage: str, max_concurrent: int,
+    tracking: TrialTracking,
 ):
     """The `Tuner` of a sweep (fresh; `Tuner.restore` rebuilds it from storage on --resume)."""
     from ray import tune
 
     resolver = TrialResolver(base, space)
-    trainable = trial_trainable(space, resolver, storage)
+    trainable = trial_trainable(space, resolver, storage, tracking)
     tune_config: dict[str, Any] = dict(metric=space.metric, mode=space.mode, max_concurrent_trials=max_concurrent,
                                        scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs),
                                        time_budget_s=space.time_budget_s)
@@ -94,7 +95,12 @@ def build_tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(**tune_config, trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
+            # the best checkpoint(s) by the selection metric; Ray never deletes a trial's latest one
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep, checkpoint_score_attribute=space.metric,
+                                                    checkpoint_score_order=space.mode),
+        ),
     )
 
 
@@ -106,10 +112,10 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trial_trainable(space: SearchSpace, resolver: TrialResolver, storage: str):
+def trial_trainable(space: SearchSpace, resolver: TrialResolver, storage: str, tracking: TrialTracking):
     from ray import tune
 
-    trainable = tune.with_parameters(run_trial, resolver=resolver, space=space, storage=storage)
+    trainable = tune.with_parameters(run_trial, resolver=resolver, space=space, storage=storage, tracking=tracking)
     if space.workers == 0:
         resources = {"cpu": space.cpus_per_trial} | ({"gpu": space.gpus_per_worker} if space.gpus_per_worker else {})
     else:

@@ -125,7 +125,9 @@ def build_torch_trainer(
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     max_failures: int = 2,
-    num_to_keep: int = 2,
+    num_to_keep: int = 1,
+    score_attribute: str | None = "val/mAP",
+    score_order: str = "max",
     callbacks: Sequence = (),
     resume_from: str | Path | None = None,
     placement_strategy: str = "PACK",
@@ -137,7 +139,7 @@ def build_torch_trainer(
         name: the Ray Train run's name; the same name and storage resume the same run.
         storage: Ray Train storage (a path or an s3:// URI).
         max_failures: worker-group restarts before the run fails.
-        num_to_keep: checkpoints kept (the latest is always among them).
+        num_to_keep: checkpoints kept by `score_attribute` (`score_order`: max | min); Ray keeps the latest too.
         callbacks: Ray Train callbacks (a sweep trial passes Tune's report callback).
         resume_from: a run folder to start from when Ray has no checkpoint of this run.
         backend: `nccl` or `gloo` (default: NCCL with GPUs, gloo without).
@@ -156,7 +158,8 @@ def build_torch_trainer(
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=score_attribute,
+                                               checkpoint_score_order=score_order),
             callbacks=list(callbacks),
             # torch's intra-op threads match the worker's CPU share (Ray would otherwise leave 1)
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker)))}},

@@ -1,0 +1,132 @@
+"""Where a sweep keeps its state, and the guards around it: one sweep per name at a time, the MLflow store
+created under a lock, and the space a sweep was started with, compared on `--resume`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from hashtune.config import Config, to_flat_dict
+from hashtune.paths import check_name
+from hashtune.sweep.space import SearchSpace
+from hashtune.tracking import resolve_tracking
+
+__all__ = ["SweepError", "SweepStores", "TrialTracking", "resolve_stores", "sweep_lock", "open_tracking", "space_record", "changed_keys", "saved_space_record", "SPACE_ARTIFACT"]
+
+SPACE_ARTIFACT = "space.json"
+
+
+@dataclass(frozen=True)
+class TrialTracking:
+    """Where the trials of a sweep are recorded in MLflow (picklable: trials and the Tune callback carry it)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or resume as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class SweepStores:
+    """The Tune experiment folder, the MLflow store, the Optuna study and the lock of one named sweep."""
+
+    name: str
+    results_dir: Path
+    storage: str
+    mlflow_uri: str | None
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.results_dir / 'optuna.db'}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.results_dir / "locks" / f"{self.name}.lock"
+
+
+def resolve_stores(args: argparse.Namespace, space: SearchSpace) -> SweepStores:
+    """The sweep's stores from the CLI arguments (defaults under `--results-dir`); writes nothing."""
+    try:
+        name = check_name(args.name or space.name, "--name" if args.name else "the space's file name (pass --name)")
+    except ValueError as error:
+        raise SweepError(str(error)) from None
+    results_dir = Path(args.results_dir).absolute()
+    return SweepStores(name, results_dir, args.storage or str(results_dir / "ray"), args.mlflow_uri)
+
+
+@contextlib.contextmanager
+def sweep_lock(stores: SweepStores) -> Iterator[None]:
+    """Hold the sweep's lock: a second sweep of the same name is refused with the holder's PID.
+
+    The lock is an OS file lock (`filelock`), so a holder that dies, even by SIGKILL, releases it.
+    """
+    stores.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock, holder = FileLock(stores.lock_path), stores.lock_path.with_suffix(".pid")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pid = holder.read_text().strip() if holder.is_file() else "unknown"
+        raise SweepError(f"sweep {stores.name!r} is already running (pid {pid}); wait for it to end or pick another --name") from None
+    try:
+        holder.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def open_tracking(stores: SweepStores) -> tuple[str, str | None]:
+    """(tracking URI, artifact location), creating a local SQLite store under a lock so that two sweeps
+    starting at once on a new store never race its schema migration."""
+    if stores.mlflow_uri is not None and not stores.mlflow_uri.startswith("sqlite:///"):
+        return resolve_tracking(stores.mlflow_uri, stores.results_dir)  # a server: nothing to create here
+    store_lock = stores.results_dir / "locks" / "mlflow-store.lock"
+    store_lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(store_lock):
+        return resolve_tracking(stores.mlflow_uri, stores.results_dir)
+
+
+def space_record(space: SearchSpace, base: Config) -> dict[str, Any]:
+    """What a sweep was started with: the space after defaults and the config overrides given on the CLI."""
+    defaults = to_flat_dict(Config())
+    overrides = {key: value for key, value in to_flat_dict(base).items() if defaults[key] != value}
+    return json.loads(json.dumps({"space": dataclasses.asdict(space), "overrides": overrides}, default=str))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat |= _flat(value, f"{prefix}{key}.")
+        return flat or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): tree}
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between two space records (added and removed keys included)."""
+    old, new = _flat(saved), _flat(current)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key, "<absent>") != new.get(key, "<absent>"))
+
+
+def saved_space_record(client, run_id: str) -> dict[str, Any] | None:
+    """The space record logged on a sweep's parent run, or None for a sweep started before records existed."""
+    if SPACE_ARTIFACT not in {artifact.path for artifact in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        return json.loads(Path(client.download_artifacts(run_id, SPACE_ARTIFACT, scratch)).read_text())
