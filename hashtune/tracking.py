@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "TAG",
+    "COMPLETED_TAG",
     "default_tracking_uri",
     "display_uri",
     "resolve_tracking",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 TAG = "hashtune."
+COMPLETED_TAG = f"{TAG}completed"
+"""Set to "1" once a trial's run has its full-fidelity final result; a restarted trial then replays it."""
 ARTIFACTS = ("config.yaml", "history.csv", "metrics.json", "pr_curve.png", "pr_curve.csv", "splits.npz")
 
 

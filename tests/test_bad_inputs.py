@@ -92,3 +92,109 @@ def test_sweep_bad_input(case, tmp_path, capsys):
     assert sweep_main([*make(tmp_path), "--results-dir", str(results)]) == 2
     assert message in _one_error_line(capsys, "hashtune.sweep: error:")
     assert not results.exists() or not any(results.iterdir()), "nothing may be written for a sweep that cannot start"
+
+
+TRAIN_OVERRIDE_CASES = {
+    "heads that do not divide the width": (["model.embed_dim=10", "model.num_heads=3"], "model.embed_dim=10 is not divisible by model.num_heads=3"),
+    "patches larger than the image": (["model.patch_size=16"], "model.patch_size=16 does not tile model.img_size=8; use a patch_size in [1, 2, 4, 8]"),
+    "more groups than patches": (["model.patch_size=4", "model.k_groups=5", "model.bits=64"], "model.k_groups=5 exceeds the 4 patch tokens"),
+    "an infinite learning rate": (["train.lr=inf"], "train.lr: expected a finite number, got inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_OVERRIDE_CASES))
+def test_train_refuses_inconsistent_config_before_writing(case, tmp_path, capsys):
+    overrides, message = TRAIN_OVERRIDE_CASES[case]
+    out = tmp_path / "run"
+    assert train_main(["--out", str(out), "--no-progress", *TINY, *overrides]) == 2
+    assert message in _one_error_line(capsys, "hashtune.train: error:")
+    assert not out.exists()
+
+
+def test_train_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("model:\n  bits: 32  # d\xe9faut\n".encode("latin-1"))
+    assert train_main(["--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    assert f"config file {config} is not UTF-8" in _one_error_line(capsys, "hashtune.train: error:")
+
+
+def test_train_out_is_never_a_file_nor_another_run(tmp_path, capsys):
+    file_out = tmp_path / "file"
+    file_out.write_text("precious")
+    assert train_main(["--out", str(file_out), *TINY]) == 2
+    assert "is a file" in _one_error_line(capsys, "hashtune.train: error:")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {bits: 64}\n")
+    assert train_main(["--out", str(run), *TINY]) == 2
+    assert "already holds a run; continue it with --resume" in _one_error_line(capsys, "hashtune.train: error:")
+    assert file_out.read_text() == "precious" and (run / "config.yaml").read_text() == "model: {bits: 64}\n"
+
+
+SPACE_TEXT_CASES = {
+    "mode that is not max or min": ("mode: maximize\nvariants: {full: {}}\n", "mode must be one of max, min, got 'maximize'"),
+    "two variants of one name": ("variants:\n  w/o Q: {loss.quant_weight: 0.0}\n  w/o Q: {loss.cls_weight: 0.0}\n", "key 'w/o Q' appears twice"),
+    "variants as a list": ("variants: [full, w/o Q]\n", "variants must be a mapping"),
+    "params as a list": ("params: [model.bits]\n", "params must be a mapping"),
+    "fixed as a list": ("fixed: [train.epochs]\nvariants: {full: {}}\n", "fixed must be a mapping"),
+    "num_samples that is not a number": ("search: tpe\nnum_samples: lots\nparams: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}\n",
+                                         "num_samples must be an integer >= 1, got 'lots'"),
+    "a variant infeasible where others run": (
+        "fixed: {model.bits: 16}\nvariants:\n  full: {model.k_groups: 4}\n  w/o P: {model.dual_stream: false}\n",
+        "variant 'full' has an infeasible model.bits/model.k_groups allocation at 'seed=0'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPACE_TEXT_CASES))
+def test_sweep_refuses_bad_space_before_writing(case, tmp_path, capsys):
+    text, message = SPACE_TEXT_CASES[case]
+    results = tmp_path / "results"
+    assert sweep_main(["--space", _space(tmp_path, text), "--results-dir", str(results)]) == 2
+    assert message in _one_error_line(capsys, "hashtune.sweep: error:")
+    assert not results.exists()
+
+
+def test_sweep_refuses_a_space_that_is_not_utf8_and_a_name_outside_results(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("description: d\xe9faut\nvariants: {full: {}}\n".encode("latin-1"))
+    assert sweep_main(["--space", str(path), "--results-dir", str(tmp_path / "results")]) == 2
+    assert "not UTF-8 text" in _one_error_line(capsys, "hashtune.sweep: error:")
+    assert sweep_main(["--space", "smoke", "--name", "../../x", "--results-dir", str(tmp_path / "results")]) == 2
+    assert "--name '../../x' may hold only letters" in _one_error_line(capsys, "hashtune.sweep: error:")
+    assert not (tmp_path / "results").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_second_sweep_of_a_name_is_refused_with_the_holders_pid(tmp_path, capsys):
+    import argparse
+    import os
+
+    from hashtune.sweep.space import load_space
+    from hashtune.sweep.stores import resolve_stores, sweep_lock
+
+    args = argparse.Namespace(name=None, results_dir=tmp_path, storage=None, mlflow_uri=None)
+    with sweep_lock(resolve_stores(args, load_space("smoke"))):
+        assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 2
+    assert f"sweep 'smoke' is already running (pid {os.getpid()})" in _one_error_line(capsys, "hashtune.sweep: error:")
+    assert not (tmp_path / "ray").exists()
+
+
+def test_two_drivers_creating_one_new_store_at_once_both_succeed(tmp_path):
+    """Without the store lock, two sweeps starting on a new SQLite store race MLflow's migrations."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys, time; from hashtune.sweep.space import load_space; "
+        "from hashtune.sweep.stores import open_tracking, resolve_stores; "
+        "args = argparse.Namespace(name=sys.argv[1], results_dir=sys.argv[2], storage=None, mlflow_uri=None); "
+        "stores = resolve_stores(args, load_space('smoke')); "
+        "[time.sleep(0.01) for _ in iter(lambda: (stores.results_dir / 'go').exists(), True)]; open_tracking(stores)"
+    )
+    drivers = [subprocess.Popen([sys.executable, "-c", code, name, str(tmp_path)], stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    (tmp_path / "go").touch()
+    for driver in drivers:
+        _, err = driver.communicate(timeout=120)
+        assert driver.returncode == 0, err[-2000:]
+    tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")}
+    assert "runs" in tables and not any(name.startswith("_alembic_tmp") for name in tables)

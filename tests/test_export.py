@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,76 @@ def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     assert "bundle/manifest.json" in {a.path for a in client.list_artifacts(best.info.run_id, "bundle")}
     versions = client.search_model_versions("name = 'hashtune'")
     assert [v.run_id for v in versions] == [best.info.run_id]
+
+
+def _copy_bundle(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def _rewrite_manifest(folder, edit):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest["files"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_names_only_plain_files_inside_the_bundle(bundle, tmp_path):
+    import hashlib
+
+    folder = _copy_bundle(bundle[0], tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+    for entry in ("../outside.txt", str(outside), "/etc/hostname"):
+        _rewrite_manifest(folder, lambda files: files.update({entry: digest}))
+        with pytest.raises(BundleError, match="not a plain file name inside the bundle") as refused:
+            verify_bundle(folder)
+        assert str(tmp_path) not in str(refused.value).replace(str(folder), "")  # never names a path outside
+        _rewrite_manifest(folder, lambda files: files.pop(entry))
+
+
+def test_every_file_the_retriever_reads_is_listed_and_checked(bundle, tmp_path):
+    folder = _copy_bundle(bundle[0], tmp_path)
+    ids = np.load(folder / "database_ids.npy")
+    np.save(folder / "database_ids.npy", ids[::-1])  # reversed ids: wrong neighbours if it were read unchecked
+    _rewrite_manifest(folder, lambda files: files.pop("database_ids.npy"))
+    with pytest.raises(BundleError, match="the manifest does not list database_ids.npy"):
+        Retriever.load(folder)
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
+    folder = _copy_bundle(bundle[0], tmp_path)
+    outside = tmp_path / "ids.npy"
+    (folder / "database_ids.npy").rename(outside)
+    (folder / "database_ids.npy").symlink_to(outside)  # same bytes, same hash, but outside the folder
+    with pytest.raises(BundleError, match="database_ids.npy listed in the manifest is missing or not a regular file"):
+        verify_bundle(folder)
+
+
+def test_radius_is_bounded_by_the_code_length(bundle, tmp_path, capsys):
+    folder, _ = bundle
+    image = _query_pngs(folder, tmp_path, count=1)[0]
+    assert retrieve_main(["--bundle", str(folder), "--image", str(image), "--radius", "100000000000"]) == 2
+    assert "radius must be in [0, 24] for 24-bit codes, got 100000000000" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_queries_of_any_size_and_bit_depth_are_read_as_training_read_them(bundle, tmp_path):
+    folder, _ = bundle
+    retriever = Retriever.load(folder)
+    eight_bit = _query_pngs(folder, tmp_path, count=3)
+    sixteen_bit = []
+    for path in eight_bit:
+        pixels = np.asarray(Image.open(path), dtype=np.uint16) * 257  # the same image at 16 bits
+        sixteen_bit.append(tmp_path / f"{Path(path).stem}_16.png")
+        Image.fromarray(pixels).save(sixteen_bit[-1])
+    assert Image.open(sixteen_bit[0]).mode.startswith("I")
+    assert np.array_equal(retriever.encode(sixteen_bit), retriever.encode(eight_bit))
+    assert np.array_equal(retriever.encode([np.asarray(Image.open(p), dtype=np.float32) / 255 for p in eight_bit]), retriever.encode(eight_bit))
+    large, rgb = tmp_path / "large.png", tmp_path / "rgb.png"
+    Image.open(eight_bit[0]).resize((24, 24), Image.NEAREST).save(large)  # any size: resized by the bundle's eval transform
+    Image.open(eight_bit[0]).convert("RGB").save(rgb)  # RGB into a grey model: PIL's luma, as training would read it
+    assert retriever.search([large, rgb], k=3).ids.shape == (2, 3)
+    assert np.array_equal(retriever.encode([rgb]), retriever.encode(eight_bit[:1]))

@@ -34,7 +34,7 @@ def _children(results: Path, experiment: str) -> list:
     return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") != "sweep"]
 
 
-def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path):
+def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path, capsys):
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
     client = _client(tmp_path)
     experiment_id = client.get_experiment_by_name("smoke").experiment_id
@@ -57,6 +57,11 @@ def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path):
     # `make sweep` again (--resume auto): the finished sweep is continued, nothing re-run or duplicated
     assert sweep_main(["--space", "smoke", "--resume", "auto", "--results-dir", str(tmp_path)]) == 0
     assert len(_children(tmp_path, "smoke")) == 2
+    # --resume of an edited sweep is refused before anything changes: the finished parent stays FINISHED
+    capsys.readouterr()
+    assert sweep_main(["--space", "smoke", "--resume", "--results-dir", str(tmp_path), "train.epochs=2"]) == 2
+    assert "changed since it started (overrides.train.epochs)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
 
 
 def test_failing_trial_is_failed_in_tune_and_mlflow_while_others_finish(tmp_path, capsys):
@@ -83,34 +88,72 @@ def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
 
 
 def _start_and_signal_after_first_trial(space: Path, results: Path, signum: int) -> subprocess.Popen:
+    """Start a sweep and signal its process group once a trial's MLflow run reads FINISHED (polled, no sleeps)."""
     driver = subprocess.Popen(_sweep_command(space, results), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline:  # watch Tune's result files: the driver owns the MLflow store meanwhile
-        if any('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")):
-            time.sleep(2)  # let the driver's callback close that trial's MLflow run
-            break
-        time.sleep(0.5)
+    while time.time() < deadline and not _finished_runs(results, space.stem):
+        time.sleep(0.2)
     os.killpg(driver.pid, signum)  # the driver and the local Ray it started, like a terminal's Ctrl-C
     return driver
 
 
-def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
+def _finished_runs(results: Path, experiment: str) -> list:
+    try:
+        return [r for r in _children(results, experiment) if r.info.status == "FINISHED"]
+    except Exception:  # noqa: BLE001 - the store or the experiment does not exist yet
+        return []
+
+
+def _steps(results: Path, run, key: str = "train/loss") -> list[int]:
+    return [m.step for m in _client(results).get_metric_history(run.info.run_id, key)]
+
+
+def test_driver_killed_after_a_run_closed_resumes_without_rerunning_or_duplicating(tmp_path):
+    """The race of a driver killed between a trial's MLflow run closing and Tune saving that fact, made certain
+    by a test-only switch that kills the driver's process group at exactly that point."""
+    from hashtune.sweep.mlflow_logger import FAULT_ENV
+
     space = tmp_path / "resume.yaml"
-    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 2\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
-    driver = _start_and_signal_after_first_trial(space, tmp_path, signal.SIGKILL)
-    driver.wait()
-    finished_before = {r.data.tags["hashtune.trial_id"] for r in _children(tmp_path, "resume") if r.data.tags["hashtune.status"] == "finished"}
-    assert finished_before, "the sweep was killed before any trial finished"
+    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    killed = subprocess.run(_sweep_command(space, tmp_path), capture_output=True, text=True, timeout=400,
+                            env=os.environ | {FAULT_ENV: "kill-driver-after-run-closed"}, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    finished_before = {r.data.tags["hashtune.trial_id"]: r for r in _finished_runs(tmp_path, "resume")}
+    assert len(finished_before) == 1, "the switch kills the driver right after the first run closes"
+    (trial_id, first), = finished_before.items()
     resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     children = _children(tmp_path, "resume")
-    trial_ids = [r.data.tags["hashtune.trial_id"] for r in children]
-    assert len(children) == 3 and len(set(trial_ids)) == 3
-    assert all(r.info.status == "FINISHED" for r in children)
-    for run in children:
-        if run.data.tags["hashtune.trial_id"] in finished_before:
-            assert len(_client(tmp_path).get_metric_history(run.info.run_id, "train/loss")) == 2  # not re-run
+    assert len(children) == 3 and len({r.data.tags["hashtune.trial_id"] for r in children}) == 3
+    assert all(r.info.status == "FINISHED" and r.data.tags["hashtune.status"] == "finished" for r in children)
+    again = next(r for r in children if r.data.tags["hashtune.trial_id"] == trial_id)
+    assert again.data.tags.get("hashtune.replayed") == "1", "the finished trial was trained again instead of replayed"
+    for run in children:  # every (metric, step) logged once
+        assert _steps(tmp_path, run) == [1, 2, 3]
+        assert _steps(tmp_path, run, "test/mAP") == [3]
+    assert again.data.metrics["test/mAP"] == first.data.metrics["test/mAP"]
     assert "Trial runs: 3 finished." in (tmp_path / "resume" / "README.md").read_text()  # the study counts each run once
+    for trial in (tmp_path / "ray" / "resume").glob("trial_*"):  # the best checkpoint and the latest, no more
+        assert len(list(trial.glob("checkpoint_*"))) <= 2
+
+
+def test_sigterm_to_the_process_group_is_a_clean_interruption(tmp_path):
+    space = tmp_path / "term.yaml"
+    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    driver = _start_and_signal_after_first_trial(space, tmp_path, signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=180)
+    assert driver.returncode == 143, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("hashtune.sweep: sweep 'term' interrupted by SIGTERM") and "--name term --resume" in last
+    client = _client(tmp_path)
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("term").experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
+    assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in _children(tmp_path, "term"))
+    resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    children = _children(tmp_path, "term")
+    assert len(children) == 3 and all(r.data.tags["hashtune.status"] == "finished" for r in children)
+    for run in children:
+        assert _steps(tmp_path, run) == [1, 2, 3]
 
 
 def test_ctrl_c_saves_the_sweep_and_says_how_to_resume(tmp_path):
@@ -147,3 +190,20 @@ def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
     assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["hashtune.status"] for r in children} <= {"finished", "stopped_early"}
     assert any(r.data.tags["hashtune.status"] == "stopped_early" for r in children)
+
+
+def test_local_ray_dashboard_listens_on_loopback_only():
+    """What hashtune can choose: the HTTP dashboard (Train V2's State API) binds 127.0.0.1. Ray 2.60's gRPC
+    servers bind every interface whatever init() is told (see results/reliability.md)."""
+    import psutil
+    import ray
+
+    from hashtune.train.distributed import init_ray
+
+    assert init_ray(num_cpus=1)
+    try:
+        port = int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
+        listeners = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listeners and {c.laddr.ip for c in listeners} == {"127.0.0.1"}
+    finally:
+        ray.shutdown()

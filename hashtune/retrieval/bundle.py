@@ -29,10 +29,15 @@ import torch
 
 import hashtune
 
-__all__ = ["FORMAT_VERSION", "BundleError", "write_manifest", "verify_bundle", "MANIFEST"]
+__all__ = ["FORMAT_VERSION", "BUNDLE_FILES", "BundleError", "write_manifest", "verify_bundle", "MANIFEST"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+BUNDLE_FILES = (
+    "encoder.pt2", "state_dict.pt", "config.yaml", "preprocess.json", "index.faiss",
+    "database_codes.npy", "database_ids.npy", "database_labels.npy", "query_codes.npy", "query_ids.npy", "query_labels.npy",
+)
+"""Every file a bundle holds besides its manifest; the Retriever and `--eval` read only these, each checksummed."""
 
 
 class BundleError(RuntimeError):
@@ -69,7 +74,7 @@ def write_manifest(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
 def verify_bundle(folder: str | Path) -> dict[str, Any]:
     """The bundle's manifest, after checking every file's checksum and the versions; else `BundleError`."""
     folder = Path(folder)
-    if not (folder / MANIFEST).is_file():
+    if (folder / MANIFEST).is_symlink() or not (folder / MANIFEST).is_file():
         what = "does not exist" if not folder.exists() else f"has no {MANIFEST}"
         raise BundleError(f"{folder} {what}: not a hashtune bundle; write one with python -m hashtune.export")
     try:
@@ -81,10 +86,26 @@ def verify_bundle(folder: str | Path) -> dict[str, Any]:
     exported, running = _torch_minor(manifest["versions"]["torch"]), _torch_minor(torch.__version__)
     if exported != running:
         raise BundleError(f"{folder}: exported with torch {exported}, running torch {running}; load it with torch {exported} or re-export it")
-    for name, expected in manifest["files"].items():
+    _check_files(folder, manifest.get("files"))
+    return manifest
+
+
+def _check_files(folder: Path, files) -> None:
+    """Every bundle file is listed, is a plain regular file inside the folder, and matches its checksum.
+
+    Errors name only manifest entries, never a path outside the bundle (nor whether one exists).
+    """
+    if not isinstance(files, dict):
+        raise BundleError(f"{folder}: the manifest has no file list; re-export the bundle")
+    for position, name in enumerate(files, start=1):
+        if not isinstance(name, str) or name in ("", ".", "..") or name != Path(name).name or "\\" in name:
+            raise BundleError(f"{folder}: manifest file entry {position} is not a plain file name inside the bundle; re-export it")
+    unlisted = [name for name in BUNDLE_FILES if name not in files]
+    if unlisted:
+        raise BundleError(f"{folder}: the manifest does not list {', '.join(unlisted)}; re-export the bundle")
+    for name, expected in files.items():
         path = folder / name
-        if not path.is_file():
-            raise BundleError(f"{folder}: file {name} listed in the manifest is missing; re-export the bundle")
+        if path.is_symlink() or not path.is_file():
+            raise BundleError(f"{folder}: {name} listed in the manifest is missing or not a regular file; re-export the bundle")
         if _sha256(path) != expected:
             raise BundleError(f"{folder}: {name} does not match its manifest checksum (modified or corrupted); re-export the bundle")
-    return manifest

@@ -25,7 +25,50 @@ from hashtune.metrics import pack_codes, unpack_codes
 from hashtune.retrieval.bundle import verify_bundle
 from hashtune.data import Preprocessing, build_transform
 
-__all__ = ["Retriever", "SearchResult", "evaluate_bundle"]
+__all__ = ["Retriever", "SearchResult", "evaluate_bundle", "image_to_tensor"]
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, PIL's RGB -> L
+
+
+def _pil_to_array(image: Image.Image, channels: int) -> np.ndarray:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return np.asarray(image).astype(np.uint16)  # PIL reads 16-bit PNGs as I;16 or I (values 0..65535)
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    return np.asarray(image.convert("L" if channels == 1 else "RGB"))  # 8-bit: exactly as training reads it
+
+
+def image_to_tensor(image, channels: int) -> torch.Tensor:
+    """An image file, PIL image or (H, W[, C]) array -> (channels, H, W): uint8 as is, deeper images in [0, 1].
+
+    uint8 stays uint8 (the transform scales it, as in training); uint16 (16-bit PNGs) is divided by
+    65535 and floats are taken as [0, 1] and clipped. Grey is repeated to RGB and RGB reduced to grey
+    with PIL's luma weights.
+    """
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                array = _pil_to_array(opened, channels)
+        except (OSError, UnidentifiedImageError) as error:
+            raise ValueError(f"cannot read image {image}: {error}") from None
+    else:
+        array = _pil_to_array(image, channels) if isinstance(image, Image.Image) else np.asarray(image)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"an image is (H, W) or (H, W, C), got shape {array.shape}")
+    if array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    elif array.dtype.kind == "f":
+        array = np.clip(array.astype(np.float32), 0.0, 1.0)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"cannot read an image array of dtype {array.dtype}; give uint8, uint16 or float in [0, 1]")
+    pixels = torch.from_numpy(np.array(array, order="C")).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)[:3]
+    if pixels.shape[0] == channels:
+        return pixels
+    if channels == 3:
+        return pixels[:1].expand(3, -1, -1).clone()
+    grey = (pixels.float() * _LUMA[:, None, None]).sum(0, keepdim=True) if pixels.shape[0] == 3 else pixels[:1].float()
+    return grey.round().to(torch.uint8) if pixels.dtype == torch.uint8 else grey
 
 
 class SearchResult:
@@ -56,11 +99,15 @@ class Retriever:
         self.encoder, self.preprocess_spec, self.index = encoder, preprocess, index
         self.ids, self.labels, self.bits, self.manifest = ids, labels, bits, manifest
         self.code_bytes = (bits + 7) // 8
-        self._transform = None if preprocess is None else build_transform(
-            channels=preprocess["channels"], native_size=preprocess["native_size"], img_size=preprocess["img_size"], train=False,
-            preprocessing=Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
-                                           for key, value in preprocess.items() if key in Preprocessing.__dataclass_fields__}),
-        )
+        self._transforms = None if preprocess is None else {
+            resize: build_transform(
+                channels=preprocess["channels"], native_size=None if resize else preprocess["img_size"],
+                img_size=preprocess["img_size"], train=False,
+                preprocessing=Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
+                                               for key, value in preprocess.items() if key in Preprocessing.__dataclass_fields__}),
+            )
+            for resize in (False, True)
+        }
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, bits: int, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> "Retriever":
@@ -95,25 +142,22 @@ class Retriever:
         return self.index.ntotal
 
     def preprocess(self, images) -> torch.Tensor:
-        """Image files, PIL images or uint8 HWC arrays -> the encoder's input batch; a float tensor passes through."""
+        """Image files, PIL images or arrays (uint8, uint16, float in [0, 1]) -> the encoder's input batch.
+
+        Each image is brought to the bundle's channels and scaled by its own bit depth (16-bit PNGs
+        included, see `image_to_tensor`), resized and centre-cropped when its size differs from the model's, then normalised as
+        in training. A float tensor of shape (n, C, H, W) is taken as already preprocessed.
+        """
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images
-        if self._transform is None:
+        if self._transforms is None:
             raise ValueError("this retriever has no encoder (built from codes): give packed uint8 codes")
-        mode = "L" if self.preprocess_spec["channels"] == 1 else "RGB"
-        return torch.stack([self._transform(self._read(image, mode)) for image in images])
-
-    @staticmethod
-    def _read(image, mode: str):
-        if isinstance(image, (str, Path)):
-            try:
-                with Image.open(image) as opened:
-                    return opened.convert(mode)
-            except (OSError, UnidentifiedImageError) as error:
-                raise ValueError(f"cannot read image {image}: {error}") from None
-        if isinstance(image, Image.Image):
-            return image.convert(mode)
-        return np.asarray(image)
+        size, channels = self.preprocess_spec["img_size"], self.preprocess_spec["channels"]
+        batch = []
+        for image in images:
+            pixels = image_to_tensor(image, channels)
+            batch.append(self._transforms[tuple(pixels.shape[1:]) != (size, size)](pixels))
+        return torch.stack(batch)
 
     def encode(self, images) -> np.ndarray:
         """Packed binary codes, uint8 (n, ceil(bits/8)), of preprocessed tensors or raw images."""
@@ -139,8 +183,8 @@ class Retriever:
 
     def search_radius(self, queries, radius: int) -> list[SearchResult]:
         """Every database item within Hamming distance `radius` (inclusive) of each query, nearest first."""
-        if radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}")
+        if not 0 <= radius <= self.bits:
+            raise ValueError(f"radius must be in [0, {self.bits}] for {self.bits}-bit codes, got {radius}")
         codes = self._codes(queries)
         limits, distances, rows = self.index.range_search(codes, radius + 1)  # faiss keeps distance < threshold
         results = []

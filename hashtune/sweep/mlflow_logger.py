@@ -17,7 +17,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import ARTIFACTS, TAG, find_runs, flat_params, root_cause
+from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, TAG, find_runs, flat_params, root_cause
 
 __all__ = ["MlflowTrialLogger", "FAULT_ENV"]
 
@@ -112,6 +112,8 @@ class MlflowTrialLogger(Callback):
         finished = last.get("final") == 1.0
         self._log_artifacts(run_id, trial)
         self.client.set_tag(run_id, f"{TAG}status", "finished" if finished else "stopped_early")
+        if finished:  # written once, never reset (a restarted trial's status tag says running meanwhile)
+            self.client.set_tag(run_id, COMPLETED_TAG, "1")
         self.client.set_terminated(run_id, "FINISHED")
         if os.environ.get(FAULT_ENV) == "kill-driver-after-run-closed":  # tests: the window before Tune saves its state
             os.killpg(os.getpgid(0), signal.SIGKILL)

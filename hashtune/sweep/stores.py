@@ -121,7 +121,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose value differs between two space records (added and removed keys included)."""
     old, new = _flat(saved), _flat(current)
-    return sorted(key for key in old.keys() | new.keys() if old.get(key, "<absent>") != new.get(key, "<absent>"))
+    changed = {key for key in old.keys() | new.keys() if old.get(key, "<absent>") != new.get(key, "<absent>")}
+    return sorted(key for key in changed if not any(other.startswith(f"{key}.") for other in changed))  # leaves only
 
 
 def saved_space_record(client, run_id: str) -> dict[str, Any] | None:

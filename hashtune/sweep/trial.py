@@ -20,7 +20,7 @@ from typing import Any
 from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import TAG, find_runs
+from hashtune.tracking import COMPLETED_TAG, TAG, find_runs
 
 __all__ = ["TrialResolver", "TrialTracking", "run_trial"]
 
@@ -115,7 +115,7 @@ def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace
     _, flat = resolver(trial_config)
     config = config_from_dict(flat)
     client, run = _recorded_run(tracking, tune.get_context().get_trial_id())
-    if run is not None and run.data.tags.get(f"{TAG}status") == "finished":
+    if run is not None and run.data.tags.get(COMPLETED_TAG) == "1":
         _replay(client, run, config)
     elif space.workers == 0:
         _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None)

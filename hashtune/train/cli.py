@@ -53,6 +53,15 @@ def resolve_cli_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def _check_out(out: Path, resume: Path | None) -> None:
+    """`--out` is a new or empty folder, or the run being resumed: never a file, never another run overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run")
+    holds_run = out.is_dir() and any((out / name).exists() for name in ("config.yaml", "checkpoint.pt", "metrics.json"))
+    if holds_run and (resume is None or resume.absolute() != out.absolute()):
+        raise ConfigError(f"--out {out} already holds a run; continue it with --resume {out}, or pick a new --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.out or args.resume
@@ -63,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hashtune.train: error: --workers={args.workers}; expected 0 (plain loop) or a positive number", file=sys.stderr)
         return 2
     try:
+        _check_out(out, args.resume)
         config = resolve_cli_config(args)
         if args.workers > 0:
             from hashtune.train.distributed import fit_distributed
