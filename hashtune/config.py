@@ -51,11 +51,15 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    """Dataset: `digits` (embedded), `cifar10` or `listfile`."""
+    """Dataset and protocol: `digits` (embedded), `cifar10`, `cifar10-1`, `cifar10-2` (DeepHash-pytorch's), `listfile`."""
     root: str = ""
     """Folder of the CIFAR-10 batches or of the list files (unused for digits)."""
     seed: int = 0
     """Seed of the train / val / test / database split."""
+    val_per_class: int | None = None
+    """Val queries per class (null: the protocol's; 0: none, the paper's exact database, last-epoch selection)."""
+    protocol: str = ""
+    """List files only: `nuswide21`, `imagenet100` or `coco` sets the literature's mAP cut-off."""
     num_workers: int = 0
     """DataLoader worker processes (0 loads in the training process)."""
 
@@ -120,9 +124,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     topk: int | None = None
-    """mAP@topk; null ranks the whole database."""
+    """mAP@topk; null takes the protocol's cut-off (CIFAR-10 and digits: the whole database)."""
     precision_at: int = 100
     """N of `test/precision_at_N`."""
+    ties: str = "index"
+    """Equal Hamming distances: `index` (database order, DeepHash-pytorch's stable sort) or `average` (exact
+    expected AP over random orders within ties); both are logged as `*/mAP_ties_index` and `*/mAP_ties_average`."""
+    database_codes: str = "encoder"
+    """Database codes at evaluation: `encoder`, or `learned` (asymmetric strategy: the learned B of database
+    items that are training images, as ADSH evaluates; the encoder for the rest)."""
 
 
 @dataclass(frozen=True)
@@ -139,12 +149,15 @@ class Config:
 
 
 CHOICES: dict[str, tuple] = {
-    "data.name": ("digits", "cifar10", "listfile"),
+    "data.name": ("digits", "cifar10", "cifar10-1", "cifar10-2", "listfile"),
+    "data.protocol": ("", "nuswide21", "imagenet100", "coco"),
     "loss.prob": ("cauchy", "sigmoid"),
     "train.strategy": ("symmetric", "asymmetric"),
     "train.optimizer": ("sgd", "adamw"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16"),
+    "eval.database_codes": ("encoder", "learned"),
+    "eval.ties": ("index", "average"),
 }
 POSITIVE = {
     "model.bits", "model.k_groups", "model.img_size", "model.patch_size", "model.depth", "model.embed_dim",
@@ -153,7 +166,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "loss.quant_weight", "loss.cls_weight", "loss.gamma_a", "train.weight_decay", "train.warmup_epochs",
-    "train.grad_clip", "data.num_workers", "model.drop_path_rate",
+    "train.grad_clip", "data.num_workers", "model.drop_path_rate", "data.val_per_class",
 }
 
 
@@ -234,6 +247,8 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
         sections[section] = cls(**kwargs)
     config = Config(**sections)
     _check_model_shape(config.model)
+    if config.eval.database_codes == "learned" and config.train.strategy != "asymmetric":
+        raise ConfigError("eval.database_codes='learned' needs train.strategy=asymmetric (only it learns database codes); use encoder")
     return config
 
 

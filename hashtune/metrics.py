@@ -6,7 +6,9 @@ Conventions (the same in every function here):
   torch tensors. Labels are class indices (shape (n,)) or multi-hot rows (shape (n, classes)); a
   database item is relevant to a query iff they share at least one class.
 * The database is ranked by Hamming distance ascending, **ties broken by database index ascending**
-  (what a stable argsort gives).
+  (what a stable argsort gives; protocols store the database in a seeded shuffled order) with
+  `ties="index"`, or **averaged** with `ties="average"`: the exact expected AP over uniformly random
+  orders within each tie group (McSherry & Najork, ECIR 2008), from the same pass's distance histograms.
 * `AP@K = sum_{i<=K} P@i * rel_i / R_K`, `R_K` the number of relevant items in the top K; a query
   with no relevant item in its top K has AP 0 (it still counts in the mean). `topk=None` means the
   whole database (no item is dropped, unlike DeepHash-pytorch's `gnd[0:-1]`).
@@ -20,6 +22,7 @@ gives each item its rank as "items in closer buckets + earlier items in its own 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -187,6 +190,73 @@ def _prepare(query_codes, db_codes, query_labels, db_labels):
     )
 
 
+@numba.njit(cache=True)
+def _group_precision_sum(before: int, relevant_before: int, k: int, relevant: float, harmonic) -> float:
+    """Expected sum of precisions at the relevant items among the first `k` positions of a tie group whose
+    order is uniformly random, given `relevant` of those k positions hold relevant items (McSherry & Najork)."""
+    h1 = harmonic[before + k] - harmonic[before]  # sum_{i=1..k} 1 / (before + i)
+    h2 = k - (before + 1) * h1  # sum_{i=1..k} (i - 1) / (before + i)
+    spread = (relevant - 1.0) / (k - 1.0) if k > 1 else 0.0
+    return (relevant / k) * ((relevant_before + 1.0) * h1 + spread * h2)
+
+
+@numba.njit(cache=True)
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1.0) - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0)
+
+
+@numba.njit(cache=True)
+def _cut_group_ap(before: int, relevant_before: int, expected_sum: float, n: int, r: int, k: int, harmonic) -> float:
+    """Expected AP@K when the K-th position falls inside a tie group of n items (r relevant), k of them inside K.
+
+    The number m of relevant items inside the cut-off is hypergeometric; AP = E[(S_before + S_group) / (R + m)].
+    """
+    total = 0.0
+    for m in range(max(0, k - (n - r)), min(r, k) + 1):
+        if relevant_before + m == 0:
+            continue
+        weight = math.exp(_log_choose(r, m) + _log_choose(n - r, k - m) - _log_choose(n, k))
+        total += weight * (expected_sum + _group_precision_sum(before, relevant_before, k, float(m), harmonic)) / (relevant_before + m)
+    return total
+
+
+@numba.njit(cache=True)
+def _tie_averaged_ap(counts, relevant_counts, topk: int, harmonic):
+    """Per query, the exact expected AP@topk over uniformly random orders within each Hamming-distance tie group."""
+    n_query = counts.shape[0]
+    ap = np.zeros(n_query)
+    for q in range(n_query):
+        before, relevant_before, expected_sum, done = 0, 0, 0.0, False
+        for d in range(counts.shape[1]):
+            n, r = counts[q, d], relevant_counts[q, d]
+            if before == topk:  # the cut-off falls on a group boundary
+                break
+            if n == 0:
+                continue
+            if before + n > topk:  # the cut-off falls inside this group
+                ap[q] = _cut_group_ap(before, relevant_before, expected_sum, n, r, topk - before, harmonic)
+                done = True
+                break
+            expected_sum += _group_precision_sum(before, relevant_before, n, float(r), harmonic)
+            before, relevant_before = before + n, relevant_before + r
+        if not done and relevant_before > 0:
+            ap[q] = expected_sum / relevant_before
+    return ap
+
+
+TIES = ("index", "average")
+
+
+def _average_precisions(statistics, topk: int, n_db: int, ties: str) -> np.ndarray:
+    """AP per query from the kernel's statistics: index tie-break as computed, or averaged over tie orders."""
+    if ties not in TIES:
+        raise ValueError(f"ties={ties!r}; expected one of {', '.join(TIES)}")
+    if ties == "index":
+        return statistics[0]
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n_db + 1))])
+    return _tie_averaged_ap(statistics[2], statistics[3], topk, harmonic)
+
+
 def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
     query_words, db_words, query_label_words, db_label_words, bits = _prepare(query_codes, db_codes, query_labels, db_labels)
     n_db = db_words.shape[0]
@@ -196,7 +266,7 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
     cutoff_array = np.asarray(list(cutoffs) or [0], dtype=np.int64)
     threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
     numba.set_num_threads(threads)
-    return _rank_statistics(query_words, db_words, query_label_words, db_label_words, bits, topk, cutoff_array, threads)
+    return _rank_statistics(query_words, db_words, query_label_words, db_label_words, bits, topk, cutoff_array, threads), topk, n_db
 
 
 def _torch_threads() -> int:
@@ -205,20 +275,23 @@ def _torch_threads() -> int:
     return torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
 
 
-def average_precisions(query_codes, db_codes, query_labels, db_labels, topk: int | None = None) -> np.ndarray:
-    """AP@topk of every query (see the module docstring for the exact definition)."""
-    return _run(query_codes, db_codes, query_labels, db_labels, topk)[0]
+def average_precisions(query_codes, db_codes, query_labels, db_labels, topk: int | None = None, ties: str = "index") -> np.ndarray:
+    """AP@topk of every query (see the module docstring for the exact definition and `ties`)."""
+    statistics, topk, n_db = _run(query_codes, db_codes, query_labels, db_labels, topk)
+    return _average_precisions(statistics, topk, n_db, ties)
 
 
-def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk: int | None = None) -> float:
+def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk: int | None = None, ties: str = "index") -> float:
     """mAP@topk over all queries; `topk=None` ranks the whole database.
 
     Args:
         query_codes, db_codes: codes in {-1, +1}, shapes (q, bits) and (n, bits).
         query_labels, db_labels: class indices or multi-hot rows.
         topk: number of top-ranked items that count, or None for all.
+        ties: `index` (equal distances ranked by database index, DeepHash-pytorch's stable sort) or
+            `average` (the exact expected AP over uniformly random orders within each tie group).
     """
-    return float(average_precisions(query_codes, db_codes, query_labels, db_labels, topk).mean())
+    return float(average_precisions(query_codes, db_codes, query_labels, db_labels, topk, ties).mean())
 
 
 @dataclass(frozen=True)
@@ -226,6 +299,10 @@ class RetrievalMetrics:
     """Everything `retrieval_metrics` measures for one query set against one database."""
 
     map: float
+    topk: int | None
+    """The cut-off the mAP was measured at (None: the whole database)."""
+    map_by_ties: dict[str, float]
+    """The mAP under each tie rule (`index`, `average`); `map` is the one asked for."""
     precision_at: dict[int, float]
     precision_within_radius: dict[int, float]
     pr_radius: np.ndarray
@@ -233,8 +310,10 @@ class RetrievalMetrics:
     pr_recall: np.ndarray
 
     def as_dict(self, prefix: str) -> dict[str, float]:
-        """Flat metric names such as `test/mAP`, `test/precision_at_100`, `test/p_r2`."""
-        flat = {f"{prefix}/mAP": self.map}
+        """Flat names: `test/mAP`, `test/mAP_at_5000` (or `_at_all`), `test/mAP_ties_index`, `test/mAP_ties_average`,
+        `test/precision_at_100`, `test/p_r2`."""
+        flat = {f"{prefix}/mAP": self.map, f"{prefix}/mAP_at_{self.topk or 'all'}": self.map}
+        flat.update({f"{prefix}/mAP_ties_{rule}": value for rule, value in self.map_by_ties.items()})
         flat.update({f"{prefix}/precision_at_{n}": value for n, value in self.precision_at.items()})
         flat.update({f"{prefix}/p_r{r}": value for r, value in self.precision_within_radius.items()})
         return flat
@@ -249,13 +328,19 @@ def retrieval_metrics(
     topk: int | None = None,
     precision_at: tuple[int, ...] = (100,),
     radii: tuple[int, ...] = (2,),
+    ties: str = "index",
 ) -> RetrievalMetrics:
     """mAP@topk, precision@N, precision within Hamming radius r, and the precision-recall curve by radius.
 
     The curve has one point per radius 0..bits: precision is the mean over queries that retrieve
     something within the radius, recall the mean over queries with any relevant item.
     """
-    ap, hits_at, count, relevant_count = _run(query_codes, db_codes, query_labels, db_labels, topk, precision_at)
+    statistics, cut, n_db_items = _run(query_codes, db_codes, query_labels, db_labels, topk, precision_at)
+    _, hits_at, count, relevant_count = statistics
+    by_rule = {rule: _average_precisions(statistics, cut, n_db_items, rule) for rule in TIES}
+    if ties not in by_rule:
+        raise ValueError(f"ties={ties!r}; expected one of {', '.join(TIES)}")
+    ap = by_rule[ties]
     n_db = count.sum(axis=1)
     retrieved = np.cumsum(count, axis=1)
     relevant_retrieved = np.cumsum(relevant_count, axis=1)
@@ -269,6 +354,8 @@ def retrieval_metrics(
     precision_at_n = {n: float((hits_at[:, i] / np.minimum(n, n_db)).mean()) for i, n in enumerate(precision_at)}
     return RetrievalMetrics(
         map=float(ap.mean()),
+        topk=topk,
+        map_by_ties={rule: float(values.mean()) for rule, values in by_rule.items()},
         precision_at=precision_at_n,
         precision_within_radius=precision_within,
         pr_radius=np.arange(count.shape[1]),

@@ -49,8 +49,8 @@ PINNED_TEST_QUERY_HEAD = [5, 12, 14]
 def test_splits_reject_protocol_violations():
     with pytest.raises(ValueError, match="test_query images are in the database"):
         Splits(train=np.array([0]), val_query=np.array([1]), test_query=np.array([2]), database=np.array([0, 2]))
-    with pytest.raises(ValueError, match="not in the database"):
-        Splits(train=np.array([5]), val_query=np.array([1]), test_query=np.array([2]), database=np.array([0]))
+    with pytest.raises(ValueError, match="val queries overlap the test queries or the training images"):
+        Splits(train=np.array([1]), val_query=np.array([1]), test_query=np.array([2]), database=np.array([0]))
 
 
 def test_datasets_return_image_label_and_position():
@@ -66,14 +66,8 @@ def test_cifar10_reads_the_python_pickle_format(cifar_root):
     source = load_source("cifar10", cifar_root)
     assert len(source) == 120 and source.pixels.shape == (120, 32, 32, 3)
     assert source.labels.argmax(1)[:3].tolist() == [0, 1, 2]
-    with pytest.raises(ValueError, match="class 0 has 12 images; its protocol needs 5600"):
+    with pytest.raises(ValueError, match="class 0 has 12 images; its protocol needs 700"):
         build_splits(source, seed=0)
-
-
-def test_cifar10_protocol_at_full_size(tmp_path):
-    root = write_cifar_folder(tmp_path, per_batch=10_000)
-    splits = build_splits(load_source("cifar10", root), seed=0)
-    assert splits.sizes() == {"train": 5000, "val_query": 1000, "test_query": 1000, "database": 54_000}
 
 
 def test_cifar10_missing_batch_is_named(cifar_root):
@@ -126,3 +120,54 @@ def test_unknown_dataset_and_missing_root_are_named(tmp_path):
         load_source("mnist")
     with pytest.raises(FileNotFoundError, match="data.root=.*nowhere.*is not a directory"):
         load_source("cifar10", tmp_path / "nowhere")
+
+
+@pytest.fixture(scope="module")
+def full_cifar_source(tmp_path_factory):
+    """A CIFAR-10-shaped folder of the real size (6 batches of 10,000, 6,000 images per class), blank pixels."""
+    import pickle
+
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.zeros((10_000, 3072), dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with (folder / name).open("wb") as handle:
+            pickle.dump({b"labels": [i % 10 for i in range(10_000)], b"data": data}, handle, protocol=4)
+    return load_source("cifar10", folder)
+
+
+# protocol: (train, val, test, database, database includes train) with the default 100 val queries per class
+CIFAR_PROTOCOLS = {
+    "cifar10": (5_000, 1_000, 1_000, 53_000, False),
+    "cifar10-1": (5_000, 1_000, 1_000, 58_000, True),
+    "cifar10-2": (49_000, 1_000, 10_000, 49_000, True),
+}
+PAPER_DATABASE = {"cifar10": 54_000, "cifar10-1": 59_000, "cifar10-2": 50_000}
+
+
+@pytest.mark.parametrize("protocol", list(CIFAR_PROTOCOLS))
+def test_cifar10_protocols_as_the_literature_names_them(full_cifar_source, protocol):
+    train, val, test, database, includes_train = CIFAR_PROTOCOLS[protocol]
+    splits = build_splits(full_cifar_source, seed=0, protocol=protocol)
+    assert splits.sizes() == {"train": train, "val_query": val, "test_query": test, "database": database}
+    sets = {name: set(getattr(splits, name).tolist()) for name in ("train", "val_query", "test_query", "database")}
+    assert not sets["test_query"] & sets["database"] and not sets["val_query"] & sets["database"]
+    assert not sets["val_query"] & (sets["test_query"] | sets["train"])
+    assert (sets["train"] <= sets["database"]) if includes_train else not sets["train"] & sets["database"]
+    if protocol == "cifar10-2":
+        assert sets["train"] == sets["database"]
+    else:
+        assert len(sets["train"] | sets["val_query"] | sets["test_query"] | sets["database"]) == 60_000  # no image left out
+    classes = full_cifar_source.labels.argmax(1)
+    assert np.bincount(classes[splits.test_query]).tolist() == [test // 10] * 10
+    exact = build_splits(full_cifar_source, seed=0, protocol=protocol, val_per_class=0)
+    assert len(exact.database) == PAPER_DATABASE[protocol] and len(exact.val_query) == 0
+
+
+def test_database_order_is_shuffled_so_ties_do_not_favour_training_images():
+    splits = build_splits(load_source("digits"), seed=0)
+    in_train = np.isin(splits.database, splits.train)
+    first_train_share = in_train[: len(splits.train)].mean()  # sorted by index, train would fill this prefix at ~1.0
+    assert 0.25 < first_train_share < 0.55  # about 500 / 1297, a seeded random order
+    assert splits.database.tolist() == build_splits(load_source("digits"), seed=0).database.tolist()
+    assert sorted(splits.database.tolist()) != splits.database.tolist()

@@ -147,7 +147,7 @@ def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--out", str(tmp_path / "bundle")]) == 0
     client = MlflowClient(uri)
     runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("hashtune.status") == "finished"]
-    best = max(runs, key=lambda run: run.data.metrics["val/mAP"])
+    best = max(runs, key=lambda run: run.data.metrics["val/best_mAP"])
     manifest = verify_bundle(tmp_path / "bundle")
     assert manifest["provenance"]["mlflow_run_id"] == best.info.run_id
     assert evaluate_bundle(tmp_path / "bundle") == pytest.approx(best.data.metrics["test/mAP"], abs=1e-12)

@@ -89,7 +89,7 @@ def test_precision_at_n_radius_and_pr_curve_against_brute_force():
     recall_at_3 = np.mean([relevant[q][distance[q] <= 3].sum() / relevant[q].sum() for q in range(len(query)) if relevant[q].any()])
     assert metrics.pr_recall[3] == pytest.approx(recall_at_3, abs=1e-12)
     assert metrics.pr_recall[-1] == pytest.approx(1.0)
-    assert metrics.as_dict("test").keys() == {"test/mAP", "test/precision_at_1", "test/precision_at_10", "test/precision_at_50", "test/p_r0", "test/p_r2"}
+    assert metrics.as_dict("test").keys() == {"test/mAP", "test/mAP_at_all", "test/mAP_ties_index", "test/mAP_ties_average", "test/precision_at_1", "test/precision_at_10", "test/precision_at_50", "test/p_r0", "test/p_r2"}
 
 
 def test_packing_round_trips_bits():
@@ -114,3 +114,36 @@ def test_bad_shapes_and_topk_are_rejected():
         mean_average_precision(query, database, query_labels, db_labels, topk=0)
     with pytest.raises(ValueError, match="3 query labels for 40"):
         mean_average_precision(query, database, query_labels[:3], db_labels)
+
+
+def _all_tie_orders_mean_ap(query, database, query_labels, db_labels, topk):
+    """Brute force: the mean AP over every database order, with index tie-breaking (each order equally likely,
+    so orders within each tie group are uniform)."""
+    import itertools
+
+    values = [mean_average_precision(query, database[list(order)], query_labels, db_labels[list(order)], topk=topk)
+              for order in itertools.permutations(range(len(database)))]
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("topk", [None, 1, 3, 5])
+def test_tie_averaged_map_equals_the_mean_over_all_tie_orders(topk):
+    rng = np.random.default_rng(topk or 0)
+    query = np.where(rng.random((3, 3)) > 0.5, 1, -1)  # 3 bits: 4 distances for 7 items, ties everywhere
+    database = np.where(rng.random((7, 3)) > 0.5, 1, -1)
+    query_labels, db_labels = rng.integers(0, 2, 3), rng.integers(0, 2, 7)
+    expected = _all_tie_orders_mean_ap(query, database, query_labels, db_labels, topk)
+    averaged = mean_average_precision(query, database, query_labels, db_labels, topk=topk, ties="average")
+    assert averaged == pytest.approx(expected, abs=1e-12)
+    assert retrieval_metrics(query, database, query_labels, db_labels, topk=topk).map_by_ties["average"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_index_ties_favour_whatever_comes_first_and_average_does_not():
+    query, labels = np.array([[1, 1]]), np.array([0])
+    database = np.array([[1, 1], [1, 1]])  # one tie group: a relevant and an irrelevant item
+    first, second = np.array([0, 1]), np.array([1, 0])
+    assert mean_average_precision(query, database, labels, first) == 1.0
+    assert mean_average_precision(query, database, labels, second) == 0.5
+    assert mean_average_precision(query, database, labels, first, ties="average") == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="ties='random'; expected one of index, average"):
+        mean_average_precision(query, database, labels, first, ties="random")

@@ -42,6 +42,9 @@ def _store(tmp_path):
 
 def _child(client, experiment_id, parent, overrides, *, status="finished", variant="", metrics=None, pr_dir=None):
     flat = to_flat_dict(Config().replace(overrides))
+    metrics = dict(metrics or {})
+    if "val/mAP" in metrics:  # as the trainer logs them: the best-so-far next to the last
+        metrics.setdefault("val/best_mAP", metrics["val/mAP"])
     run = client.create_run(experiment_id, run_name=f"{variant} {overrides}", tags={
         "mlflow.parentRunId": parent, "hashtune.variant": variant, "hashtune.status": status, "hashtune.trial_id": f"t{time.time_ns()}",
     })

@@ -112,3 +112,27 @@ def test_early_stopped_trials_are_told_to_optuna_as_pruned():
     states = [trial.state for trial in searcher._ot_study.trials]
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
     assert searcher._ot_study.best_value == 0.8
+
+
+def test_the_best_trial_is_chosen_on_the_weights_that_are_reported():
+    """The last epoch's val/mAP can rank trials differently from the best-val weights that test/mAP measures."""
+    from types import SimpleNamespace
+
+    from hashtune.sweep.driver import summarize
+
+    class NoRuns:  # an MLflow client whose store holds no runs
+        def search_runs(self, *args, **kwargs):
+            return _EmptyPage()
+
+    class _EmptyPage(list):
+        token = None
+
+    def trial(trial_id, last, best, test):
+        metrics = {"trial_id": trial_id, "final": 1.0, "val/mAP": last, "val/best_mAP": best, "test/mAP": test}
+        return SimpleNamespace(error=None, metrics=metrics, checkpoint=None)
+
+    results = [trial("a", last=0.80, best=0.81, test=0.79), trial("b", last=0.70, best=0.90, test=0.88)]
+    space = load_space("ablations")
+    assert space.metric == "val/best_mAP"
+    best = summarize(results, space, NoRuns(), "1")["best"]
+    assert best["trial_id"] == "b" and best["selected_by"] == "val/best_mAP" and best["test/mAP"] == 0.88

@@ -54,6 +54,9 @@ def test_asymmetric_run_learns_database_codes(tmp_path):
     metrics = fit(config, run_dir=tmp_path)
     state = load_checkpoint(tmp_path)
     codes = state["strategy"]["database_codes"]
+    # ADSH's evaluation: training images in the database retrieved by their learned B, logged beside the encoder's
+    assert metrics["test/mAP"] == metrics["test/mAP_encoder"] and 0.0 < metrics["test/mAP_learned"] <= 1.0
+    assert metrics["test/mAP_learned"] != metrics["test/mAP_encoder"]
     assert codes.shape == (500, 32) and set(codes.unique().tolist()) == {-1.0, 1.0}
     assert metrics["val/mAP"] > _initial_val_map(config) + 0.2
     assert "train/asym" in metrics
@@ -117,3 +120,21 @@ def test_cli_writes_run_and_rejects_bad_input(tmp_path, capsys):
     assert train_main(["model.bits=16", "--resume", str(out)]) == 2
     assert "overrides differ" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_no_validation_queries_reports_the_last_epoch_and_says_so(tmp_path):
+    config = small_config("train.epochs=2", "train.eval_every=1", "data.val_per_class=0")
+    metrics = fit(config, run_dir=tmp_path)
+    assert metrics["selection/last_epoch"] == 1.0 and metrics["best_epoch"] == 2 and "val/best_mAP" not in metrics
+    assert len(load_checkpoint(tmp_path)["splits"]["val_query"]) == 0
+
+
+def test_list_file_protocols_log_the_literatures_cut_off(listfile_root, tmp_path):
+    from hashtune.data import protocol_topk
+
+    assert [protocol_topk("listfile", p) for p in ("nuswide21", "imagenet100", "coco", "")] == [5000, 1000, 5000, None]
+    assert protocol_topk("cifar10") is None
+    config = load_config(overrides=["data.name=listfile", f"data.root={listfile_root}", "data.protocol=imagenet100", "model.img_size=8",
+                                    "model.patch_size=4", "model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1"])
+    metrics = fit(config, run_dir=tmp_path)
+    assert metrics["test/mAP_at_1000"] == metrics["test/mAP"]

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from hashtune.data.protocol import SPLIT_NAMES, Splits, build_splits
+from hashtune.data.protocol import SPLIT_NAMES, Splits, build_splits, protocol_topk
 from hashtune.data.sources import ImageSource, load_source
 
 __all__ = ["HashingDataset", "Preprocessing", "RetrievalData", "build_transform", "build_retrieval_data", "native_size"]
@@ -98,6 +98,8 @@ class RetrievalData:
     num_classes: int
     multi_label: bool
     channels: int
+    topk: int | None = None
+    """The protocol's mAP cut-off (None: the whole database)."""
 
 
 def native_size(source: ImageSource) -> int | None:
@@ -112,6 +114,8 @@ def build_retrieval_data(
     img_size: int,
     preprocessing: Preprocessing = Preprocessing(),
     splits: Splits | None = None,
+    val_per_class: int | None = None,
+    protocol: str = "",
 ) -> RetrievalData:
     """Load `name` and build its protocol's datasets (or use given `splits`, e.g. from a resumed run).
 
@@ -119,7 +123,8 @@ def build_retrieval_data(
     transform (the asymmetric strategy encodes them).
     """
     source = load_source(name, root)
-    splits = splits if splits is not None else build_splits(source, seed)
+    if splits is None:
+        splits = build_splits(source, seed, None if name == "listfile" else name, val_per_class=val_per_class)
     common = dict(channels=source.channels, native_size=native_size(source), img_size=img_size, preprocessing=preprocessing)
     train_transform = build_transform(train=True, **common)
     eval_transform = build_transform(train=False, **common)
@@ -134,4 +139,5 @@ def build_retrieval_data(
         num_classes=source.num_classes,
         multi_label=source.multi_label,
         channels=source.channels,
+        topk=protocol_topk(name, protocol),
     )

@@ -1,17 +1,24 @@
-"""Retrieval protocols: seeded train / val-query / test-query / database index sets.
+"""Retrieval protocols: seeded train / val-query / test-query / database index sets, as the literature names them.
 
-Rules every protocol keeps: train is inside the database; no query (val or test) is in the database;
-val and test queries are disjoint. Only `val_query` may drive model selection and early stopping;
-`test_query` is reported, never selected on.
+Rules every protocol keeps: no query (val or test) is in the database; val and test queries are
+disjoint, and val queries are never training images. Only `val_query` may drive model selection and
+early stopping; `test_query` is reported, never selected on. The database is stored in an order
+shuffled with the split seed, so ranking's index tie-break is a seeded random order (training images
+no longer come first at equal distance).
 
-* digits: per class 50 train, 30 test queries, 20 val queries; the database is everything that is
-  not a query (about 1,297 images, train included).
-* cifar10 (the usual "cifar10" protocol of DeepHash-pytorch, DCH and TransHash): per class 100 test
-  queries, 100 val queries drawn from outside the test queries, and a 5,400-image database drawn from
-  the remaining 5,800, whose first 500 are the training images: 54,000 in the database.
-* listfile: `train.txt`, `test.txt` and `database.txt` fix train, test queries and database. The val
-  queries (as many as test queries, at most half the database outside train) are drawn from the
-  database outside train and removed from it, so they never retrieve themselves.
+| protocol | train / val / test per class | database | cut-off | the papers' name |
+|---|---|---|---|---|
+| `digits` | 50 / 20 / 30 | every non-query image, train included (about 1,297) | all | hashtune's embedded protocol |
+| `cifar10` | 500 / 100 / 100 | every other image, train excluded: 53,000 (54,000 less 1,000 val queries) | all | CIFAR-10 mAP@54000 (DCH, TransHash; DeepHash-pytorch `cifar10`) |
+| `cifar10-1` | 500 / 100 / 100 | everything but the queries, train included: 58,000 (59,000 less 1,000 val) | all | DeepHash-pytorch `cifar10-1` (mAP@59000) |
+| `cifar10-2` | 5,000 / 100 / 1,000 | the training images: 49,000 (50,000 less 1,000 val, removed from train too) | all | DeepHash-pytorch `cifar10-2` (mAP@50000) |
+| `listfile` | `train.txt` / drawn / `test.txt` | `database.txt` (+ train), less the val queries | `data.protocol` | NUS-WIDE-21 @5000, ImageNet-100 @1000, MS-COCO @5000 |
+
+CIFAR-10 protocols draw from all 60,000 images (train batches and test batch together), as
+DeepHash-pytorch does. Val queries come out of the database pool outside train (for `cifar10-2`, whose
+database is the train set, out of both); `data.val_per_class=0` keeps the paper's exact database and
+has no val queries (selection then falls back to the last epoch). List-file val queries are as many as
+the test queries (at most half the database outside train) unless `data.val_per_class=0`.
 
 Splits use numpy's PCG64 generator, so the same seed gives the same split on any machine.
 """
@@ -26,30 +33,45 @@ import numpy as np
 
 from hashtune.data.sources import ImageSource
 
-__all__ = ["ProtocolSpec", "PROTOCOLS", "Splits", "build_splits"]
+__all__ = ["ProtocolSpec", "PROTOCOLS", "LIST_PROTOCOLS", "Splits", "build_splits", "protocol_topk"]
 
 SPLIT_NAMES = ("train", "val_query", "test_query", "database")
+DATABASES = ("rest", "rest_without_train", "train")
 
 
 @dataclass(frozen=True)
 class ProtocolSpec:
-    """Per-class counts of a single-label protocol; `database_per_class=None` takes every non-query image."""
+    """Per-class counts of a single-label protocol and what its database is.
+
+    `database`: `rest` (every non-query image, train included), `rest_without_train`, or `train`.
+    """
 
     train_per_class: int
     val_per_class: int
     test_per_class: int
-    database_per_class: int | None = None
+    database: str = "rest"
+    topk: int | None = None
+    literature: str = ""
 
 
 PROTOCOLS = {
-    "digits": ProtocolSpec(train_per_class=50, val_per_class=20, test_per_class=30),
-    "cifar10": ProtocolSpec(train_per_class=500, val_per_class=100, test_per_class=100, database_per_class=5400),
+    "digits": ProtocolSpec(50, 20, 30, "rest", None, "hashtune's embedded digits protocol"),
+    "cifar10": ProtocolSpec(500, 100, 100, "rest_without_train", None, "CIFAR-10 mAP@54000 (DCH, TransHash)"),
+    "cifar10-1": ProtocolSpec(500, 100, 100, "rest", None, "DeepHash-pytorch cifar10-1 (mAP@59000)"),
+    "cifar10-2": ProtocolSpec(5000, 100, 1000, "train", None, "DeepHash-pytorch cifar10-2 (mAP@50000)"),
 }
+LIST_PROTOCOLS = {"": None, "nuswide21": 5000, "imagenet100": 1000, "coco": 5000}
+"""`data.protocol` of list-file data -> its mAP cut-off (NUS-WIDE-21 @5000, ImageNet-100 @1000, MS-COCO @5000)."""
+
+
+def protocol_topk(name: str, protocol: str = "") -> int | None:
+    """The mAP cut-off the literature reports for a protocol (None: the whole database)."""
+    return LIST_PROTOCOLS[protocol] if name == "listfile" else PROTOCOLS[name].topk
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Index arrays into an `ImageSource`, sorted ascending."""
+    """Index arrays into an `ImageSource`: train and queries sorted, the database in a seeded shuffled order."""
 
     train: np.ndarray
     val_query: np.ndarray
@@ -58,13 +80,11 @@ class Splits:
 
     def __post_init__(self) -> None:
         database = set(self.database.tolist())
-        if not set(self.train.tolist()) <= database:
-            raise ValueError("split violates the protocol: some training images are not in the database")
         for name in ("val_query", "test_query"):
             if database & set(getattr(self, name).tolist()):
                 raise ValueError(f"split violates the protocol: {name} images are in the database")
-        if set(self.val_query.tolist()) & set(self.test_query.tolist()):
-            raise ValueError("split violates the protocol: val and test queries overlap")
+        if set(self.val_query.tolist()) & (set(self.test_query.tolist()) | set(self.train.tolist())):
+            raise ValueError("split violates the protocol: val queries overlap the test queries or the training images")
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
@@ -93,43 +113,57 @@ class Splits:
             return cls.from_arrays(arrays)
 
 
-def _single_label_splits(source: ImageSource, spec: ProtocolSpec, rng: np.random.Generator) -> Splits:
+def _val_count(spec: ProtocolSpec, val_per_class: int | None) -> int:
+    return spec.val_per_class if val_per_class is None else val_per_class
+
+
+def _single_label_splits(source: ImageSource, spec: ProtocolSpec, rng: np.random.Generator, n_val: int) -> Splits:
     classes = source.labels.argmax(axis=1)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_NAMES}
-    needed = spec.test_per_class + spec.val_per_class + max(spec.train_per_class, spec.database_per_class or 0)
+    needed = spec.test_per_class + spec.train_per_class + (n_val if spec.database != "train" else 0)
     for label in range(source.num_classes):
         members = rng.permutation(np.flatnonzero(classes == label))
         if len(members) < needed:
             raise ValueError(f"{source.name} class {label} has {len(members)} images; its protocol needs {needed}")
-        test_end = spec.test_per_class
-        val_end = test_end + spec.val_per_class
-        rest = members[val_end:]
-        database = rest if spec.database_per_class is None else rest[: spec.database_per_class]
-        parts["test_query"].append(members[:test_end])
-        parts["val_query"].append(members[test_end:val_end])
-        parts["train"].append(database[: spec.train_per_class])
-        parts["database"].append(database)
-    return Splits(**{name: np.sort(np.concatenate(arrays)) for name, arrays in parts.items()})
+        test, train, rest = np.split(members, [spec.test_per_class, spec.test_per_class + spec.train_per_class])
+        if spec.database == "train":  # val out of the train set, removed from train and database alike
+            val, train = train[:n_val], train[n_val:]
+            database = train
+        else:  # val out of the database pool outside train
+            val, rest = rest[:n_val], rest[n_val:]
+            database = rest if spec.database == "rest_without_train" else np.concatenate([train, rest])
+        for name, part in (("train", train), ("val_query", val), ("test_query", test), ("database", database)):
+            parts[name].append(part)
+    arrays = {name: np.sort(np.concatenate(values)) for name, values in parts.items()}
+    return Splits(**arrays | {"database": rng.permutation(arrays["database"])})
 
 
-def _predefined_splits(source: ImageSource, rng: np.random.Generator) -> Splits:
+def _predefined_splits(source: ImageSource, rng: np.random.Generator, val_per_class: int | None) -> Splits:
     train, test, database = (source.predefined[name] for name in ("train", "test", "database"))
     candidates = np.setdiff1d(database, train)
-    n_val = min(len(test), len(candidates) // 2)
+    n_val = 0 if val_per_class == 0 else min(len(test), len(candidates) // 2)
     val = rng.choice(candidates, size=n_val, replace=False)
     return Splits(
         train=np.sort(train),
         val_query=np.sort(val),
         test_query=np.sort(np.setdiff1d(test, database)),
-        database=np.setdiff1d(database, val),
+        database=rng.permutation(np.setdiff1d(database, val)),
     )
 
 
-def build_splits(source: ImageSource, seed: int) -> Splits:
-    """The protocol's splits of `source` for `seed` (see the module docstring)."""
+def build_splits(source: ImageSource, seed: int, protocol: str | None = None, *, val_per_class: int | None = None) -> Splits:
+    """The protocol's splits of `source` for `seed` (see the module docstring).
+
+    Args:
+        protocol: the protocol's name (default: the source's, e.g. `digits`); `cifar10-1` and
+            `cifar10-2` read the `cifar10` source.
+        val_per_class: val queries per class instead of the protocol's; 0 keeps the paper's exact database.
+    """
     rng = np.random.default_rng(seed)
     if source.predefined:
-        return _predefined_splits(source, rng)
-    if source.name not in PROTOCOLS:
-        raise ValueError(f"no retrieval protocol for {source.name!r}; known: {sorted(PROTOCOLS)} and list files")
-    return _single_label_splits(source, PROTOCOLS[source.name], rng)
+        return _predefined_splits(source, rng, val_per_class)
+    protocol = protocol or source.name
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"no retrieval protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))} and list files")
+    spec = PROTOCOLS[protocol]
+    return _single_label_splits(source, spec, rng, _val_count(spec, val_per_class))

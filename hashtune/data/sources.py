@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["ImageSource", "load_source", "SOURCES"]
 
-SOURCES = ("digits", "cifar10", "listfile")
+SOURCES = ("digits", "cifar10", "cifar10-1", "cifar10-2", "listfile")
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 LIST_FILES = ("train.txt", "test.txt", "database.txt")
 
@@ -159,4 +159,4 @@ def load_source(name: str, root: str | Path = "") -> ImageSource:
         raise ValueError(f"data.name={name!r} is not a dataset; expected one of {SOURCES}")
     if not root or not Path(root).is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r} is not a directory; data.name={name} reads its files from there")
-    return load_cifar10_source(root) if name == "cifar10" else load_listfile_source(root)
+    return load_listfile_source(root) if name == "listfile" else load_cifar10_source(root)  # the cifar10* protocols

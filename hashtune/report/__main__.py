@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its --name, default the space's name)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--out", type=Path, help="study folder (default: results/<experiment>)")
-    parser.add_argument("--metric", default="val/mAP", help="selection metric for best runs and importance (default: val/mAP)")
+    parser.add_argument("--metric", default="val/best_mAP", help="selection metric for best runs and importance (default: val/best_mAP)")
     parser.add_argument("--reference", default="full", help="the variant ablation differences are taken against (default: full)")
     parser.add_argument("--no-log", action="store_true", help="do not log the study on the sweep's parent run")
     return parser

@@ -38,7 +38,7 @@ class _StudyFolder:
         self.notes[path.name] = note
 
 
-def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = "val/mAP", reference: str = "full",
+def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = "val/best_mAP", reference: str = "full",
                  log_to_parent: bool = True) -> list[Path]:
     """Write every table, plot and the folder's README.md; returns the files written.
 

@@ -37,7 +37,7 @@ def infer_distribution(values: list[Any]) -> BaseDistribution:
     return CategoricalDistribution(sorted(set(values), key=str))
 
 
-def rebuild_study(runs: list[TrialRun], metric: str = "val/mAP", direction: str = "maximize") -> optuna.Study:
+def rebuild_study(runs: list[TrialRun], metric: str = "val/best_mAP", direction: str = "maximize") -> optuna.Study:
     """An in-memory Optuna study with one COMPLETE trial per finished run, over the parameters that vary.
 
     Config keys whose values agree in every run are one parameter named `key1=key2` (the seed replicates).

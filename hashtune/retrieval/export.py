@@ -55,7 +55,7 @@ class HashEncoder(nn.Module):
         return self.model(images).codes
 
 
-def best_run(client, experiment: str, metric: str = "val/mAP", run_id: str | None = None):
+def best_run(client, experiment: str, metric: str = "val/best_mAP", run_id: str | None = None):
     """The MLflow run to export: `run_id`, or the finished trial run with the highest `metric` (a val/* metric)."""
     require_val_metric(metric)
     if run_id:
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--experiment", help="the sweep's MLflow experiment: export its best finished run")
     source.add_argument("--run-dir", type=Path, help="a run folder of python -m hashtune.train (holds checkpoint.pt)")
     parser.add_argument("--run-id", help="export this MLflow run instead of the best one (with --experiment)")
-    parser.add_argument("--metric", default="val/mAP", help="validation metric that picks the best run (default: val/mAP)")
+    parser.add_argument("--metric", default="val/best_mAP", help="validation metric that picks the best run (default: val/best_mAP)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
     parser.add_argument("--out", type=Path, required=True, help="the bundle folder to create (must not exist)")

@@ -196,7 +196,7 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
             if resume:
                 print(f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)")
                 tuner = Tuner.restore(stores.experiment_path, trainable=trial_trainable(space, resolver, stores.storage, tracking),
-                                      resume_errored=False)
+                                      resume_errored=True)  # a trial SIGTERMed with its sweep errored: continue it
             else:
                 tuner = build_tuner(space, base, name=stores.name, storage=stores.storage, callbacks=[logger], tracking=tracking,
                                     max_concurrent=args.max_concurrent or space.max_concurrent, optuna_storage=stores.optuna_storage)
@@ -245,6 +245,7 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
     summary["best"] = {
         "trial_id": trial_id,
         "mlflow_run_id": runs[0].info.run_id if runs else None,
+        "selected_by": space.metric,
         space.metric: best.metrics[space.metric],
         "test/mAP": best.metrics.get("test/mAP"),
         "checkpoint": best.checkpoint.path if best.checkpoint else None,
@@ -258,7 +259,7 @@ def _close_parent(client, parent_run_id: str, summary: dict[str, Any]) -> None:
     if summary.get("best"):
         best = summary["best"]
         client.set_tag(parent_run_id, f"{TAG}best_run_id", str(best["mlflow_run_id"]))
-        for key in ("val/mAP", "test/mAP"):
+        for key in ("val/best_mAP", "test/mAP"):
             if best.get(key) is not None:
                 client.log_metric(parent_run_id, f"best/{key}", best[key])
     client.set_terminated(parent_run_id, "FINISHED")

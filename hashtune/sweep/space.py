@@ -4,7 +4,7 @@ Schema (every key but `params` or `variants` optional)::
 
     description: what the study is for
     search: grid | tpe | random         # grid: every point once; tpe/random: Optuna samplers
-    metric: val/mAP                     # selection metric (only val/* may select)
+    metric: val/best_mAP                # selection metric (only val/*): the reported weights' val mAP
     mode: max
     num_samples: 24                     # tpe/random trials (grid: the grid decides)
     max_concurrent: 2
@@ -74,7 +74,7 @@ class SearchSpace:
     name: str
     search: str = "grid"
     description: str = ""
-    metric: str = "val/mAP"
+    metric: str = "val/best_mAP"
     mode: str = "max"
     num_samples: int = 1
     max_concurrent: int = 2
@@ -221,7 +221,7 @@ def _settings(where: str, tree: dict) -> dict[str, Any]:
     if mode not in MODES:
         raise SpaceError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     try:
-        settings["metric"] = require_val_metric(tree.get("metric", "val/mAP"))
+        settings["metric"] = require_val_metric(tree.get("metric", "val/best_mAP"))
     except ConfigError as error:
         raise SpaceError(f"{where}: {error}") from None
     return settings | {"mode": mode, "description": str(tree.get("description", "")).strip()}

@@ -9,7 +9,8 @@ The training set's codes `B` in {-1, +1} are variables. One outer iteration (one
 
 Retrieval: queries are always encoded by the network. Database items that are training images can be
 retrieved by their learned `B` rows, as ADSH evaluates (`eval.database_codes=learned`), or by the network
-like every other item (`encoder`); the trainer logs both for this strategy.
+like every other item (`encoder`, the default); the trainer logs both (`test/mAP_encoder`,
+`test/mAP_learned`) for this strategy.
 
 Choices where the papers are vague: `s_ij` is +1/-1 (ADSH); the loss is divided by `n * m * bits^2`, so its
 scale (and the classification weight's meaning) does not depend on set sizes or code length; `B` starts as random signs (seeded).
@@ -108,6 +109,15 @@ class AsymmetricStrategy:
         sim = similarity_matrix(train_labels[sample_index], train_labels)
         new_codes = update_database_codes(sampled_codes[sample_index], codes_b, sim, sample_index, gamma_a=self.config.loss.gamma_a)
         return new_codes.cpu()
+
+    def database_codes_for(self, data: RetrievalData, encoder_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the encoder's database codes, the same with training images' rows replaced by their learned B)."""
+        learned = encoder_codes.clone()
+        train, database = data.splits.train, np.asarray(data.splits.database)
+        position = np.searchsorted(train, database).clip(max=len(train) - 1)  # train is sorted
+        is_train = train[position] == database
+        learned[torch.from_numpy(np.flatnonzero(is_train))] = self.database_codes[torch.from_numpy(position[is_train])]
+        return encoder_codes, learned
 
     def state_dict(self) -> dict:
         return {"database_codes": self.database_codes}

@@ -59,6 +59,10 @@ class SymmetricStrategy:
             steps += 1
         return EpochResult(mean_terms(sums, steps, self.runtime), images_seen * self.runtime.world_size)
 
+    def database_codes_for(self, data, encoder_codes):
+        """No learned codes: the database is always encoded by the network."""
+        return None
+
     def state_dict(self) -> dict:
         """Nothing beyond the model and optimizer: the loader's order is a function of (seed, epoch)."""
         return {}

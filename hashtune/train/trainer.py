@@ -77,15 +77,19 @@ def encode(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: 
 
 def evaluate(
     model: nn.Module, query_loader: DataLoader, database_loader: DataLoader, *, runtime: LocalRuntime, config: Config,
-    database_codes: torch.Tensor | None = None,
+    database_codes: torch.Tensor | None = None, protocol_topk: int | None = None,
 ) -> RetrievalMetrics:
-    """Retrieval metrics of the query set against the database (codes from the network)."""
+    """Retrieval metrics of the query set against the database (codes from the network unless given).
+
+    The cut-off is `eval.topk`, else the protocol's (`protocol_topk`, None for the whole database).
+    """
     query_codes = encode(model, query_loader, runtime, config)
     if database_codes is None:
         database_codes = encode(model, database_loader, runtime, config)
     return retrieval_metrics(
         query_codes, database_codes, query_loader.dataset.labels, database_loader.dataset.labels,
-        topk=config.eval.topk, precision_at=(config.eval.precision_at,), radii=(2,),
+        topk=config.eval.topk if config.eval.topk is not None else protocol_topk, precision_at=(config.eval.precision_at,), radii=(2,),
+        ties=config.eval.ties,
     )
 
 
@@ -135,11 +139,12 @@ def fit(
     for epoch in epochs:
         row = run.train_epoch(epoch)
         last = epoch + 1 == config.train.epochs
-        if last or (epoch + 1) % config.train.eval_every == 0:
+        evaluated = last or (epoch + 1) % config.train.eval_every == 0
+        if evaluated:
             row |= run.validate()
         run.epoch = epoch + 1
         run.history.append(row)
-        if "val/mAP" in row and not last:  # the last evaluation is reported with the test metrics by finish()
+        if evaluated and not last:  # the last evaluation is reported with the test metrics by finish()
             run.save_and_report(row)
         epochs.set_postfix({k.split("/")[1]: f"{v:.4f}" for k, v in row.items() if k in ("train/loss", "val/mAP")})
     return run.finish()
@@ -148,7 +153,8 @@ def fit(
 def build_data(config: Config, splits: Splits | None = None) -> RetrievalData:
     """The protocol's datasets for `config` (or for given `splits`), preprocessed as the backbone expects."""
     return build_retrieval_data(name=config.data.name, root=config.data.root, seed=config.data.seed, img_size=input_size(config),
-                                preprocessing=preprocessing(config), splits=splits)
+                                preprocessing=preprocessing(config), splits=splits, val_per_class=config.data.val_per_class,
+                                protocol=config.data.protocol)
 
 
 def input_size(config: Config) -> int:
@@ -191,11 +197,32 @@ class _TrainingRun:
         self.images_trained += result.images
         return {"epoch": epoch + 1, **result.metrics, "train/lr": self.scheduler.get_last_lr()[0]}
 
+    def _evaluate(self, query_loader: DataLoader, database_codes: torch.Tensor | None = None) -> RetrievalMetrics:
+        return evaluate(self.model, query_loader, self.database_loader, runtime=self.runtime, config=self.config,
+                        database_codes=database_codes, protocol_topk=self.data.topk)
+
     def validate(self) -> dict[str, float]:
-        metrics = evaluate(self.model, self.val_loader, self.database_loader, runtime=self.runtime, config=self.config)
+        if len(self.data.val_query) == 0:  # data.val_per_class=0: no selection, the last epoch's weights are reported
+            self.best = {"val/mAP": float("nan"), "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
+            return self.timing()
+        metrics = self._evaluate(self.val_loader)
         if metrics.map > self.best["val/mAP"]:
             self.best = {"val/mAP": metrics.map, "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
         return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"]} | self.timing()
+
+    def _test_metrics(self) -> tuple[RetrievalMetrics, dict[str, float]]:
+        """The test queries against the database; for the asymmetric strategy with both kinds of database codes.
+
+        `test/*` follow `eval.database_codes`; asymmetric runs also log `test/mAP_encoder` and
+        `test/mAP_learned` (training images in the database retrieved by their learned B, as ADSH does).
+        """
+        learned = self.strategy.database_codes_for(self.data, encode(self.model, self.database_loader, self.runtime, self.config))
+        if learned is None:
+            return self._evaluate(self.test_loader), {}
+        encoder_codes, learned_codes = learned
+        by_encoder, by_learned = self._evaluate(self.test_loader, encoder_codes), self._evaluate(self.test_loader, learned_codes)
+        chosen = by_learned if self.config.eval.database_codes == "learned" else by_encoder
+        return chosen, {"test/mAP_encoder": by_encoder.map, "test/mAP_learned": by_learned.map}
 
     def throughput(self) -> float:
         return self.images_trained / self.train_seconds if self.train_seconds else 0.0
@@ -244,14 +271,13 @@ class _TrainingRun:
         self.save()
         final_weights = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(self.best["model"])
-        test = evaluate(self.model, self.test_loader, self.database_loader, runtime=self.runtime, config=self.config)
+        test, extra = self._test_metrics()
         self.model.load_state_dict(final_weights)
         last = self.history[-1] if self.history else {}
         metrics = {key: value for key, value in last.items() if key.startswith(("train/", "val/"))}
-        metrics |= test.as_dict("test") | {
-            "epoch": self.epoch, "val/best_mAP": self.best["val/mAP"], "best_epoch": self.best["epoch"],
-            "resumed_at_epoch": self.resumed_at_epoch,
-        } | self.timing()
+        metrics |= test.as_dict("test") | extra | {"epoch": self.epoch, "best_epoch": self.best["epoch"], "resumed_at_epoch": self.resumed_at_epoch}
+        metrics |= {"val/best_mAP": self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
+        metrics |= self.timing()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
