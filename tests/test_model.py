@@ -93,3 +93,14 @@ def test_too_many_groups_for_the_patches_is_rejected():
     backbone = create_backbone("vit_tiny_patch16_224", img_size=4, patch_size=2, depth=2, embed_dim=32, num_heads=2, in_chans=1)
     with pytest.raises(ValueError, match="k_groups=6 exceeds the 4 patch tokens"):
         TransHash(backbone=backbone, bits=64, k_groups=6, num_classes=10)
+
+
+def test_pretrained_backbones_are_normalised_as_their_weights_expect():
+    from hashtune.config import load_config
+    from hashtune.train.model import preprocessing
+
+    imagenet = preprocessing(load_config(overrides=["model.backbone=deit_tiny_patch16_224", "model.pretrained=/weights.pth"]))
+    assert imagenet.mean == pytest.approx((0.485, 0.456, 0.406)) and imagenet.std == pytest.approx((0.229, 0.224, 0.225))
+    assert imagenet.interpolation == "bicubic" and imagenet.crop_pct == pytest.approx(0.875)
+    scratch = preprocessing(load_config())
+    assert scratch.mean == (0.5, 0.5, 0.5) and scratch.std == (0.5, 0.5, 0.5)
