@@ -22,47 +22,30 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 
 from hashtune.config import Config, config_from_dict, to_flat_dict
 from hashtune.train.checkpoint import copy_run_folder
 from hashtune.train.outputs import read_metrics
-from hashtune.train.runtime import LocalRuntime
+from hashtune.train.runtime import DistributedRuntime
 from hashtune.train.trainer import fit
 
 __all__ = ["RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "init_ray", "build_torch_trainer", "fit_distributed"]
 
 
-class RayTrainRuntime(LocalRuntime):
-    """One Ray Train worker: its rank, its device, DDP, collectives over the worker group."""
+class RayTrainRuntime(DistributedRuntime):
+    """One Ray Train worker: its rank and device from Ray, DDP through Ray, reports to Ray Train."""
 
     def __init__(self) -> None:
         import ray.train
         import ray.train.torch
 
         context = ray.train.get_context()
-        super().__init__(ray.train.torch.get_device())
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        super().__init__(ray.train.torch.get_device(), context.get_world_rank(), context.get_world_size())
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)
-
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return tensor
-        # gloo and NCCL both need the tensor on the backend's device
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
-
-    def mean(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(total)
-        return total.item() / self.world_size
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -16,6 +16,8 @@ about models, optimizers or Ray.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +28,7 @@ __all__ = [
     "cauchy_quantization_loss",
     "classification_loss",
     "transhash_objective",
+    "WholeBatch",
     "asymmetric_loss",
     "asymmetric_objective",
     "update_database_codes",
@@ -47,20 +50,35 @@ def relaxed_hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (bits / 2.0) * (1.0 - cosine)
 
 
-def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
-    return ~torch.eye(n, dtype=torch.bool, device=device)
+def _off_diagonal(rows: int, columns: int, row_offset: int, device: torch.device) -> torch.Tensor:
+    """False where row i meets its own column `row_offset + i`."""
+    mask = torch.ones(rows, columns, dtype=torch.bool, device=device)
+    own = torch.arange(rows, device=device)
+    mask[own, own + row_offset] = False
+    return mask
+
+
+def _pair_counts(sim: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`|S|`, `|S1|`, `|S0|`: ordered pairs i != j of a square similarity matrix, similar and dissimilar."""
+    pairs = _off_diagonal(sim.shape[0], sim.shape[1], 0, sim.device)
+    return tuple(mask.sum().to(dtype) for mask in (pairs, (sim > 0) & pairs, (sim <= 0) & pairs))
 
 
 def pairwise_likelihood_loss(
-    codes: torch.Tensor, sim: torch.Tensor, *, gamma: float, prob: str = "cauchy"
+    codes: torch.Tensor, sim: torch.Tensor, *, gamma: float, prob: str = "cauchy", columns: torch.Tensor | None = None,
+    row_offset: int = 0, column_sim: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted Bayesian pair loss over all ordered pairs i != j of a batch (TransHash Eq. 4-8).
 
     Args:
-        codes: continuous codes `h`, shape (n, b).
-        sim: similarity `s_ij` in {0, 1}, shape (n, n); the diagonal is ignored.
+        codes: continuous codes `h` of the rows, shape (n, b).
+        sim: similarity `s_ij` in {0, 1} of rows to columns, shape (n, N); pairs of an item with itself are ignored.
         gamma: scale of the Cauchy distribution (unused for `prob="sigmoid"`).
         prob: `"cauchy"` (TransHash, DCH) or `"sigmoid"` (the w/o C ablation, DHN).
+        columns: codes of the whole batch (N, b) when the rows are one rank's share of it (row i is
+            column `row_offset + i`); default: the rows themselves.
+        column_sim: the whole batch's (N, N) similarity, whose pair counts give `|S|`, `|S1|`, `|S0|`;
+            default: `sim`. Summing the rows' losses over the ranks then gives the whole batch's loss.
 
     Returns:
         `sum_ij w_ij * l_ij / |S|` with `w_ij = |S|/|S1|` for similar pairs and `|S|/|S0|` for
@@ -70,18 +88,17 @@ def pairwise_likelihood_loss(
     """
     if prob not in PROBABILITIES:
         raise ValueError(f"prob={prob!r} is not a pair probability; expected one of {PROBABILITIES}")
-    n = codes.shape[0]
-    pairs = _off_diagonal(n, codes.device)
+    columns = codes if columns is None else columns
+    pairs = _off_diagonal(codes.shape[0], columns.shape[0], row_offset, codes.device)
     sim = sim.to(codes.dtype)
     if prob == "cauchy":
-        distance = relaxed_hamming_distance(codes, codes).clamp_min(_DISTANCE_EPS)
+        distance = relaxed_hamming_distance(codes, columns).clamp_min(_DISTANCE_EPS)
         pair_loss = sim * torch.log1p(distance / gamma) + (1 - sim) * torch.log1p(gamma / distance)
     else:
-        half_inner = (codes @ codes.T) / 2.0
+        half_inner = (codes @ columns.T) / 2.0
         pair_loss = F.softplus(half_inner) - sim * half_inner
-    similar = (sim > 0) & pairs
-    dissimilar = (sim <= 0) & pairs
-    total_pairs, n_similar, n_dissimilar = (mask.sum().to(codes.dtype) for mask in (pairs, similar, dissimilar))
+    similar, dissimilar = (sim > 0) & pairs, (sim <= 0) & pairs
+    total_pairs, n_similar, n_dissimilar = _pair_counts(sim if column_sim is None else column_sim.to(codes.dtype), codes.dtype)
     weights = torch.zeros_like(pair_loss)
     if n_similar > 0:
         weights = torch.where(similar, total_pairs / n_similar, weights)
@@ -114,6 +131,7 @@ def transhash_objective(
     quant_weight: float,
     cls_weight: float,
     multi_label: bool,
+    batch: "WholeBatch | None" = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TransHash's objective with He & Wei's classification term.
 
@@ -129,24 +147,42 @@ def transhash_objective(
         quant_weight: lambda of the papers (0 is the w/o Q ablation).
         cls_weight: weight of the classification loss (0 drops it).
         multi_label: whether `labels` may hold several classes per item.
+        batch: under data parallelism, the whole batch this rank's rows belong to (`WholeBatch`): the
+            pair term is then this rank's rows against every column, scaled by the world size, so that
+            DDP's gradient averaging yields the gradient of the single-process objective on the whole batch.
 
     Returns:
         The total loss and its named terms `pair`, `quant`, `cls`.
     """
-    sim = similarity_matrix(labels, labels)
-    global_codes, local_codes = head_codes[0], head_codes[1:]
+    batch = batch or WholeBatch(head_codes=tuple(head_codes), labels=labels)
+    sim, column_sim = similarity_matrix(labels, batch.labels), similarity_matrix(batch.labels, batch.labels)
 
     def combine(per_head) -> torch.Tensor:
-        value = per_head(global_codes)
-        if local_codes:
-            value = value + torch.stack([per_head(codes) for codes in local_codes]).mean()
+        """The global head's term plus the mean of the local heads' terms."""
+        value = per_head(0)
+        if len(head_codes) > 1:
+            value = value + torch.stack([per_head(head) for head in range(1, len(head_codes))]).mean()
         return value
 
-    pair = combine(lambda codes: pairwise_likelihood_loss(codes, sim, gamma=gamma, prob=prob))
-    quant = combine(lambda codes: cauchy_quantization_loss(codes, gamma=gamma))
+    pair = batch.world_size * combine(lambda head: pairwise_likelihood_loss(
+        head_codes[head], sim, gamma=gamma, prob=prob, columns=batch.head_codes[head], row_offset=batch.row_offset,
+        column_sim=column_sim,
+    ))
+    quant = combine(lambda head: cauchy_quantization_loss(head_codes[head], gamma=gamma))
     cls = classification_loss(logits, labels, multi_label=multi_label)
     total = pair + quant_weight * quant + cls_weight * cls
     return total, {"pair": pair, "quant": quant, "cls": cls}
+
+
+@dataclass(frozen=True)
+class WholeBatch:
+    """The batch of every rank, as one rank sees it: all heads' codes (gathered with gradients), all labels,
+    where this rank's rows start, and the number of ranks (1 for a single process)."""
+
+    head_codes: tuple[torch.Tensor, ...]
+    labels: torch.Tensor
+    row_offset: int = 0
+    world_size: int = 1
 
 
 def _signed_similarity(sim: torch.Tensor) -> torch.Tensor:

@@ -6,15 +6,19 @@ alone, inside a Ray Tune trial, or as a Ray Train worker (`hashtune.train.distri
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as distributed_functional
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from hashtune.config import ConfigError
 
-__all__ = ["LocalRuntime", "resolve_device"]
+__all__ = ["LocalRuntime", "DistributedRuntime", "resolve_device"]
 
 ReportFn = Callable[[dict[str, float], Path | None], None]
 
@@ -52,6 +56,10 @@ class LocalRuntime:
         """Concatenate equally shaped tensors of every rank along dim 0, in rank order."""
         return tensor
 
+    def all_gather_with_grad(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`all_gather` whose backward sends each rank the gradient of every rank's loss w.r.t. its own part."""
+        return tensor
+
     def mean(self, value: float) -> float:
         """Mean of a scalar over ranks."""
         return value
@@ -60,3 +68,37 @@ class LocalRuntime:
         """Hand metrics (and the run folder holding the latest checkpoint) to whoever drives the run."""
         if self._report_fn is not None:
             self._report_fn(metrics, checkpoint_dir)
+
+
+class DistributedRuntime(LocalRuntime):
+    """One rank of an initialised `torch.distributed` process group (gloo on CPU, NCCL on GPU): DDP and
+    collectives. `hashtune.train.distributed.RayTrainRuntime` is this inside a Ray Train worker."""
+
+    def __init__(self, device: torch.device, rank: int, world_size: int, report_fn: ReportFn | None = None) -> None:
+        super().__init__(device, report_fn)
+        self.rank, self.world_size = rank, world_size
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())  # gloo and NCCL both need the tensor on the backend's device
+        return torch.cat(parts)
+
+    def all_gather_with_grad(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        with warnings.catch_warnings():  # torch suggests a private module instead; this public one is exact
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+            return torch.cat(distributed_functional.all_gather(tensor.contiguous()))
+
+    def mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.item() / self.world_size

@@ -2,19 +2,36 @@
 
 One epoch is one pass over this rank's shard of the training set on `transhash_objective`: the weighted
 pair likelihood (Cauchy or sigmoid), the Cauchy quantization term and He & Wei's classification term.
+Under DDP each rank scores its rows against the whole batch of every rank, so W workers of b images
+train on the (W b)^2 pairs that one process would, with the same weights and gradient.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hashtune.config import Config
 from hashtune.data import RetrievalData
-from hashtune.train.losses import transhash_objective
+from hashtune.train.losses import WholeBatch, transhash_objective
+from hashtune.train.model import HashOutput
 from hashtune.train.runtime import LocalRuntime
 from hashtune.train.steps import EpochResult, autocast, check_finite, mean_terms, optimizer_step, sharded_loader
 
-__all__ = ["SymmetricStrategy"]
+__all__ = ["SymmetricStrategy", "symmetric_loss"]
+
+
+def symmetric_loss(out: HashOutput, labels: torch.Tensor, *, config: Config, runtime: LocalRuntime, multi_label: bool):
+    """`transhash_objective` of this rank's batch; under DDP over the whole batch of every rank (see `WholeBatch`)."""
+    head_codes = [codes.float() for codes in out.head_codes]
+    batch = None
+    if runtime.world_size > 1:  # every rank's batch has the same size: DistributedSampler pads the shards
+        batch = WholeBatch(head_codes=tuple(runtime.all_gather_with_grad(codes) for codes in head_codes),
+                           labels=runtime.all_gather(labels), row_offset=runtime.rank * len(labels), world_size=runtime.world_size)
+    return transhash_objective(
+        head_codes, out.logits.float(), labels, gamma=config.loss.gamma, prob=config.loss.prob,
+        quant_weight=config.loss.quant_weight, cls_weight=config.loss.cls_weight, multi_label=multi_label, batch=batch,
+    )
 
 
 class SymmetricStrategy:
@@ -46,11 +63,7 @@ class SymmetricStrategy:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(config, device):
                 out = model(images)
-            loss, terms = transhash_objective(
-                [codes.float() for codes in out.head_codes], out.logits.float(), labels,
-                gamma=config.loss.gamma, prob=config.loss.prob, quant_weight=config.loss.quant_weight,
-                cls_weight=config.loss.cls_weight, multi_label=self.multi_label,
-            )
+            loss, terms = symmetric_loss(out, labels, config=config, runtime=self.runtime, multi_label=self.multi_label)
             check_finite(loss, epoch, step, scheduler.get_last_lr()[0])
             optimizer_step(loss, model, optimizer, scheduler, config.train.grad_clip)
             for name, value in {"loss": loss, **terms}.items():
