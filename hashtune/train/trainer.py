@@ -232,7 +232,8 @@ class _TrainingRun:
         return self._cpu_before + time.process_time() - self._cpu_mark
 
     def timing(self) -> dict[str, float]:
-        return {"throughput/images_per_s": self.throughput(), "time/train_s": self.train_seconds, "time/cpu_s": self.cpu_seconds()}
+        return {"throughput/images_per_s": self.throughput(), "time/train_s": self.train_seconds, "time/cpu_s": self.cpu_seconds(),
+                "cost/images_seen": float(self.images_trained)}
 
     def state_dict(self) -> dict:
         return {
