@@ -4,7 +4,7 @@ Run: `python -m benchmarks.bench_search` (writes results/bench_search.md). Both 
 (`hashtune.sweep_driver.run_sweep`) over the same space (`search_spaces/tune.yaml`, the same trial
 budget and sampler seed), each into its own MLflow experiment of a private store. The table reads the
 trials back from MLflow: the best trial by `val/mAP` among those that finished, that trial's
-`test/mAP`, how many trials ASHA stopped, the CPU-seconds the trials' processes spent (`time/cpu_s`,
+`test/mAP`, how many trials ASHA stopped, the CPU-seconds the trials' processes spent (`cost/cpu_seconds`,
 all threads) and the sweep's wall time. Target: a best test/mAP >= 0.90 within the trial budget.
 """
 
@@ -53,7 +53,7 @@ def run_arm(label: str, space, base, results_dir: Path) -> dict:
         "best_val": best.data.metrics["val/mAP"],
         "best_test": best.data.metrics["test/mAP"],
         "best_params": {key: best.data.params[key] for key in space.params},
-        "cpu_s": sum(run.data.metrics.get("time/cpu_s", 0.0) for run in trials),
+        "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials),
         "wall_s": wall,
     }
 

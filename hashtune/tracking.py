@@ -25,6 +25,8 @@ __all__ = [
     "ARTIFACTS",
     "point_id",
     "flat_params",
+    "COST_METRICS",
+    "sweep_cost",
     "log_infeasible_points",
     "mark_orphans_killed",
     "root_cause",
@@ -105,6 +107,16 @@ def flat_params(flat_config: dict[str, Any]) -> list:
     from mlflow.entities import Param
 
     return [Param(key, str(value)) for key, value in sorted(flat_config.items())]
+
+
+COST_METRICS = ("cost/cpu_seconds", "cost/gpu_seconds", "cost/wall_seconds", "cost/images_seen")
+
+
+def sweep_cost(client, experiment_id: str, parent_run_id: str) -> dict[str, float]:
+    """The `cost/*` metrics summed over a sweep's trial runs (finished, running, stopped, failed and killed
+    alike: each run holds its latest, cumulative values)."""
+    runs = find_runs(client, experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {key: float(sum(run.data.metrics.get(key, 0.0) for run in runs)) for key in COST_METRICS}
 
 
 def log_infeasible_points(client, experiment_id: str, parent_run_id: str, space_name: str, points: list[dict], base_flat: dict) -> None:

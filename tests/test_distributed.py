@@ -52,6 +52,9 @@ def test_two_worker_ddp_run_matches_single_process_evaluation(ray_session, tmp_p
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["val/mAP"]) == pytest.approx(_single_process_val_map(tmp_path / "run"), abs=1e-9)
+    # cost is gathered from every worker: the sum is about twice the main worker's own CPU-seconds
+    assert 1.6 < metrics["cost/cpu_seconds"] / metrics["cost/cpu_seconds_main"] < 2.5
+    assert metrics["cost/gpu_seconds"] == 0.0 and metrics["cost/images_seen"] == 4 * 500
 
 
 def _checkpoint_registered(storage: Path) -> bool:

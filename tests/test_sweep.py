@@ -49,7 +49,11 @@ def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path, capsys):
         assert {"val/mAP", "test/mAP", "test/precision_at_100", "train/loss"} <= run.data.metrics.keys()
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "pr_curve.png", "pr_curve.csv", "history.csv"}
+        assert {"cost/cpu_seconds", "cost/gpu_seconds", "cost/wall_seconds", "cost/images_seen"} <= run.data.metrics.keys()
     assert {r.data.params["model.k_groups"] for r in children} == {"1", "2"}
+    parent_metrics = client.get_run(parents[0].info.run_id).data.metrics
+    for key in ("cost/cpu_seconds", "cost/wall_seconds", "cost/images_seen"):  # the parent carries the sums
+        assert parent_metrics[key] == pytest.approx(sum(r.data.metrics[key] for r in children)) and parent_metrics[key] > 0
     # the sweep ends with its study: in results/<experiment>/ and on the parent run
     assert {"README.md", "sensitivity_k.md", "search_progress.png", "pr_curves.png"} <= {p.name for p in (tmp_path / "smoke").iterdir()}
     assert "report/README.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
@@ -207,3 +211,19 @@ def test_local_ray_dashboard_listens_on_loopback_only():
         assert listeners and {c.laddr.ip for c in listeners} == {"127.0.0.1"}
     finally:
         ray.shutdown()
+
+
+def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tmp_path, capsys):
+    space = tmp_path / "budget.yaml"
+    space.write_text("search: grid\nmax_concurrent: 1\nbudget: {cpu_hours: 0.0001}\nfixed:\n  train.epochs: 1\n" + TINY
+                     + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
+    ended = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hashtune.sweep: budget:")]
+    assert ended and "budget spent: " in ended[-1] and "2 trial(s) not trained; running trials finished" in ended[-1]
+    statuses = sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget"))
+    assert statuses == ["finished", "skipped_budget", "skipped_budget"]  # 0.36 CPU-s: the first trial spends it
+    client = _client(tmp_path)
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("budget").experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
+    assert parent.data.metrics["sweep/skipped_budget"] == 2 and parent.data.metrics["cost/cpu_seconds"] > 0.36
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--resume"]) == 0  # the spend is not reset
+    assert sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget")) == statuses

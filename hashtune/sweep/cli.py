@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
+    print(f"hashtune.sweep: {summary['experiment']}: {summary['ended_by']}; cost "
+          + ", ".join(f"{key.removeprefix('cost/')} {value:,.1f}" for key, value in summary["cost"].items()), file=sys.stderr)
     if summary.get("best"):
         _report(summary, Path(args.results_dir))
     return 0 if summary.get("best") else 1

@@ -20,7 +20,7 @@ from hashtune.sweep.stores import (
 )
 from hashtune.sweep.trial import TrialResolver, TrialTracking
 from hashtune.sweep.tuner import build_tuner, trial_trainable
-from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed
+from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, sweep_cost
 
 __all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
 
@@ -112,7 +112,8 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     summary = summarize(results, space, client, experiment_id)
     summary |= {"experiment": stores.name, "mlflow_uri": uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id,
-                "disk_bytes": _disk_bytes(stores.experiment_path)}
+                "disk_bytes": _disk_bytes(stores.experiment_path), "cost": _priced(sweep_cost(client, experiment_id, parent_run_id), space)}
+    summary["ended_by"] = _ended_by(summary, space)
     _close_parent(client, parent_run_id, summary)
     return summary
 
@@ -227,15 +228,18 @@ def _interrupted(results, space: SearchSpace, grid_size: int, elapsed: float) ->
 
 def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[str, Any]:
     """Counts by outcome and the best finished trial by the space's (validation) metric."""
-    finished, stopped, failed = [], [], []
+    finished, stopped, failed, skipped = [], [], [], []
     for result in results:
         if result.error is not None:
             failed.append(result)
         elif (result.metrics or {}).get("final") == 1.0:
             finished.append(result)
+        elif (result.metrics or {}).get("budget/skipped"):
+            skipped.append(result)
         else:
             stopped.append(result)
-    summary: dict[str, Any] = {"trials": len(results), "finished": len(finished), "stopped_early": len(stopped), "failed": len(failed)}
+    summary: dict[str, Any] = {"trials": len(results), "finished": len(finished), "stopped_early": len(stopped), "failed": len(failed),
+                               "skipped_budget": len(skipped)}
     if not finished:
         return summary
     sign = 1 if space.mode == "max" else -1
@@ -253,9 +257,27 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
     return summary
 
 
+def _priced(cost: dict[str, float], space: SearchSpace) -> dict[str, float]:
+    price = (space.budget or {}).get("usd_per_gpu_hour")
+    return cost | ({"cost/usd": cost["cost/gpu_seconds"] / 3600.0 * price} if price is not None else {})
+
+
+def _ended_by(summary: dict[str, Any], space: SearchSpace) -> str:
+    """One line: why the sweep ended (every trial done, or its budget spent)."""
+    budget = space.budget_seconds()
+    if budget is None or (not summary["skipped_budget"] and summary["cost"][budget[0]] < budget[1]):
+        return "every trial ran"
+    spent, limit = summary["cost"][budget[0]] / 3600.0, budget[1] / 3600.0
+    unit = f"{space.budget['resource'].upper()}-hours"
+    return (f"budget spent: {spent:.4f} of {limit:g} {unit}; {summary['skipped_budget']} trial(s) not trained"
+            + ("; running trials were stopped (hard budget)" if space.budget["hard"] else "; running trials finished"))
+
+
 def _close_parent(client, parent_run_id: str, summary: dict[str, Any]) -> None:
-    for key in ("trials", "finished", "stopped_early", "failed"):
+    for key in ("trials", "finished", "stopped_early", "failed", "skipped_budget"):
         client.log_metric(parent_run_id, f"sweep/{key}", summary[key])
+    for key, value in summary["cost"].items():
+        client.log_metric(parent_run_id, key, value)
     if summary.get("best"):
         best = summary["best"]
         client.set_tag(parent_run_id, f"{TAG}best_run_id", str(best["mlflow_run_id"]))

@@ -111,7 +111,8 @@ class MlflowTrialLogger(Callback):
         last = self._last.get(trial.trial_id) or trial.last_result or {}
         finished = last.get("final") == 1.0
         self._log_artifacts(run_id, trial)
-        self.client.set_tag(run_id, f"{TAG}status", "finished" if finished else "stopped_early")
+        status = "finished" if finished else ("skipped_budget" if last.get("budget/skipped") else "stopped_early")
+        self.client.set_tag(run_id, f"{TAG}status", status)
         if finished:  # written once, never reset (a restarted trial's status tag says running meanwhile)
             self.client.set_tag(run_id, COMPLETED_TAG, "1")
         self.client.set_terminated(run_id, "FINISHED")

@@ -14,6 +14,8 @@ Schema (every key but `params` or `variants` optional)::
     max_failures: 2                     # Ray Train worker-group restarts of a trial (workers: N)
     checkpoints_to_keep: 1              # best checkpoints kept per trial by `metric` (Ray also keeps the latest)
     time_budget_s: null                 # stop launching trials after this many seconds
+    budget: {cpu_hours: 2.0}            # or {gpu_hours: H}; hard: true stops running trials too;
+                                        # usd_per_gpu_hour: P prices the summary (see clusters/README.md)
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
     fixed: {train.epochs: 150}          # overrides every trial gets
@@ -53,8 +55,9 @@ DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
     "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
     "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
-    "checkpoints_to_keep",
+    "checkpoints_to_keep", "budget",
 }
+BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
 
 
 class SpaceError(ValueError):
@@ -83,6 +86,14 @@ class SearchSpace:
     gpus_per_worker: float = 0.0
     max_failures: int = 2
     checkpoints_to_keep: int = 1
+    budget: dict[str, Any] | None = None
+    """`{"resource": "cpu" | "gpu", "hours": H, "hard": bool, "usd_per_gpu_hour": P | None}`, or None."""
+
+    def budget_seconds(self) -> tuple[str, float] | None:
+        """(the `cost/*` metric the budget caps, its limit), or None without a budget."""
+        if self.budget is None:
+            return None
+        return f"cost/{self.budget['resource']}_seconds", self.budget["hours"] * 3600.0
     time_budget_s: float | None = None
     scheduler: dict = field(default_factory=lambda: {"type": "none"})
     seeds: tuple[int, ...] = (0,)
@@ -166,6 +177,23 @@ def _parse_seeds(where: str, seeds: Any, search: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def _parse_budget(where: str, budget: Any) -> dict[str, Any] | None:
+    if budget is None:
+        return None
+    if not isinstance(budget, dict) or set(budget) - set(BUDGET_KEYS):
+        raise SpaceError(f"{where}: budget must be a mapping of {', '.join(BUDGET_KEYS)}, got {budget!r}")
+    resources = [key for key in ("cpu_hours", "gpu_hours") if key in budget]
+    if len(resources) != 1:
+        raise SpaceError(f"{where}: budget needs exactly one of cpu_hours, gpu_hours, got {budget!r}")
+    hours = _number(where, budget, resources[0], None, float, 1e-9)
+    price = budget.get("usd_per_gpu_hour")
+    if price is not None:
+        price = _number(where, budget, "usd_per_gpu_hour", None, float, 0.0)
+    if not isinstance(budget.get("hard", False), bool):
+        raise SpaceError(f"{where}: budget.hard must be true or false, got {budget['hard']!r}")
+    return {"resource": resources[0].split("_")[0], "hours": hours, "hard": budget.get("hard", False), "usd_per_gpu_hour": price}
+
+
 def _parse_scheduler(where: str, scheduler: Any) -> dict:
     if scheduler in (None, "none"):
         return {"type": "none"}
@@ -245,6 +273,7 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     space = SearchSpace(
         name=space_name, search=search, **_settings(where, tree), scheduler=_parse_scheduler(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
+        budget=_parse_budget(where, tree.get("budget")),
     )
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)

@@ -20,7 +20,7 @@ from typing import Any
 from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import COMPLETED_TAG, TAG, find_runs
+from hashtune.tracking import COMPLETED_TAG, TAG, find_runs, sweep_cost
 
 __all__ = ["TrialResolver", "TrialTracking", "run_trial"]
 
@@ -108,6 +108,17 @@ def _fit_with_ray_train(config: Config, *, space: SearchSpace, storage: str) -> 
     trainer.fit()
 
 
+def _is_fresh(run, checkpoint) -> bool:
+    """A trial that has not trained yet (a restarted one that has is let finish under a soft budget)."""
+    return checkpoint is None and (run is None or f"{TAG}checkpoint" not in run.data.tags)
+
+
+def _budget_spent(client, tracking: TrialTracking, space: SearchSpace) -> bool:
+    """Whether the sweep's trials (finished and running, as MLflow holds them) have spent the space's budget."""
+    budget = space.budget_seconds()
+    return budget is not None and sweep_cost(client, tracking.experiment_id, tracking.parent_run_id)[budget[0]] >= budget[1]
+
+
 def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking) -> None:
     """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it."""
     from ray import tune
@@ -117,6 +128,8 @@ def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace
     client, run = _recorded_run(tracking, tune.get_context().get_trial_id())
     if run is not None and run.data.tags.get(COMPLETED_TAG) == "1":
         _replay(client, run, config)
+    elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
+        tune.report({"budget/skipped": 1.0})  # a new trial, launched after the sweep spent its budget: not trained
     elif space.workers == 0:
         _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None)
     else:

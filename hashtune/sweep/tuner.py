@@ -7,11 +7,13 @@ PRUNED, not COMPLETE, so TPE only learns from values measured at full fidelity.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from hashtune.config import Config, config_from_dict
 from hashtune.sweep.space import Domain, SearchSpace
 from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
+from hashtune.tracking import sweep_cost
 from hashtune.train.bits import is_feasible
 
 __all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE"]
@@ -97,6 +99,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(**tune_config, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
+            stop=budget_stopper(space, tracking),
             # the best checkpoint(s) by the selection metric; Ray never deletes a trial's latest one
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
@@ -133,3 +136,30 @@ def _driver_resource() -> dict[str, float]:
     if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) > 0:
         return {DRIVER_RESOURCE: 0.01}
     return {}
+
+
+def budget_stopper(space: SearchSpace, tracking: TrialTracking, every_s: float = 5.0):
+    """A hard budget (`budget: {..., hard: true}`): a Tune `Stopper` that ends every trial once the sweep's
+    runs (as MLflow holds them) have spent it; a soft budget only keeps new trials from training (see `trial`)."""
+    budget = space.budget_seconds()
+    if budget is None or not space.budget["hard"]:
+        return None
+    from ray import tune
+
+    class BudgetStopper(tune.Stopper):
+        def __init__(self) -> None:
+            self.checked_at, self.spent = 0.0, False
+
+        def __call__(self, trial_id, result) -> bool:
+            return self.stop_all()
+
+        def stop_all(self) -> bool:
+            if not self.spent and time.monotonic() - self.checked_at >= every_s:
+                from mlflow import MlflowClient
+
+                self.checked_at = time.monotonic()
+                spent = sweep_cost(MlflowClient(tracking.uri), tracking.experiment_id, tracking.parent_run_id)[budget[0]]
+                self.spent = spent >= budget[1]
+            return self.spent
+
+    return BudgetStopper()

@@ -26,6 +26,7 @@ from hashtune.metrics import RetrievalMetrics, retrieval_metrics
 from hashtune.train import outputs
 from hashtune.train.asymmetric import AsymmetricStrategy
 from hashtune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hashtune.train.cost import CostMeter
 from hashtune.train.model import TransHash, create_backbone, preprocessing
 from hashtune.train.runtime import LocalRuntime, resolve_device
 from hashtune.train.steps import autocast, sharded_loader, warmup_cosine
@@ -187,14 +188,12 @@ class _TrainingRun:
         self.resumed_at_epoch = 0
         self.history: list[dict[str, float]] = []
         self.best = {"val/mAP": -1.0, "epoch": 0, "model": copy.deepcopy(self.model.state_dict())}
-        self.train_seconds, self.images_trained = 0.0, 0
-        self._cpu_before, self._cpu_mark = 0.0, time.process_time()
+        self.cost = CostMeter(runtime)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         start = time.perf_counter()
         result = self.strategy.train_one_epoch(self.ddp_model, self.optimizer, self.scheduler, epoch)
-        self.train_seconds += time.perf_counter() - start
-        self.images_trained += result.images
+        self.cost.add_epoch(time.perf_counter() - start, result.images)
         return {"epoch": epoch + 1, **result.metrics, "train/lr": self.scheduler.get_last_lr()[0]}
 
     def _evaluate(self, query_loader: DataLoader, database_codes: torch.Tensor | None = None) -> RetrievalMetrics:
@@ -204,11 +203,11 @@ class _TrainingRun:
     def validate(self) -> dict[str, float]:
         if len(self.data.val_query) == 0:  # data.val_per_class=0: no selection, the last epoch's weights are reported
             self.best = {"val/mAP": float("nan"), "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
-            return self.timing()
+            return self.cost.metrics()
         metrics = self._evaluate(self.val_loader)
         if metrics.map > self.best["val/mAP"]:
             self.best = {"val/mAP": metrics.map, "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
-        return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"]} | self.timing()
+        return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"]} | self.cost.metrics()
 
     def _test_metrics(self) -> tuple[RetrievalMetrics, dict[str, float]]:
         """The test queries against the database; for the asymmetric strategy with both kinds of database codes.
@@ -224,24 +223,13 @@ class _TrainingRun:
         chosen = by_learned if self.config.eval.database_codes == "learned" else by_encoder
         return chosen, {"test/mAP_encoder": by_encoder.map, "test/mAP_learned": by_learned.map}
 
-    def throughput(self) -> float:
-        return self.images_trained / self.train_seconds if self.train_seconds else 0.0
-
-    def cpu_seconds(self) -> float:
-        """CPU time of this process (all its threads) spent on the run so far, across restarts."""
-        return self._cpu_before + time.process_time() - self._cpu_mark
-
-    def timing(self) -> dict[str, float]:
-        return {"throughput/images_per_s": self.throughput(), "time/train_s": self.train_seconds, "time/cpu_s": self.cpu_seconds(),
-                "cost/images_seen": float(self.images_trained)}
-
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "config": to_flat_dict(self.config),
             "rng": rng_state(), "history": self.history, "best": self.best, "strategy": self.strategy.state_dict(),
             "splits": {name: torch.from_numpy(np.asarray(getattr(self.data.splits, name))) for name in self.data.splits.sizes()},
-            "timing": {"train_seconds": self.train_seconds, "images_trained": self.images_trained, "cpu_seconds": self.cpu_seconds()},
+            "timing": self.cost.state_dict(),
         }
 
     def load_state(self, state: dict) -> None:
@@ -250,9 +238,7 @@ class _TrainingRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.best = state["epoch"], list(state["history"]), state["best"]
         self.strategy.load_state_dict(state["strategy"])
-        self.train_seconds = state["timing"]["train_seconds"]
-        self.images_trained = state["timing"]["images_trained"]
-        self._cpu_before, self._cpu_mark = state["timing"].get("cpu_seconds", 0.0), time.process_time()
+        self.cost.load_state_dict(state["timing"])
 
     def save(self) -> None:
         if self.runtime.is_main:
@@ -278,7 +264,7 @@ class _TrainingRun:
         metrics = {key: value for key, value in last.items() if key.startswith(("train/", "val/"))}
         metrics |= test.as_dict("test") | extra | {"epoch": self.epoch, "best_epoch": self.best["epoch"], "resumed_at_epoch": self.resumed_at_epoch}
         metrics |= {"val/best_mAP": self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
-        metrics |= self.timing()
+        metrics |= self.cost.metrics()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
