@@ -103,8 +103,9 @@ def test_ablation_table_cells_ci_and_directions(ablation_store):
     assert "**0.877 ± 0.137 (n=3)**" in markdown  # w/o C has the best mean: bold
     assert "0.850 ± 0.124 (n=3)" in markdown
     directions = paper_directions(table)
-    assert directions[0].startswith("full > w/o C") and "does not hold (reversed)" in directions[0]
-    assert directions[1].startswith("full > w/o Q") and "+0.070 mAP, 3/3 seeds agree" in directions[1]
+    assert directions[0].startswith("full > w/o C") and "**reversed** (-0.027 ± 0.014 mAP in the claim's direction, n=3" in directions[0]
+    assert directions[1].startswith("full > w/o Q") and "**inconclusive** (+0.070 ± 0.075" in directions[1]  # 3/3 seeds agree, yet
+    assert not any("does not hold" in sentence for sentence in directions)
     rows = table.to_csv().splitlines()
     assert rows[0].startswith("variant,bits,n,mean,ci95_low") and rows[1].startswith("full,32,3,0.8500,0.7258,0.9742")
 
@@ -236,5 +237,31 @@ def test_ablation_rows_split_by_other_varying_parameters(tmp_path):
     assert table.cells["w/o Q k_groups=1", 32].versus_reference.difference.mean == pytest.approx(-0.09)
     assert table.cells["w/o Q k_groups=2", 32].versus_reference.difference.mean == pytest.approx(0.02)
     directions = paper_directions(table)
-    assert directions[0].startswith("full > w/o Q (the quantization loss helps) at 32 bits, k_groups=1: holds")
-    assert "k_groups=2: does not hold (reversed)" in directions[1]
+    assert directions[0].startswith("full > w/o Q (the quantization loss helps) at 32 bits, k_groups=1: **inconclusive**")
+    assert "n=2; detectable at 80% power: 0.163" in directions[0]  # two seeds: a +0.09 effect is within the noise
+    assert "k_groups=2: **" in directions[1] and "does not hold" not in directions[1]
+
+
+def test_the_four_verdicts():
+    from hashtune.report.stats import claim_verdict
+
+    assert claim_verdict([0.05, 0.06, 0.055, 0.052], delta=0.02).verdict == "holds"
+    assert claim_verdict([-0.05, -0.06, -0.055, -0.052], delta=0.02).verdict == "reversed"
+    assert claim_verdict([0.001, -0.002, 0.0015, -0.001, 0.0005], delta=0.02).verdict == "equivalent"
+    noisy = claim_verdict([0.03, -0.04, 0.05, -0.02], delta=0.02)  # a spread as large as the effects
+    assert noisy.verdict == "inconclusive" and noisy.seeds_for_delta > 4
+    assert claim_verdict([0.05], delta=0.02).verdict == "inconclusive"  # one seed says nothing
+
+
+def test_mde_and_seeds_needed_agree_with_statsmodels_and_scipy():
+    from scipy import stats as scipy_stats
+    from statsmodels.stats.power import TTestPower
+
+    from hashtune.report.stats import minimum_detectable_effect, seeds_for_half_width
+
+    sd, n = 0.03, 6
+    mde = minimum_detectable_effect(sd, n)
+    assert TTestPower().power(effect_size=mde / sd, nobs=n, alpha=0.05, alternative="two-sided") == pytest.approx(0.8, abs=1e-6)
+    needed = seeds_for_half_width(sd, 0.02)
+    half_width = lambda k: scipy_stats.t.ppf(0.975, k - 1) * sd / k ** 0.5  # noqa: E731
+    assert half_width(needed) <= 0.02 < half_width(needed - 1)

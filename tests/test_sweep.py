@@ -92,9 +92,15 @@ def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
 
 
 def _start_and_signal_after_first_trial(space: Path, results: Path, signum: int) -> subprocess.Popen:
-    """Start a sweep and signal its process group once a trial's MLflow run reads FINISHED (polled, no sleeps)."""
+    """Start a sweep and signal its process group once a trial's MLflow run reads FINISHED (polled, no sleeps).
+
+    The store is read only after Tune wrote a final result, when the driver has long created it: a reader
+    opening a SQLite store that is being created would race MLflow's schema migration.
+    """
     driver = subprocess.Popen(_sweep_command(space, results), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 400
+    while time.time() < deadline and not any('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")):
+        time.sleep(0.2)
     while time.time() < deadline and not _finished_runs(results, space.stem):
         time.sleep(0.2)
     os.killpg(driver.pid, signum)  # the driver and the local Ray it started, like a terminal's Ctrl-C

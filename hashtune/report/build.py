@@ -9,17 +9,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hashtune.report.importance import parameter_importances, rebuild_study
-from hashtune.report.plots import plot_importance, plot_search_progress, plot_sensitivity
+from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
 from hashtune.tracking import display_uri
 from hashtune.report.tables import (
-    METRIC, ablation_table, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
+    METRIC, ablation_table, claim_rows, claims_markdown, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
 )
 from hashtune.train.outputs import plot_pr_curves, read_pr_curve
 
 __all__ = ["build_report", "ARTIFACT_PATH"]
 
 ARTIFACT_PATH = "report"
+DELTA = 0.02
+"""Equivalence margin of the claims' verdicts (mAP): a difference inside ±DELTA is practically none."""
 
 
 class _StudyFolder:
@@ -74,10 +76,14 @@ def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[
     ablation = ablation_table(study.runs, reference)
     if not ablation:
         return []
-    directions = paper_directions(ablation)
-    folder.write("ablation.md", ablation.to_markdown() + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
+    directions, claims = paper_directions(ablation, delta=DELTA), claim_rows(ablation, delta=DELTA)
+    verdicts = f"\n## The papers' claims (paired by seed, 95% CI, equivalence margin ±{DELTA:g})\n\n" + claims_markdown(claims, DELTA) if claims else ""
+    folder.write("ablation.md", ablation.to_markdown() + verdicts + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
                  f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
-                 f"each variant's paired difference to `{ablation.reference}`, and the papers' claims checked in words")
+                 f"each variant's paired difference to `{ablation.reference}`, and each claim's verdict (holds, reversed, "
+                 "equivalent, inconclusive) with the effect the seeds could detect and the seeds a ±delta interval needs")
+    if claims:
+        folder.add(plot_forest(claims, DELTA, folder.out / "ablation.png"), "forest plot: each claim's paired difference and 95% CI, 0 and ±delta, verdict and n")
     folder.write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
     return directions
 

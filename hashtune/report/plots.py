@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hashtune.report.runs import TrialRun  # noqa: E402
-from hashtune.report.tables import BinnedCurve  # noqa: E402
+from hashtune.report.tables import BinnedCurve, ClaimRow  # noqa: E402
 
-__all__ = ["plot_importance", "plot_sensitivity", "plot_search_progress"]
+__all__ = ["plot_importance", "plot_sensitivity", "plot_search_progress", "plot_forest"]
 
 
 def _save(figure, path: Path) -> Path:
@@ -75,3 +75,24 @@ def plot_search_progress(runs: list[TrialRun], metric: str, path: Path) -> Path:
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)
+
+
+def plot_forest(rows: list[ClaimRow], delta: float, path: Path) -> Path:
+    """One row per claim: the paired difference (claim's direction) with its CI, 0 and the ±delta band, verdict and n."""
+    figure, axis = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.4))
+    axis.axvspan(-delta, delta, color="0.9", label=f"±{delta:g} (equivalent)")
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    for y, row in enumerate(rows[::-1]):
+        v = row.verdict
+        low, high = v.difference.low, v.difference.high
+        if v.n >= 2:
+            axis.plot([low, high], [y, y], color="C0", linewidth=2)
+        axis.plot(v.difference.mean, y, "o", color="C0")
+        axis.annotate(f"{v.verdict} (n={v.n})", xy=(1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    axis.set_yticks(range(len(rows)), [f"{r.claim}, {r.bits} bits{f' {r.where}' if r.where else ''}" for r in rows[::-1]], fontsize=8)
+    axis.set_xlabel("paired difference in test/mAP, in the claim's direction (> 0: the claim holds)")
+    axis.legend(fontsize=8, loc="lower right")
+    figure.subplots_adjust(left=0.38, right=0.8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["MeanCI", "PairedDifference", "mean_ci", "paired_difference"]
+__all__ = [
+    "MeanCI", "PairedDifference", "mean_ci", "paired_difference", "VERDICTS", "ClaimVerdict", "claim_verdict",
+    "minimum_detectable_effect", "seeds_for_half_width",
+]
 
 
 @dataclass(frozen=True)
@@ -71,3 +74,69 @@ def paired_difference(a: dict, b: dict, confidence: float = 0.95) -> PairedDiffe
     if len(shared) >= 2 and np.ptp(differences) > 0:
         p_value = float(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue)
     return PairedDifference(mean_ci(differences, confidence), p_value, int((differences > 0).sum()))
+
+
+VERDICTS = ("holds", "reversed", "equivalent", "inconclusive")
+POWER = 0.8
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """What paired seeds can say about a claim (differences oriented so that > 0 means the claim holds).
+
+    `verdict`: `holds` (CI above 0), `reversed` (CI below 0), `equivalent` (TOST: within ±delta), or
+    `inconclusive` (none of these: never "does not hold"). `mde`: the smallest true difference a two-sided
+    paired t-test at `alpha` detects with 80% power at these seeds; `seeds_for_delta`: the seeds a CI
+    half-width of `delta` needs at the observed spread.
+    """
+
+    verdict: str
+    difference: MeanCI
+    n: int
+    tost_p: float
+    mde: float
+    seeds_for_delta: int | None
+    alpha: float
+    delta: float
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = POWER) -> float:
+    """The difference a two-sided paired t-test at `alpha` detects with `power` (statsmodels' TTestPower)."""
+    from statsmodels.stats.power import TTestPower
+
+    if n < 2 or not sd > 0:
+        return math.nan
+    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")) * sd
+
+
+def seeds_for_half_width(sd: float, delta: float, confidence: float = 0.95, limit: int = 10_000) -> int | None:
+    """The fewest seeds whose t-interval half-width `t_{(1+c)/2, n-1} sd / sqrt(n)` is at most `delta`."""
+    if not sd > 0:
+        return 2
+    for n in range(2, limit + 1):
+        if stats.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n) <= delta:
+            return n
+    return None
+
+
+def claim_verdict(differences, *, delta: float, alpha: float = 0.05) -> ClaimVerdict:
+    """The verdict of paired differences (claim-oriented) at level `alpha` with equivalence margin `delta`."""
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    values = np.asarray(differences, dtype=np.float64)
+    n = len(values)
+    ci = mean_ci(values, 1 - alpha) if n else MeanCI(math.nan, math.nan, 0)
+    sd = float(values.std(ddof=1)) if n >= 2 else math.nan
+    tost_p = float(DescrStatsW(values).ttost_mean(-delta, delta)[0]) if n >= 2 and sd > 0 else math.nan
+    if n < 2 or math.isnan(ci.half_width):
+        verdict = "inconclusive"
+    elif ci.low > 0:
+        verdict = "holds"
+    elif ci.high < 0:
+        verdict = "reversed"
+    elif tost_p < alpha:
+        verdict = "equivalent"
+    else:
+        verdict = "inconclusive"
+    return ClaimVerdict(verdict, ci, n, tost_p, minimum_detectable_effect(sd, n, alpha), seeds_for_half_width(sd, delta, 1 - alpha) if n >= 2 else None,
+                        alpha, delta)

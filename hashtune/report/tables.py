@@ -16,7 +16,7 @@ import numpy as np
 
 from hashtune.config import SEED_KEYS, Config, to_flat_dict
 from hashtune.report.runs import TrialRun
-from hashtune.report.stats import MeanCI, PairedDifference, mean_ci, paired_difference
+from hashtune.report.stats import ClaimVerdict, MeanCI, PairedDifference, claim_verdict, mean_ci, paired_difference
 from hashtune.train.bits import is_feasible
 
 __all__ = [
@@ -31,6 +31,9 @@ __all__ = [
     "continuous_table",
     "varying_params",
     "paper_directions",
+    "ClaimRow",
+    "claim_rows",
+    "claims_markdown",
 ]
 
 METRIC = "test/mAP"
@@ -42,7 +45,6 @@ CLAIMS = {
     "w/o cls": ("full > w/o cls", "the classification loss helps", +1),
     "asymmetric": ("asymmetric > full", "the asymmetric strategy beats pairwise training", -1),
 }
-SIGNIFICANCE = 0.05
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -169,34 +171,58 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
     return AblationTable(rows, bits, cells, reference if has_reference else None, row_variant, row_reference)
 
 
-def paper_directions(table: AblationTable) -> list[str]:
-    """One sentence per paper claim that the table can test: whether it holds here, and how confidently."""
+@dataclass(frozen=True)
+class ClaimRow:
+    """One paper claim at one code length (and row suffix): its paired, claim-oriented verdict."""
+
+    claim: str
+    meaning: str
+    bits: int
+    where: str
+    verdict: ClaimVerdict
+
+
+def claim_rows(table: AblationTable, *, delta: float = 0.02, alpha: float = 0.05) -> list[ClaimRow]:
+    """Every claim the table can test: differences paired by seed, oriented so > 0 means the claim holds."""
     if table.reference is None:
         return []
-    sentences = []
+    rows = []
     for row in table.variants:
-        variant = table.row_variant.get(row, row)
-        if variant not in CLAIMS:
+        variant, reference = table.row_variant.get(row, row), table.row_reference.get(row)
+        if variant not in CLAIMS or reference is None:
             continue
         claim, meaning, sign = CLAIMS[variant]
-        where = row[len(variant):].strip()
         for b in table.bits:
-            cell = table.cells.get((row, b))
-            if cell is None or cell.versus_reference is None:
+            cell, base = table.cells.get((row, b)), table.cells.get((reference, b))
+            if cell is None or base is None:
                 continue
-            d = cell.versus_reference
-            gain = -sign * d.difference.mean  # > 0 when the claim's direction holds
-            wins = d.wins if sign < 0 else d.n - d.wins
-            evidence = f"{gain:+.3f} mAP, {wins}/{d.n} seeds agree"
-            evidence += "" if math.isnan(d.p_value) else f", paired t-test p={d.p_value:.3f}"
-            if gain > 0 and not math.isnan(d.p_value) and d.p_value < SIGNIFICANCE:
-                verdict = "holds, significant at 5%"
-            elif gain > 0:
-                verdict = "holds in direction, not significant at 5%"
-            else:
-                verdict = "does not hold (reversed)"
-            sentences.append(f"{claim} ({meaning}) at {b} bits{f', {where}' if where else ''}: {verdict} ({evidence}).")
+            shared = sorted(set(cell.per_seed) & set(base.per_seed))
+            differences = [-sign * (cell.per_seed[seed] - base.per_seed[seed]) for seed in shared]
+            rows.append(ClaimRow(claim, meaning, b, row[len(variant):].strip(), claim_verdict(differences, delta=delta, alpha=alpha)))
+    return rows
+
+
+def paper_directions(table: AblationTable, *, delta: float = 0.02, alpha: float = 0.05) -> list[str]:
+    """One sentence per claim: what the seeds support, in one of four words (never "does not hold")."""
+    sentences = []
+    for row in claim_rows(table, delta=delta, alpha=alpha):
+        v = row.verdict
+        interval = "" if math.isnan(v.difference.half_width) else f" ± {v.difference.half_width:.3f}"
+        power = "" if math.isnan(v.mde) else f"; detectable at 80% power: {v.mde:.3f}"
+        needed = f"; seeds for a ±{delta:g} interval: {v.seeds_for_delta}" if v.seeds_for_delta else ""
+        where = f", {row.where}" if row.where else ""
+        sentences.append(f"{row.claim} ({row.meaning}) at {row.bits} bits{where}: **{v.verdict}** "
+                         f"({v.difference.mean:+.3f}{interval} mAP in the claim's direction, n={v.n}{power}{needed}).")
     return sentences
+
+
+def claims_markdown(rows: list[ClaimRow], delta: float) -> str:
+    header = ["claim", "bits", "Δ in the claim's direction (CI)", "n", "verdict", "TOST p (±delta)", "MDE at 80% power", f"seeds for ±{delta:g}"]
+    body = [[f"{r.claim}{f' ({r.where})' if r.where else ''}", str(r.bits),
+             f"{r.verdict.difference.mean:+.3f} [{_number(r.verdict.difference.low, 3)}, {_number(r.verdict.difference.high, 3)}]",
+             str(r.verdict.n), r.verdict.verdict, _number(r.verdict.tost_p, 3), _number(r.verdict.mde, 3), str(r.verdict.seeds_for_delta or "")]
+            for r in rows]
+    return _markdown(header, body)
 
 
 @dataclass(frozen=True)
