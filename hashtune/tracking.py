@@ -25,6 +25,8 @@ __all__ = [
     "ARTIFACTS",
     "point_id",
     "flat_params",
+    "best_finished_run",
+    "sweep_parents",
     "COST_METRICS",
     "sweep_cost",
     "log_infeasible_points",
@@ -117,6 +119,30 @@ def sweep_cost(client, experiment_id: str, parent_run_id: str) -> dict[str, floa
     alike: each run holds its latest, cumulative values)."""
     runs = find_runs(client, experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     return {key: float(sum(run.data.metrics.get(key, 0.0) for run in runs)) for key in COST_METRICS}
+
+
+def best_finished_run(client, experiment: str, metric: str):
+    """The finished trial run of `experiment` with the highest `metric` (a val/* metric, never test).
+
+    Raises:
+        LookupError: no such experiment, or no finished run with `metric` (one line, naming the store).
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {display_uri(client.tracking_uri)}")
+    finished = [run for run in find_runs(client, found.experiment_id, f"tags.`{TAG}status` = 'finished'") if metric in run.data.metrics]
+    if not finished:
+        raise LookupError(f"experiment {experiment!r} has no finished trial run with {metric}")
+    return max(finished, key=lambda run: run.data.metrics[metric])
+
+
+def sweep_parents(client, experiment: str) -> list:
+    """The sweep parent runs of `experiment`, newest first (empty when there is no such experiment)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    parents = find_runs(client, found.experiment_id, f"tags.`{TAG}role` = 'sweep'")
+    return sorted(parents, key=lambda run: -(run.info.start_time or 0))
 
 
 def log_infeasible_points(client, experiment_id: str, parent_run_id: str, space_name: str, points: list[dict], base_flat: dict) -> None:

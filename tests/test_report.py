@@ -265,3 +265,46 @@ def test_mde_and_seeds_needed_agree_with_statsmodels_and_scipy():
     needed = seeds_for_half_width(sd, 0.02)
     half_width = lambda k: scipy_stats.t.ppf(0.975, k - 1) * sd / k ** 0.5  # noqa: E731
     assert half_width(needed) <= 0.02 < half_width(needed - 1)
+
+
+def test_base_experiment_must_be_a_finished_sweep_with_a_finished_trial(tmp_path, capsys):
+    """`--base` refuses, in one line, a missing experiment, an unfinished sweep, or one with no finished trial."""
+    from hashtune.sweep.base import BaseError, tuned_base
+    from hashtune.sweep.cli import main as sweep_main
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(BaseError, match="no sweep of that name"):
+        tuned_base(client, "tune")
+    experiment_id = client.create_experiment("tune")
+    parent = client.create_run(experiment_id, tags={"hashtune.role": "sweep"}).info.run_id
+    with pytest.raises(BaseError, match=r"its sweep is not finished \(parent run RUNNING\); finish it with --resume first"):
+        tuned_base(client, "tune")
+    client.set_terminated(parent, "FINISHED")
+    _child(client, experiment_id, parent, {"loss.gamma": 7.0}, status="stopped_early", metrics={"val/mAP": 0.9})
+    with pytest.raises(BaseError, match="has no finished trial run with val/best_mAP"):
+        tuned_base(client, "tune")
+    _child(client, experiment_id, parent, {"loss.gamma": 3.0, "train.lr": 1e-3}, metrics={"val/mAP": 0.7, "test/mAP": 0.9})
+    _child(client, experiment_id, parent, {"loss.gamma": 9.0}, metrics={"val/mAP": 0.8, "test/mAP": 0.6})
+    config, provenance = tuned_base(client, "tune")
+    assert config.loss.gamma == 9.0 and provenance["value"] == 0.8  # chosen on validation, not on test
+    results = tmp_path / "other"
+    assert sweep_main(["--space", "smoke", "--base", "nope", "--results-dir", str(tmp_path), "--name", "x"]) == 2
+    assert "--base 'nope': no sweep of that name" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not results.exists() and not (tmp_path / "ray").exists()
+
+
+def test_base_becomes_the_start_of_every_arm_with_cli_overrides_on_top(tmp_path):
+    import argparse
+
+    from hashtune.sweep.cli import _tuned
+    from hashtune.sweep.space import load_space
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("tune")
+    parent = client.create_run(experiment_id, tags={"hashtune.role": "sweep"}).info.run_id
+    client.set_terminated(parent, "FINISHED")
+    _child(client, experiment_id, parent, {"loss.gamma": 9.0, "train.epochs": 300}, metrics={"val/mAP": 0.8, "test/mAP": 0.6})
+    args = argparse.Namespace(base="tune", overrides=["train.lr=0.004"], mlflow_uri=None, results_dir=tmp_path, space="ablations")
+    base, space, provenance = _tuned(args, Config(), load_space("ablations"))
+    assert base.loss.gamma == 9.0 and base.train.lr == 0.004 and base.train.epochs == 300  # not the space's fixed 150
+    assert space.fixed == {} and space.base == "tune" and provenance["experiment"] == "tune"

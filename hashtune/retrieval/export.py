@@ -31,7 +31,7 @@ from hashtune.data.datasets import native_size
 from hashtune.metrics import pack_codes, retrieval_metrics
 from hashtune.paths import RESULTS_DIR
 from hashtune.retrieval.bundle import BundleError, write_manifest
-from hashtune.tracking import TAG, find_runs, resolve_tracking
+from hashtune.tracking import best_finished_run, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from hashtune.train.outputs import read_metrics
 from hashtune.train.model import preprocessing
@@ -63,13 +63,10 @@ def best_run(client, experiment: str, metric: str = "val/best_mAP", run_id: str 
             return client.get_run(run_id)
         except Exception:  # noqa: BLE001 - MLflow raises several types for an unknown id
             raise ExportError(f"no MLflow run with id {run_id!r} at {client.tracking_uri}") from None
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise ExportError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-    finished = [run for run in find_runs(client, found.experiment_id, f"tags.`{TAG}status` = 'finished'") if metric in run.data.metrics]
-    if not finished:
-        raise ExportError(f"experiment {experiment!r} has no finished run with {metric}; nothing to export")
-    return max(finished, key=lambda run: run.data.metrics[metric])
+    try:
+        return best_finished_run(client, experiment, metric)
+    except LookupError as error:
+        raise ExportError(f"{error}; nothing to export") from None
 
 
 def _checkpoint_of(run) -> dict:

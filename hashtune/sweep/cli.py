@@ -12,14 +12,17 @@ clusters); both report the same metrics and checkpoints to Tune. The sweep ends 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from hashtune.config import ConfigError, load_config
+from hashtune.config import Config, ConfigError, load_config, parse_overrides
 from hashtune.paths import RESULTS_DIR
+from hashtune.sweep.base import BaseError, tuned_base
 from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
-from hashtune.sweep.space import SpaceError, load_space
+from hashtune.sweep.space import SearchSpace, SpaceError, load_space
+from hashtune.tracking import resolve_tracking
 
 __all__ = ["build_parser", "main", "SIGTERM_EXIT"]
 
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="Tune storage path or s3:// URI (default: results/ray)")
     parser.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's max_concurrent)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the default stores and the study go")
+    parser.add_argument("--base", help="a finished tuning experiment: every arm starts from its best trial by the space's metric")
     return parser
 
 
@@ -49,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
-        summary = run_sweep(args, base, space)
+        base, space, provenance = _tuned(args, base, space)
+        summary = run_sweep(args, base, space, provenance)
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    except (ConfigError, SpaceError, SweepError, ConnectionError, FileNotFoundError) as error:
+    except (ConfigError, SpaceError, SweepError, BaseError, ConnectionError, FileNotFoundError) as error:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
@@ -62,6 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("best"):
         _report(summary, Path(args.results_dir))
     return 0 if summary.get("best") else 1
+
+
+def _tuned(args, base: Config, space: SearchSpace) -> tuple[Config, SearchSpace, dict | None]:
+    """With `--base` (or the space's `base:`): the tuned configuration, then the CLI's overrides, and the space
+    re-validated on it with its `fixed` values given way to the tuned ones."""
+    name = args.base or space.base
+    if name is None:
+        return base, space, None
+    from mlflow import MlflowClient
+
+    uri, _ = resolve_tracking(args.mlflow_uri, Path(args.results_dir), create=False)
+    tuned, provenance = tuned_base(MlflowClient(uri), name, space.metric)
+    tuned = tuned.replace(parse_overrides(args.overrides))
+    return tuned, dataclasses.replace(load_space(args.space, tuned), fixed={}, base=name), provenance
 
 
 def _report(summary: dict, results_dir: Path) -> None:

@@ -56,6 +56,7 @@ def _create_parent(client, experiment_id: str, stores: SweepStores, space: Searc
     params = {"space": space.name, "search": space.search, "metric": space.metric, "seeds": list(space.seeds),
               "workers": space.workers, "num_samples": space.num_samples}
     params |= {f"base.{key}": value for key, value in record["overrides"].items()}
+    params |= {f"base_run.{key}": value for key, value in record.get("base", {}).items()}  # --base: where the arms start from
     client.log_batch(run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
     client.log_dict(run.info.run_id, record, SPACE_ARTIFACT)
     return run.info.run_id
@@ -73,7 +74,7 @@ def _check_resume(mode: str, stores: SweepStores) -> bool:
     return exists
 
 
-def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dict[str, Any]:
+def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, provenance: dict | None = None) -> dict[str, Any]:
     """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
 
     Everything that can refuse (name, `--resume`, a running sweep of the same name, a space edited since
@@ -83,10 +84,11 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace) -> dic
     _check_resume(args.resume, stores)
     tracking_store = open_tracking(stores)
     with sweep_lock(stores):
-        return _run_locked(args, base, space, stores, tracking_store)
+        return _run_locked(args, base, space, stores, tracking_store, provenance)
 
 
-def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stores: SweepStores, tracking_store) -> dict[str, Any]:
+def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stores: SweepStores, tracking_store,
+                provenance: dict | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
@@ -94,7 +96,7 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     client = MlflowClient(uri)
     existing = client.get_experiment_by_name(stores.name)
     parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
-    record = space_record(space, base)
+    record = space_record(space, base) | ({"base": provenance} if provenance else {})
     _check_unchanged(client, parent, record, stores)
     experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
     if parent is not None:

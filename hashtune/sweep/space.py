@@ -14,6 +14,7 @@ Schema (every key but `params` or `variants` optional)::
     max_failures: 2                     # Ray Train worker-group restarts of a trial (workers: N)
     checkpoints_to_keep: 1              # best checkpoints kept per trial by `metric` (Ray also keeps the latest)
     time_budget_s: null                 # stop launching trials after this many seconds
+    base: tune                          # start every arm from the best finished trial of this experiment
     budget: {cpu_hours: 2.0}            # or {gpu_hours: H}; hard: true stops running trials too;
                                         # usd_per_gpu_hour: P prices the summary (see clusters/README.md)
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
@@ -55,7 +56,7 @@ DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
     "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
     "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
-    "checkpoints_to_keep", "budget",
+    "checkpoints_to_keep", "budget", "base",
 }
 BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
 
@@ -88,6 +89,8 @@ class SearchSpace:
     checkpoints_to_keep: int = 1
     budget: dict[str, Any] | None = None
     """`{"resource": "cpu" | "gpu", "hours": H, "hard": bool, "usd_per_gpu_hour": P | None}`, or None."""
+    base: str | None = None
+    """A finished tuning experiment whose best trial is the configuration every arm starts from (`--base`)."""
 
     def budget_seconds(self) -> tuple[str, float] | None:
         """(the `cost/*` metric the budget caps, its limit), or None without a budget."""
@@ -175,6 +178,12 @@ def _parse_seeds(where: str, seeds: Any, search: str) -> tuple[int, ...]:
     if search != "grid" and len(seeds) != 1:
         raise SpaceError(f"{where}: a {search} search takes one seed, got {seeds}; replicate chosen configs with a grid space")
     return tuple(seeds)
+
+
+def _parse_base(where: str, base: Any) -> str | None:
+    if base is not None and not (isinstance(base, str) and base):
+        raise SpaceError(f"{where}: base must name a finished tuning experiment, e.g. base: tune; got {base!r}")
+    return base
 
 
 def _parse_budget(where: str, budget: Any) -> dict[str, Any] | None:
@@ -273,7 +282,7 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     space = SearchSpace(
         name=space_name, search=search, **_settings(where, tree), scheduler=_parse_scheduler(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
-        budget=_parse_budget(where, tree.get("budget")),
+        budget=_parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
     )
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)
