@@ -138,3 +138,20 @@ def test_list_file_protocols_log_the_literatures_cut_off(listfile_root, tmp_path
                                     "model.patch_size=4", "model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1"])
     metrics = fit(config, run_dir=tmp_path)
     assert metrics["test/mAP_at_1000"] == metrics["test/mAP"]
+
+
+def test_a_run_is_bit_identical_at_the_same_thread_count(tmp_path):
+    """Per-seed numbers reproduce exactly on the same CPU at the same intra-op thread count (a sweep pins it)."""
+    from hashtune.sweep.trial import environment_tags, pin_threads
+
+    previous = torch.get_num_threads()
+    try:
+        assert pin_threads(1) == 1
+        config = small_config("train.epochs=3", "train.eval_every=1")
+        first, second = fit(config, run_dir=tmp_path / "a"), fit(config, run_dir=tmp_path / "b")
+    finally:
+        torch.set_num_threads(previous)
+    for key in ("train/loss", "val/mAP", "test/mAP", "test/mAP_ties_average"):
+        assert first[key] == second[key], key
+    tags = environment_tags(1)
+    assert tags["hashtune.torch_threads"] == "1" and tags["hashtune.cpu_model"] and tags["hashtune.version.torch"].startswith("2.")

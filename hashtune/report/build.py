@@ -11,7 +11,7 @@ from pathlib import Path
 from hashtune.report.importance import parameter_importances, rebuild_study
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
-from hashtune.tracking import display_uri
+from hashtune.tracking import TAG, display_uri
 from hashtune.report.tables import (
     METRIC, ablation_table, claim_rows, claims_markdown, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
 )
@@ -144,6 +144,16 @@ def _sweep_command(client, study: Study) -> str | None:
     return f"python -m hashtune.sweep --space {params.get('space', '?')}{name}{' ' + overrides if overrides else ''}"
 
 
+def _hardware(study: Study) -> str:
+    """Where the numbers were made, from the trials' tags: per-seed values reproduce only there."""
+    cpus = sorted({run.tags.get(f"{TAG}cpu_model", "") for run in study.finished} - {""})
+    threads = sorted({run.tags.get(f"{TAG}torch_threads", "") for run in study.finished} - {""})
+    if not cpus:
+        return "Hardware: not recorded by these runs."
+    return (f"Hardware: {'; '.join(cpus)}, {'/'.join(threads)} torch thread(s) per trial. Per-seed numbers reproduce bit "
+            "for bit only on the same CPU at the same thread count; the verdicts are what should reproduce anywhere.")
+
+
 def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None) -> str:
     counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
     seeds = sorted({run.seed for run in study.runs})
@@ -160,6 +170,8 @@ def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[s
         "",
         f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "
         "importance objective. Seeds are `train.seed` = `data.seed` replicates.",
+        "",
+        _hardware(study),
         "",
         "| file | what |",
         "|---|---|",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hashtune.config import Config, ConfigError, config_from_params
@@ -29,6 +29,7 @@ class TrialRun:
     config: Config
     metrics: dict[str, float]
     start_time: int
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def bits(self) -> int:
@@ -79,6 +80,7 @@ def _trial_run(run) -> TrialRun:
         config=config,
         metrics=dict(run.data.metrics),
         start_time=run.info.start_time or 0,
+        tags={key: value for key, value in tags.items() if key.startswith(TAG)},
     )
 
 

@@ -108,6 +108,27 @@ def _fit_with_ray_train(config: Config, *, space: SearchSpace, storage: str) -> 
     trainer.fit()
 
 
+def pin_threads(cpus: float) -> int:
+    """Pin torch's intra-op threads to the trial's CPU allocation; returns the count."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    return torch.get_num_threads()
+
+
+def environment_tags(torch_threads: int) -> dict[str, str]:
+    """What a trial's numbers depend on beyond its config: threads, CPU model, library versions."""
+    import platform
+    from importlib.metadata import version
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
+    tags = {f"{TAG}torch_threads": str(torch_threads), f"{TAG}cpu_model": cpu}
+    return tags | {f"{TAG}version.{name}": version(name) for name in ("torch", "numba", "timm", "numpy")}
+
+
 def _is_fresh(run, checkpoint) -> bool:
     """A trial that has not trained yet (a restarted one that has is let finish under a soft budget)."""
     return checkpoint is None and (run is None or f"{TAG}checkpoint" not in run.data.tags)
@@ -126,6 +147,10 @@ def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace
     _, flat = resolver(trial_config)
     config = config_from_dict(flat)
     client, run = _recorded_run(tracking, tune.get_context().get_trial_id())
+    if space.workers == 0:  # bit-identical reruns need the same intra-op thread count (and CPU)
+        torch_threads = pin_threads(space.cpus_per_trial)
+        if run is not None:
+            client.set_tags(run.info.run_id, environment_tags(torch_threads))
     if run is not None and run.data.tags.get(COMPLETED_TAG) == "1":
         _replay(client, run, config)
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
