@@ -227,3 +227,52 @@ def test_queries_of_any_size_and_bit_depth_are_read_as_training_read_them(bundle
     Image.open(eight_bit[0]).convert("RGB").save(rgb)  # RGB into a grey model: PIL's luma, as training would read it
     assert retriever.search([large, rgb], k=3).ids.shape == (2, 3)
     assert np.array_equal(retriever.encode([rgb]), retriever.encode(eight_bit[:1]))
+
+
+def clustered_codes(n: int, bits: int = 64, centres: int = 200, flip: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Packed codes drawn around a few centres with bit-flip noise: neighbours exist, as for real hash codes."""
+    rng = np.random.default_rng(seed)
+    centre_bits = rng.random((centres, bits)) < 0.5
+    members = centre_bits[rng.integers(0, centres, n)] ^ (rng.random((n, bits)) < flip)
+    return np.packbits(members, axis=1)
+
+
+def tie_aware_recall(found_distances: np.ndarray, exact_distances: np.ndarray) -> float:
+    """A returned item counts when its distance is at most the exact k-th distance (64-bit codes tie a lot)."""
+    kth = exact_distances[:, -1:]
+    return float((found_distances <= kth).mean())
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_find_the_exact_neighbours_on_clustered_codes(kind):
+    codes, queries = clustered_codes(20_000), clustered_codes(200, seed=1)
+    exact = Retriever.from_codes(codes, 64).search(queries, k=10)
+    approximate = Retriever.from_codes(codes, 64, index=kind).search(queries, k=10)
+    assert tie_aware_recall(approximate.distances, exact.distances) >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_each_index_type_round_trips_through_a_bundle(bundle, tmp_path, kind):
+    folder = tmp_path / kind
+    run_dir = bundle[0].parent / "run"
+    assert export_main(["--run-dir", str(run_dir), "--out", str(folder), "--index", kind, "--nlist", "8"]) == 0
+    manifest = verify_bundle(folder)
+    assert manifest["index"]["type"] == kind and (kind != "ivf" or manifest["index"]["nlist"] == 8)
+    flat, approximate = Retriever.load(bundle[0]), Retriever.load(folder)
+    queries = np.load(folder / "query_codes.npy")[:20]
+    assert approximate.search(queries, k=5).ids.shape == (20, 5)
+    assert tie_aware_recall(approximate.search(queries, k=5).distances, flat.search(queries, k=5).distances) >= 0.9
+    assert evaluate_bundle(folder) == evaluate_bundle(bundle[0])  # --eval reads the stored codes, not the index
+
+
+def test_an_index_file_that_disagrees_with_its_manifest_is_refused(bundle, tmp_path):
+    import hashlib
+
+    import faiss
+
+    folder = _copy_bundle(bundle[0], tmp_path)
+    other = Retriever.from_codes(np.load(folder / "database_codes.npy"), 24, index="hnsw").index
+    faiss.write_index_binary(other, str(folder / "index.faiss"))  # a consistent checksum, the wrong index
+    _rewrite_manifest(folder, lambda files: files.update({"index.faiss": hashlib.sha256((folder / "index.faiss").read_bytes()).hexdigest()}))
+    with pytest.raises(BundleError, match="index.faiss is a hnsw index of .* codes, the manifest says flat"):
+        Retriever.load(folder)

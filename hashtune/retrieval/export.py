@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from hashtune.data.datasets import native_size
 from hashtune.metrics import pack_codes, retrieval_metrics
 from hashtune.paths import RESULTS_DIR
 from hashtune.retrieval.bundle import BundleError, write_manifest
+from hashtune.retrieval.index import INDEX_TYPES, build_index, index_params
 from hashtune.tracking import best_finished_run, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from hashtune.train.outputs import read_metrics
@@ -96,11 +98,14 @@ def _ids(dataset) -> np.ndarray:
     return dataset.indices.copy()
 
 
-def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | None = None, index: str = "flat",
+                  index_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the bundle of checkpoint `state` to `out` (must not exist); returns its manifest.
 
-    `provenance` (MLflow run id, experiment, the run's metrics) goes into the manifest as is.
+    `provenance` (MLflow run id, experiment, the run's metrics) goes into the manifest as is; `index` is the
+    faiss index type (`flat`, `ivf`, `hnsw`, see `hashtune.retrieval.index`) with its `index_options`.
     """
+    index_spec = {"type": index, **index_params(index, **(index_options or {}))}
     out = Path(out)
     if out.exists():
         raise ExportError(f"--out {out} already exists; pick a new folder (an existing bundle is never overwritten)")
@@ -112,17 +117,21 @@ def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | 
     encoder = HashEncoder(model).eval()
     query, database = _encode_split(encoder, data.test_query), _encode_split(encoder, data.database)
     binary = [torch.where(codes >= 0, 1.0, -1.0) for codes in (query, database)]
-    metrics = retrieval_metrics(*binary, data.test_query.labels, data.database.labels, topk=config.eval.topk)
+    evaluation = {"topk": config.eval.topk if config.eval.topk is not None else data.topk, "ties": config.eval.ties}
+    metrics = retrieval_metrics(*binary, data.test_query.labels, data.database.labels, **evaluation)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         _write_files(staging, encoder, model, config, data, query, database)
+        faiss.write_index_binary(build_index(pack_codes(database), index, index_spec), str(staging / "index.faiss"))
         manifest = write_manifest(staging, {
             "bits": config.model.bits,
             "head_bits": list(model.head_bits),
             "num_database": len(database),
             "num_queries": len(query),
             "bundle_test_mAP": metrics.map,
+            "evaluation": evaluation,
+            "index": index_spec,
             "provenance": provenance or {},
         })
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
@@ -134,8 +143,6 @@ def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | 
 
 
 def _write_files(folder: Path, encoder: HashEncoder, model: nn.Module, config, data, query: torch.Tensor, database: torch.Tensor) -> None:
-    import faiss
-
     size = input_size(config)
     example = torch.zeros(2, data.channels, size, size)
     program = torch.export.export(encoder, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
@@ -149,10 +156,6 @@ def _write_files(folder: Path, encoder: HashEncoder, model: nn.Module, config, d
         np.save(folder / f"{prefix}_codes.npy", pack_codes(codes))
         np.save(folder / f"{prefix}_ids.npy", _ids(dataset))
         np.save(folder / f"{prefix}_labels.npy", dataset.labels.numpy().astype(np.uint8))
-    packed = pack_codes(database)
-    index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
-    index.add(packed)
-    faiss.write_index_binary(index, str(folder / "index.faiss"))
 
 
 def _log_to_mlflow(client, run, out: Path, model_name: str) -> str | None:
@@ -181,7 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
     parser.add_argument("--out", type=Path, required=True, help="the bundle folder to create (must not exist)")
+    parser.add_argument("--index", choices=INDEX_TYPES, default="flat",
+                        help="faiss index: flat (exact, the default under 1M codes), ivf or hnsw (approximate, see README)")
+    parser.add_argument("--nlist", type=int, help="ivf: inverted lists (default about 4 sqrt(n))")
+    parser.add_argument("--nprobe", type=int, help="ivf: lists searched per query (default 16)")
+    parser.add_argument("--hnsw-m", type=int, dest="m", help="hnsw: links per node (default 32)")
+    parser.add_argument("--ef-search", type=int, help="hnsw: candidates per search (default 64)")
     return parser
+
+
+def _index_options(args) -> dict[str, Any]:
+    options = {"nlist": args.nlist, "nprobe": args.nprobe, "m": args.m, "ef_search": args.ef_search}
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise ExportError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             provenance = {"run_dir": str(args.run_dir.absolute())}
             if (args.run_dir / "metrics.json").is_file():
                 provenance["run_metrics"] = read_metrics(args.run_dir / "metrics.json")
-            manifest = export_bundle(state, args.out, provenance=provenance)
+            manifest = export_bundle(state, args.out, provenance=provenance, index=args.index, index_options=_index_options(args))
         else:
             from mlflow import MlflowClient
 
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             run = best_run(client, args.experiment, args.metric, args.run_id)
             provenance = {"mlflow_run_id": run.info.run_id, "experiment": args.experiment, "tracking_uri": uri,
                           "selected_by": args.metric, "run_metrics": dict(run.data.metrics)}
-            manifest = export_bundle(_checkpoint_of(run), args.out, provenance=provenance)
+            manifest = export_bundle(_checkpoint_of(run), args.out, provenance=provenance, index=args.index, index_options=_index_options(args))
             version = _log_to_mlflow(client, run, args.out, args.model_name)
             if version is not None:
                 print(f"registered as MLflow model {args.model_name!r} version {version}")

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hashtune.metrics import pack_codes, unpack_codes
-from hashtune.retrieval.bundle import verify_bundle
+from hashtune.metrics import pack_codes, retrieval_metrics, unpack_codes
+from hashtune.retrieval.bundle import BundleError, verify_bundle
+from hashtune.retrieval.index import build_index, index_type
+from hashtune.config import load_config
 from hashtune.data import Preprocessing, build_transform
 
 __all__ = ["Retriever", "SearchResult", "evaluate_bundle", "image_to_tensor"]
@@ -110,13 +112,11 @@ class Retriever:
         }
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, bits: int, ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> "Retriever":
+    def from_codes(cls, codes: np.ndarray, bits: int, ids: np.ndarray | None = None, labels: np.ndarray | None = None, *,
+                   index: str = "flat", index_options: dict | None = None) -> "Retriever":
         """A code-only retriever over packed codes (no encoder: queries must be packed codes too)."""
-        import faiss
-
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-        index.add(codes)
+        index = build_index(codes, index, index_options)
         ids = np.arange(len(codes)) if ids is None else np.asarray(ids)
         labels = np.zeros((len(codes), 0), np.uint8) if labels is None else np.asarray(labels, np.uint8)
         return cls(encoder=None, preprocess=None, index=index, ids=ids, labels=labels, bits=bits, manifest={})
@@ -128,10 +128,15 @@ class Retriever:
 
         folder = Path(bundle)
         manifest = verify_bundle(folder)
+        index = faiss.read_index_binary(str(folder / "index.faiss"))
+        expected = manifest.get("index", {"type": "flat"})["type"]
+        if index_type(index) != expected or index.ntotal != manifest["num_database"]:
+            raise BundleError(f"{folder}: index.faiss is a {index_type(index)} index of {index.ntotal} codes, the manifest says "
+                              f"{expected} of {manifest['num_database']}; re-export the bundle")
         return cls(
             encoder=torch.export.load(folder / "encoder.pt2").module(),
             preprocess=json.loads((folder / "preprocess.json").read_text()),
-            index=faiss.read_index_binary(str(folder / "index.faiss")),
+            index=index,
             ids=np.load(folder / "database_ids.npy", allow_pickle=False),
             labels=np.load(folder / "database_labels.npy", allow_pickle=False),
             bits=int(manifest["bits"]),
@@ -186,6 +191,8 @@ class Retriever:
         if not 0 <= radius <= self.bits:
             raise ValueError(f"radius must be in [0, {self.bits}] for {self.bits}-bit codes, got {radius}")
         codes = self._codes(queries)
+        if index_type(self.index) == "hnsw":
+            raise ValueError("radius search needs a flat or ivf index; this bundle's index is hnsw (use k nearest)")
         limits, distances, rows = self.index.range_search(codes, radius + 1)  # faiss keeps distance < threshold
         results = []
         for i in range(len(codes)):
@@ -207,18 +214,16 @@ class Retriever:
 
 def evaluate_bundle(bundle: str | Path) -> float:
     """The test mAP recomputed from the bundle's stored query and database codes (no network involved)."""
-    from hashtune.config import load_config
-    from hashtune.metrics import retrieval_metrics
-
     folder = Path(bundle)
     manifest = verify_bundle(folder)
     config = load_config(folder / "config.yaml")
+    evaluation = manifest.get("evaluation", {"topk": config.eval.topk, "ties": "index"})  # bundles before protocol cut-offs
     bits = int(manifest["bits"])
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
               for name in ("query_codes", "query_labels", "database_codes", "database_labels")}
     metrics = retrieval_metrics(
         torch.from_numpy(unpack_codes(arrays["query_codes"], bits)), torch.from_numpy(unpack_codes(arrays["database_codes"], bits)),
         torch.from_numpy(arrays["query_labels"].astype(np.float32)), torch.from_numpy(arrays["database_labels"].astype(np.float32)),
-        topk=config.eval.topk,
+        topk=evaluation["topk"], ties=evaluation["ties"],
     )
     return metrics.map

@@ -1,0 +1,64 @@
+"""The bundle's faiss binary index: exact brute force (`flat`) or approximate (`ivf`, `hnsw`).
+
+* `flat`: `IndexBinaryFlat`, every code compared (popcount scan). Exact; the default, and the right
+  choice up to about a million codes.
+* `ivf`: `IndexBinaryIVF` with a coarse quantizer trained (binary k-means) on the codes, `nlist` lists,
+  searching `nprobe` of them. Approximate; fast to build; range search works.
+* `hnsw`: `IndexBinaryHNSW`, a graph of `m` links per node searched with `ef_search` candidates.
+  Approximate; slower to build, fast to query; no range search.
+
+The manifest records the type and parameters (`index` in manifest.json); faiss keeps `nprobe` and
+`efSearch` in the file, and `Retriever.load` checks the file is the type the manifest says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["INDEX_TYPES", "build_index", "index_type", "index_params"]
+
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+DEFAULTS = {"flat": {}, "ivf": {"nlist": None, "nprobe": 16}, "hnsw": {"m": 32, "ef_search": 64, "ef_construction": 64}}
+
+
+def index_params(kind: str, **given: Any) -> dict[str, Any]:
+    """The parameters of an index type: its defaults, updated with the non-None `given` values it takes."""
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"index {kind!r} is not an index type; expected one of {', '.join(INDEX_TYPES)}")
+    params = dict(DEFAULTS[kind])
+    params.update({key: value for key, value in given.items() if key in params and value is not None})
+    return params
+
+
+def build_index(codes: np.ndarray, kind: str = "flat", params: dict[str, Any] | None = None):
+    """A faiss binary index of `kind` over packed uint8 codes (n, bytes); IVF lists default to about 4 sqrt(n)."""
+    import faiss
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    params = index_params(kind, **(params or {}))
+    d = codes.shape[1] * 8
+    if kind == "flat":
+        index = faiss.IndexBinaryFlat(d)
+    elif kind == "ivf":
+        nlist = params["nlist"] or max(1, min(len(codes) // 39, int(4 * np.sqrt(len(codes)))))  # faiss wants >= 39 points per list
+        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
+        index.train(codes)
+        index.nprobe = min(params["nprobe"], nlist)
+    else:
+        index = faiss.IndexBinaryHNSW(d, params["m"])
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.hnsw.efSearch = params["ef_search"]
+    index.add(codes)
+    return index
+
+
+def index_type(index) -> str:
+    """`flat`, `ivf` or `hnsw` for a faiss binary index (as read back from a file)."""
+    import faiss
+
+    for kind, cls in (("ivf", faiss.IndexBinaryIVF), ("hnsw", faiss.IndexBinaryHNSW), ("flat", faiss.IndexBinaryFlat)):
+        if isinstance(index, cls):
+            return kind
+    return type(index).__name__
