@@ -16,8 +16,9 @@ Conventions (the same in every function here):
   DPSH/DeepHash); in the precision-recall curve such queries are left out of that radius' mean.
 
 Hamming distances take only `bits + 1` values, so no sort is needed: with codes packed into 64-bit
-words, one pass computes distances (popcount of xor) and a per-distance histogram, and a second pass
-gives each item its rank as "items in closer buckets + earlier items in its own bucket".
+words, one pass computes distances (popcount of xor) and a per-distance histogram, and a loop over the
+relevant items gives each its rank as "items in closer buckets + earlier items in its own bucket"
+(`hashtune.ranking` holds the compiled kernels: a single-label one and a multi-label one).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+from hashtune.ranking import rank_multi_label, rank_single_label
 
 # numba's default OpenMP layer shares libgomp with torch: its first parallel region resets torch's
 # thread count (1 -> all cores in a 1-CPU Ray trial), and concurrent trials then oversubscribe the
@@ -92,80 +95,16 @@ def pack_labels(labels, num_classes: int | None = None) -> np.ndarray:
     return pack_codes(np.where(labels > 0, 1, -1))
 
 
-@numba.njit(inline="always")
-def _popcount(word):
-    word = word - ((word >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    word = (word & np.uint64(0x3333333333333333)) + ((word >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    word = (word + (word >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return (word * np.uint64(0x0101010101010101)) >> np.uint64(56)
+def _class_ids(labels: np.ndarray) -> np.ndarray | None:
+    """Class indices of single-label data (indices, or multi-hot rows with exactly one class), else None."""
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    if labels.ndim == 2 and ((labels > 0).sum(axis=1) == 1).all():
+        return (labels > 0).argmax(axis=1)
+    return None
 
 
-@numba.njit(parallel=True, cache=True)
-def _rank_statistics(query_words, db_words, query_labels, db_labels, bits, topk, cutoffs, n_threads):
-    """Per query: AP@topk, relevant items in the top n for each cutoff, and distance histograms.
-
-    One pass over the database in index order gives each item its distance d and its place among the
-    earlier items of bucket d (the bucket's count so far); relevant items keep (d, place, relevant
-    place). Their ranks then follow from the finished histograms without a sort or a second full pass.
-    """
-    n_query, n_db = query_words.shape[0], db_words.shape[0]
-    n_words, n_label_words = db_words.shape[1], db_labels.shape[1]
-    ap = np.zeros(n_query)
-    hits_at = np.zeros((n_query, cutoffs.shape[0]), dtype=np.int64)
-    counts = np.zeros((n_query, bits + 1), dtype=np.int64)
-    relevant_counts = np.zeros((n_query, bits + 1), dtype=np.int64)
-    chunk = (n_query + n_threads - 1) // n_threads
-    for t in numba.prange(n_threads):
-        bucket_of = np.empty(n_db, dtype=np.int32)
-        place_of = np.empty(n_db, dtype=np.int32)
-        relevant_place_of = np.empty(n_db, dtype=np.int32)
-        count = np.empty(bits + 1, dtype=np.int64)
-        relevant_count = np.empty(bits + 1, dtype=np.int64)
-        closer = np.empty(bits + 1, dtype=np.int64)
-        relevant_closer = np.empty(bits + 1, dtype=np.int64)
-        for q in range(t * chunk, min(n_query, (t + 1) * chunk)):
-            count[:] = 0
-            relevant_count[:] = 0
-            n_relevant = 0
-            for j in range(n_db):
-                d = 0
-                for w in range(n_words):
-                    d += _popcount(query_words[q, w] ^ db_words[j, w])
-                shared = np.uint64(0)
-                for w in range(n_label_words):
-                    shared |= query_labels[q, w] & db_labels[j, w]
-                is_relevant = shared != 0
-                # branch-free append: the slot is overwritten unless the item is relevant
-                bucket_of[n_relevant] = d
-                place_of[n_relevant] = count[d]
-                relevant_place_of[n_relevant] = relevant_count[d]
-                count[d] += 1
-                relevant_count[d] += is_relevant
-                n_relevant += is_relevant
-            closer[0] = 0
-            relevant_closer[0] = 0
-            for d in range(1, bits + 1):
-                closer[d] = closer[d - 1] + count[d - 1]
-                relevant_closer[d] = relevant_closer[d - 1] + relevant_count[d - 1]
-            precision_sum = 0.0
-            relevant_in_topk = 0
-            for i in range(n_relevant):
-                d = bucket_of[i]
-                position = closer[d] + place_of[i]  # 0-based rank of this relevant item
-                if position < topk:
-                    relevant_in_topk += 1
-                    precision_sum += (relevant_closer[d] + relevant_place_of[i] + 1) / (position + 1.0)
-                for c in range(cutoffs.shape[0]):
-                    if position < cutoffs[c]:
-                        hits_at[q, c] += 1
-            if relevant_in_topk > 0:
-                ap[q] = precision_sum / relevant_in_topk
-            counts[q] = count
-            relevant_counts[q] = relevant_count
-    return ap, hits_at, counts, relevant_counts
-
-
-def _prepare(query_codes, db_codes, query_labels, db_labels):
+def _prepare(query_codes, db_codes, query_labels, db_labels) -> dict:
     query_codes, db_codes = _as_numpy(query_codes), _as_numpy(db_codes)
     if query_codes.ndim != 2 or db_codes.ndim != 2 or query_codes.shape[1] != db_codes.shape[1]:
         raise ValueError(
@@ -177,17 +116,13 @@ def _prepare(query_codes, db_codes, query_labels, db_labels):
             f"got {len(query_labels)} query labels for {len(query_codes)} query codes and "
             f"{len(db_labels)} database labels for {len(db_codes)} database codes"
         )
-    if query_labels.ndim == 1 and db_labels.ndim == 1:
-        num_classes = int(max(query_labels.max(initial=0), db_labels.max(initial=0))) + 1
-    else:
-        num_classes = None
-    return (
-        _words(pack_codes(query_codes)),
-        _words(pack_codes(db_codes)),
-        _words(pack_labels(query_labels, num_classes)),
-        _words(pack_labels(db_labels, num_classes)),
-        query_codes.shape[1],
-    )
+    prepared = {"query_words": _words(pack_codes(query_codes)), "db_words": _words(pack_codes(db_codes)), "bits": query_codes.shape[1]}
+    query_class, db_class = _class_ids(query_labels), _class_ids(db_labels)
+    if query_class is not None and db_class is not None:
+        n_classes = int(max(query_class.max(initial=0), db_class.max(initial=0))) + 1
+        return prepared | {"query_class": query_class, "db_class": db_class, "n_classes": n_classes}
+    num_classes = int(max(query_labels.max(initial=0), db_labels.max(initial=0))) + 1 if query_labels.ndim == 1 else None
+    return prepared | {"query_labels": _words(pack_labels(query_labels, num_classes)), "db_labels": _words(pack_labels(db_labels, num_classes))}
 
 
 @numba.njit(cache=True)
@@ -245,6 +180,7 @@ def _tie_averaged_ap(counts, relevant_counts, topk: int, harmonic):
 
 
 TIES = ("index", "average")
+MAX_BITS, MAX_DATABASE = 255, 1 << 23
 
 
 def _average_precisions(statistics, topk: int, n_db: int, ties: str) -> np.ndarray:
@@ -258,15 +194,24 @@ def _average_precisions(statistics, topk: int, n_db: int, ties: str) -> np.ndarr
 
 
 def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
-    query_words, db_words, query_label_words, db_label_words, bits = _prepare(query_codes, db_codes, query_labels, db_labels)
+    prepared = _prepare(query_codes, db_codes, query_labels, db_labels)
+    words, db_words, bits = prepared["query_words"], prepared["db_words"], prepared["bits"]
     n_db = db_words.shape[0]
+    if bits > MAX_BITS or n_db >= MAX_DATABASE:  # the kernels pack (place, distance) into an int32
+        raise ValueError(f"mAP takes codes of at most {MAX_BITS} bits and databases under {MAX_DATABASE:,} items, "
+                         f"got {bits} bits and {n_db:,} items")
     if topk is not None and topk < 1:
         raise ValueError(f"topk={topk} must be a positive number of items or None for the whole database")
     topk = n_db if topk is None else min(int(topk), n_db)
     cutoff_array = np.asarray(list(cutoffs) or [0], dtype=np.int64)
     threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
     numba.set_num_threads(threads)
-    return _rank_statistics(query_words, db_words, query_label_words, db_label_words, bits, topk, cutoff_array, threads), topk, n_db
+    if "query_class" in prepared:
+        statistics = rank_single_label(words, db_words, prepared["query_class"], prepared["db_class"], prepared["n_classes"], bits, topk,
+                                       cutoff_array, threads)
+    else:
+        statistics = rank_multi_label(words, db_words, prepared["query_labels"], prepared["db_labels"], bits, topk, cutoff_array, threads)
+    return statistics, topk, n_db
 
 
 def _torch_threads() -> int:

@@ -147,3 +147,9 @@ def test_index_ties_favour_whatever_comes_first_and_average_does_not():
     assert mean_average_precision(query, database, labels, first, ties="average") == pytest.approx(0.75)
     with pytest.raises(ValueError, match="ties='random'; expected one of index, average"):
         mean_average_precision(query, database, labels, first, ties="random")
+
+
+def test_codes_longer_than_the_kernels_pack_are_refused():
+    codes, labels = np.ones((2, 256)), np.array([0, 1])
+    with pytest.raises(ValueError, match="at most 255 bits .* got 256 bits"):
+        mean_average_precision(codes, codes, labels, labels)
