@@ -122,7 +122,10 @@ def test_report_writes_tables_plots_and_logs_them_on_the_parent(ablation_store, 
     assert {line.split(",")[0] for line in importance.splitlines()[1:]} == {"fANOVA", "PED-ANOVA"}
     logged = {artifact.path for artifact in client.list_artifacts(parent, "report")}
     assert {f"report/{name}" for name in written} == logged
-    assert "full > w/o Q" in (tmp_path / "out" / "README.md").read_text()
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "full > w/o Q" in readme
+    assert "Protocol `digits` (hashtune's embedded digits protocol): per class 50 train, 20 val queries, 30 test queries" in readme
+    assert "ablation.png" in written and "**inconclusive**" in readme
 
 
 def test_k_bits_table_marks_infeasible_and_not_run_cells(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from hashtune.report.importance import parameter_importances, rebuild_study
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
+from hashtune.data.protocol import PROTOCOLS
 from hashtune.tracking import TAG, display_uri
 from hashtune.report.tables import (
     METRIC, ablation_table, claim_rows, claims_markdown, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
@@ -144,6 +145,33 @@ def _sweep_command(client, study: Study) -> str | None:
     return f"python -m hashtune.sweep --space {params.get('space', '?')}{name}{' ' + overrides if overrides else ''}"
 
 
+def _protocol(study: Study) -> str:
+    """The protocol row the study used (the README's protocol table), and where the two tie rules disagree."""
+    configs = {(run.config.data.name, run.config.data.val_per_class, run.config.eval.topk, run.config.eval.ties) for run in study.finished}
+    lines = []
+    for name, val_per_class, topk, ties in sorted(configs, key=str):
+        if name in PROTOCOLS:
+            spec = PROTOCOLS[name]
+            val = spec.val_per_class if val_per_class is None else val_per_class
+            lines.append(f"Protocol `{name}` ({spec.literature}): per class {spec.train_per_class} train, {val} val queries, "
+                         f"{spec.test_per_class} test queries; database: {DATABASE_WORDS[spec.database]}; mAP@{topk or 'all'}, "
+                         f"ties broken by {'database index (seeded shuffled order)' if ties == 'index' else 'averaging'}.")
+        else:
+            lines.append(f"Protocol `{name}` (list files); mAP@{topk or 'the protocol cut-off'}, ties by {ties}.")
+    gaps = [abs(run.metrics["test/mAP_ties_index"] - run.metrics["test/mAP_ties_average"]) for run in study.finished
+            if "test/mAP_ties_index" in run.metrics and "test/mAP_ties_average" in run.metrics]
+    if gaps and max(gaps) > 0.001:
+        lines.append(f"Ties matter here: test mAP with ties by index and averaged over tie orders differ by up to {max(gaps):.4f} "
+                     "(both are logged on every run: `test/mAP_ties_index`, `test/mAP_ties_average`).")
+    elif gaps:
+        lines.append(f"Ties barely matter here: the two tie rules agree within {max(gaps):.4f} on every run.")
+    return " ".join(lines)
+
+
+DATABASE_WORDS = {"rest": "every non-query image, train included", "rest_without_train": "every other image, train excluded",
+                  "train": "the training images"}
+
+
 def _hardware(study: Study) -> str:
     """Where the numbers were made, from the trials' tags: per-seed values reproduce only there."""
     cpus = sorted({run.tags.get(f"{TAG}cpu_model", "") for run in study.finished} - {""})
@@ -170,6 +198,8 @@ def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[s
         "",
         f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "
         "importance objective. Seeds are `train.seed` = `data.seed` replicates.",
+        "",
+        _protocol(study),
         "",
         _hardware(study),
         "",

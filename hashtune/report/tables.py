@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 METRIC = "test/mAP"
+LEARNED = "test/mAP_learned"
 # What each paper claims about a variant relative to the full model (TransHash Tab. 2; He & Wei 2023)
 CLAIMS = {
     "w/o C": ("full > w/o C", "the Cauchy likelihood beats the sigmoid one", +1),
@@ -156,6 +157,10 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
         label = f"{run.variant} {suffix}".strip()
         row_variant[label], row_suffix[label] = run.variant, suffix
         per_cell[label, run.bits][run.seed] = run.metrics[METRIC]
+        if LEARNED in run.metrics:  # the asymmetric strategy retrieved as ADSH evaluates: its own row
+            learned = f"{label} (learned database codes)"
+            row_variant[learned], row_suffix[learned] = run.variant, suffix
+            per_cell[learned, run.bits][run.seed] = run.metrics[LEARNED]
     order = list(CLAIMS)
     rows = sorted(row_variant, key=lambda r: (row_suffix[r], row_variant[r] != reference,
                                               order.index(row_variant[r]) if row_variant[r] in order else len(order), r))
