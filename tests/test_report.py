@@ -101,7 +101,7 @@ def test_ablation_table_cells_ci_and_directions(ablation_store):
     assert table.cells["w/o Q", 32].versus_reference.difference.mean == pytest.approx(-0.07)
     markdown = table.to_markdown()
     assert "**0.877 ± 0.137 (n=3)**" in markdown  # w/o C has the best mean: bold
-    assert "0.850 ± 0.124 (n=3)" in markdown
+    assert "0.850 ± 0.124 (n=3)" in markdown and "CPU-hours (all seeds)" in markdown
     directions = paper_directions(table)
     assert directions[0].startswith("full > w/o C") and "**reversed** (-0.027 ± 0.014 mAP in the claim's direction, n=3" in directions[0]
     assert directions[1].startswith("full > w/o Q") and "**inconclusive** (+0.070 ± 0.075" in directions[1]  # 3/3 seeds agree, yet

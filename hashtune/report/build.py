@@ -65,7 +65,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
         folder.add(plot_pr_curves(pr, folder.out / "pr_curves.png", title=f"test PR by Hamming radius: best run (by {metric}) of each group"),
                    f"precision-recall curves of the best run by `{metric}` of each variant (or code length)")
     folder.add(plot_search_progress(study.runs, metric, folder.out / "search_progress.png"),
-               f"each trial's last `{metric}` in start order, and the best finished so far")
+               f"each trial's last `{metric}` in start order and the best finished so far; beside it, the best against cumulative CPU-hours")
     folder.write("README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study)), "")
     if log_to_parent and study.parent_run_ids:
         client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)

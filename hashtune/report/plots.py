@@ -57,23 +57,30 @@ def plot_sensitivity(curves: list[BinnedCurve], param: str, path: Path) -> Path:
 
 
 def plot_search_progress(runs: list[TrialRun], metric: str, path: Path) -> Path:
-    """Each trial's last `metric` by start order (finished vs stopped early) and the best finished so far."""
+    """Left: each trial's last `metric` by start order and the best finished so far. Right: the best finished
+    so far against the cumulative CPU-hours the trials spent (`cost/cpu_seconds`), what the search cost."""
     ordered = [run for run in runs if metric in run.metrics]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, (axis, cost_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for status, marker in (("finished", "o"), ("stopped_early", "x")):
         points = [(i, run.metrics[metric]) for i, run in enumerate(ordered) if run.status == status]
         if points:
             axis.scatter(*zip(*points), marker=marker, label=status.replace("_", " "))
-    best, line = float("-inf"), []
-    for i, run in enumerate(ordered):
+    best, line, hours, spent = float("-inf"), [], [], 0.0
+    for run in ordered:
         if run.status == "finished":
             best = max(best, run.metrics[metric])
+        spent += run.metrics.get("cost/cpu_seconds", 0.0) / 3600
         line.append(best if best > float("-inf") else float("nan"))
+        hours.append(spent)
     axis.step(range(len(ordered)), line, where="post", color="black", label="best finished so far")
     axis.set_xlabel("trial (start order)")
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend()
+    cost_axis.step(hours, line, where="post", color="black")
+    cost_axis.set_xlabel("cumulative CPU-hours of the trials")
+    cost_axis.set_ylabel(f"best finished {metric}")
+    cost_axis.grid(alpha=0.3)
     return _save(figure, path)
 
 

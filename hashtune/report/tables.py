@@ -72,6 +72,7 @@ class AblationCell:
     per_seed: dict[int, float]
     summary: MeanCI
     versus_reference: PairedDifference | None  # this row minus its reference row, paired by seed
+    cpu_seconds: float = 0.0  # what its runs cost, all seeds together (`cost/cpu_seconds`)
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,9 @@ class AblationTable:
                 row.append(f"**{text}**" if cell and self.best_variant(b) == variant else text)
             if self.reference:
                 row += [self._difference_text(variant, b) for b in self.bits]
+            row.append(f"{sum(cell.cpu_seconds for (v, _), cell in self.cells.items() if v == variant) / 3600:.3f}")
             rows.append(row)
-        return _markdown(header, rows)
+        return _markdown(header + ["CPU-hours (all seeds)"], rows)
 
     def _difference_text(self, variant: str, bits: int) -> str:
         cell = self.cells.get((variant, bits))
@@ -150,6 +152,7 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
         return None
     extra = _within_variant_keys(tagged)
     per_cell: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    cost: dict[tuple[str, int], float] = defaultdict(float)
     row_variant, row_suffix = {}, {}
     for run in tagged:
         flat = to_flat_dict(run.config)
@@ -157,6 +160,7 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
         label = f"{run.variant} {suffix}".strip()
         row_variant[label], row_suffix[label] = run.variant, suffix
         per_cell[label, run.bits][run.seed] = run.metrics[METRIC]
+        cost[label, run.bits] += run.metrics.get("cost/cpu_seconds", 0.0)
         if LEARNED in run.metrics:  # the asymmetric strategy retrieved as ADSH evaluates: its own row
             learned = f"{label} (learned database codes)"
             row_variant[learned], row_suffix[learned] = run.variant, suffix
@@ -171,7 +175,7 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
     for (row, b), per_seed in per_cell.items():
         ref = row_reference[row]
         versus = paired_difference(per_seed, per_cell[ref, b]) if ref is not None and (ref, b) in per_cell else None
-        cells[row, b] = AblationCell(row_variant[row], b, per_seed, mean_ci(list(per_seed.values())), versus)
+        cells[row, b] = AblationCell(row_variant[row], b, per_seed, mean_ci(list(per_seed.values())), versus, cost[row, b])
     has_reference = reference in row_variant.values()
     return AblationTable(rows, bits, cells, reference if has_reference else None, row_variant, row_reference)
 
