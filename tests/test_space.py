@@ -136,3 +136,27 @@ def test_the_best_trial_is_chosen_on_the_weights_that_are_reported():
     assert space.metric == "val/best_mAP"
     best = summarize(results, space, NoRuns(), "1")["best"]
     assert best["trial_id"] == "b" and best["selected_by"] == "val/best_mAP" and best["test/mAP"] == 0.88
+
+
+def test_a_resumed_sweep_continues_its_wall_clock_budget(tmp_path):
+    """`time_budget_s` counts the sweep's time over every --resume (on its parent run), not each driver's own."""
+    import pickle
+
+    from mlflow import MlflowClient
+
+    from hashtune.sweep.stores import TrialTracking
+    from hashtune.sweep.tuner import ELAPSED_METRIC, sweep_stopper
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("clock")
+    parent = client.create_run(experiment_id).info.run_id
+    space = tmp_path / "clock.yaml"
+    space.write_text("time_budget_s: 60\nvariants: {full: {}}\n")
+    stopper = sweep_stopper(load_space(str(space)), TrialTracking(client.tracking_uri, experiment_id, parent), every_s=0.0)
+    assert stopper.stop_all() is False  # a new sweep: its budget is ahead of it
+    client.log_metric(parent, ELAPSED_METRIC, 59.5)  # the first driver spent 59.5 s, then was killed
+    resumed = pickle.loads(pickle.dumps(stopper))  # how Tune restores it on --resume
+    assert resumed.stop_all() is False
+    client.log_metric(parent, ELAPSED_METRIC, 61.0)
+    assert pickle.loads(pickle.dumps(stopper)).stop_all() is True  # a fresh 60 s would have started over
+    assert max(m.value for m in client.get_metric_history(parent, ELAPSED_METRIC)) >= 61.0

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +18,7 @@ from hashtune.sweep.stores import (
     SPACE_ARTIFACT, SweepError, SweepStores, changed_keys, open_tracking, resolve_stores, saved_space_record, space_record, sweep_lock,
 )
 from hashtune.sweep.trial import TrialResolver, TrialTracking
-from hashtune.sweep.tuner import build_tuner, trial_trainable
+from hashtune.sweep.tuner import ELAPSED_METRIC, build_tuner, trial_trainable
 from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, sweep_cost
 
 __all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
@@ -115,7 +114,7 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     summary = summarize(results, space, client, experiment_id)
     summary |= {"experiment": stores.name, "mlflow_uri": uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id,
                 "disk_bytes": _disk_bytes(stores.experiment_path), "cost": _priced(sweep_cost(client, experiment_id, parent_run_id), space)}
-    summary["ended_by"] = _ended_by(summary, space)
+    summary["ended_by"] = _ended_by(summary, space, tracking)
     _close_parent(client, parent_run_id, summary)
     return summary
 
@@ -203,9 +202,8 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
             else:
                 tuner = build_tuner(space, base, name=stores.name, storage=stores.storage, callbacks=[logger], tracking=tracking,
                                     max_concurrent=args.max_concurrent or space.max_concurrent, optuna_storage=stores.optuna_storage)
-            start = time.monotonic()
             results = tuner.fit()
-            interrupted = _interrupted(results, space, len(resolver.points), time.monotonic() - start)
+            interrupted = _interrupted(results, space, len(resolver.points), tracking)
             stop_signal = (seen[0] if seen else "SIGINT") if interrupted else None
     except KeyboardInterrupt:  # a second Ctrl-C while Tune was already stopping
         stop_signal = "SIGINT"
@@ -219,13 +217,26 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
     return results, stop_signal
 
 
-def _interrupted(results, space: SearchSpace, grid_size: int, elapsed: float) -> bool:
+def _interrupted(results, space: SearchSpace, grid_size: int, tracking: TrialTracking) -> bool:
     """Whether Tune returned early on Ctrl-C (SIGINT) or SIGUSR1: it then returns normally, with trials unfinished."""
     if results.num_terminated + results.num_errors < len(results):
         return True
-    budget_spent = space.time_budget_s is not None and elapsed >= space.time_budget_s
     planned = grid_size if space.search == "grid" else space.num_samples
-    return len(results) < planned and not budget_spent
+    return len(results) < planned and _limit_reached(space, tracking) is None
+
+
+def _limit_reached(space: SearchSpace, tracking: TrialTracking) -> str | None:
+    """Which of the sweep's limits its runs have reached, as MLflow holds them (over every --resume), or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking.uri)
+    elapsed = client.get_run(tracking.parent_run_id).data.metrics.get(ELAPSED_METRIC, 0.0)
+    if space.time_budget_s is not None and elapsed >= space.time_budget_s:
+        return f"time budget spent: {elapsed:.0f} of {space.time_budget_s:g} s (summed over every --resume)"
+    budget = space.budget_seconds()
+    if budget is not None and sweep_cost(client, tracking.experiment_id, tracking.parent_run_id)[budget[0]] >= budget[1]:
+        return "budget"
+    return None
 
 
 def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[str, Any]:
@@ -264,8 +275,11 @@ def _priced(cost: dict[str, float], space: SearchSpace) -> dict[str, float]:
     return cost | ({"cost/usd": cost["cost/gpu_seconds"] / 3600.0 * price} if price is not None else {})
 
 
-def _ended_by(summary: dict[str, Any], space: SearchSpace) -> str:
-    """One line: why the sweep ended (every trial done, or its budget spent)."""
+def _ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTracking) -> str:
+    """One line: why the sweep ended (every trial done, its wall-clock budget or its cost budget spent)."""
+    limit = _limit_reached(space, tracking)
+    if limit is not None and limit != "budget":
+        return limit
     budget = space.budget_seconds()
     if budget is None or (not summary["skipped_budget"] and summary["cost"][budget[0]] < budget[1]):
         return "every trial ran"

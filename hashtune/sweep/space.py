@@ -13,7 +13,7 @@ Schema (every key but `params` or `variants` optional)::
     gpus_per_worker: 0
     max_failures: 2                     # Ray Train worker-group restarts of a trial (workers: N)
     checkpoints_to_keep: 1              # best checkpoints kept per trial by `metric` (Ray also keeps the latest)
-    time_budget_s: null                 # stop launching trials after this many seconds
+    time_budget_s: null                 # wall-clock seconds of the sweep, summed over --resume; then every trial stops
     base: tune                          # start every arm from the best finished trial of this experiment
     budget: {cpu_hours: 2.0}            # or {gpu_hours: H}; hard: true stops running trials too;
                                         # usd_per_gpu_hour: P prices the summary (see clusters/README.md)

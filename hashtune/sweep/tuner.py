@@ -10,13 +10,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ray.tune import Stopper
+
 from hashtune.config import Config, config_from_dict
 from hashtune.sweep.space import Domain, SearchSpace
 from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
 from hashtune.tracking import sweep_cost
 from hashtune.train.bits import is_feasible
 
-__all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE"]
+__all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE", "SweepStopper", "sweep_stopper", "ELAPSED_METRIC"]
+
+ELAPSED_METRIC = "sweep/elapsed_s"
 
 
 class OptunaSpace:
@@ -79,7 +83,7 @@ def build_tuner(
     trainable = trial_trainable(space, resolver, storage, tracking)
     tune_config: dict[str, Any] = dict(metric=space.metric, mode=space.mode, max_concurrent_trials=max_concurrent,
                                        scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs),
-                                       time_budget_s=space.time_budget_s)
+)
     if space.search == "grid":
         param_space = {"point": tune.grid_search(list(resolver.points))}
         tune_config["num_samples"] = 1
@@ -99,7 +103,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(**tune_config, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
-            stop=budget_stopper(space, tracking),
+            stop=sweep_stopper(space, tracking),
             # the best checkpoint(s) by the selection metric; Ray never deletes a trial's latest one
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
@@ -138,28 +142,50 @@ def _driver_resource() -> dict[str, float]:
     return {}
 
 
-def budget_stopper(space: SearchSpace, tracking: TrialTracking, every_s: float = 5.0):
-    """A hard budget (`budget: {..., hard: true}`): a Tune `Stopper` that ends every trial once the sweep's
-    runs (as MLflow holds them) have spent it; a soft budget only keeps new trials from training (see `trial`)."""
-    budget = space.budget_seconds()
-    if budget is None or not space.budget["hard"]:
+class SweepStopper(Stopper):
+    """The sweep's limits, read from MLflow so that a resumed sweep continues them (see `sweep_stopper`)."""
+
+    def __init__(self, *, tracking: TrialTracking, time_budget_s: float | None, budget: tuple[str, float] | None, every_s: float) -> None:
+        self.tracking, self.time_budget_s, self.budget, self.every_s = tracking, time_budget_s, budget, every_s
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.checked_at, self.elapsed_before, self.started, self.stop = float("-inf"), None, time.monotonic(), False
+
+    def __getstate__(self) -> dict:
+        return {key: getattr(self, key) for key in ("tracking", "time_budget_s", "budget", "every_s")}
+
+    def __setstate__(self, state: dict) -> None:  # restored by --resume: this driver's clock starts now
+        self.__dict__.update(state)
+        self._fresh()
+
+    def __call__(self, trial_id, result) -> bool:
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        if self.stop or time.monotonic() - self.checked_at < self.every_s:
+            return self.stop
+        from mlflow import MlflowClient
+
+        client, self.checked_at, parent = MlflowClient(self.tracking.uri), time.monotonic(), self.tracking.parent_run_id
+        if self.elapsed_before is None:
+            self.elapsed_before = client.get_run(parent).data.metrics.get(ELAPSED_METRIC, 0.0)
+        elapsed = self.elapsed_before + time.monotonic() - self.started
+        client.log_metric(parent, ELAPSED_METRIC, elapsed)
+        self.stop = self.time_budget_s is not None and elapsed >= self.time_budget_s
+        if self.budget is not None and not self.stop:
+            self.stop = sweep_cost(client, self.tracking.experiment_id, parent)[self.budget[0]] >= self.budget[1]
+        return self.stop
+
+
+def sweep_stopper(space: SearchSpace, tracking: TrialTracking, every_s: float = 2.0) -> SweepStopper | None:
+    """The sweep's limits as one Tune `Stopper` (or None): the wall-clock `time_budget_s` and a hard cost budget.
+
+    Both are read from MLflow, not from this driver's clock or memory, so a resumed sweep continues the
+    budget it had: the elapsed time is kept on the parent run (`sweep/elapsed_s`) and added to on every
+    check; the spent cost is the trials' `cost/*` sums (a soft budget only keeps new trials from training).
+    """
+    budget = space.budget_seconds() if space.budget and space.budget["hard"] else None
+    if budget is None and space.time_budget_s is None:
         return None
-    from ray import tune
-
-    class BudgetStopper(tune.Stopper):
-        def __init__(self) -> None:
-            self.checked_at, self.spent = 0.0, False
-
-        def __call__(self, trial_id, result) -> bool:
-            return self.stop_all()
-
-        def stop_all(self) -> bool:
-            if not self.spent and time.monotonic() - self.checked_at >= every_s:
-                from mlflow import MlflowClient
-
-                self.checked_at = time.monotonic()
-                spent = sweep_cost(MlflowClient(tracking.uri), tracking.experiment_id, tracking.parent_run_id)[budget[0]]
-                self.spent = spent >= budget[1]
-            return self.spent
-
-    return BudgetStopper()
+    return SweepStopper(tracking=tracking, time_budget_s=space.time_budget_s, budget=budget, every_s=every_s)
