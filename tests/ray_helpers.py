@@ -29,3 +29,27 @@ def train_workers(state: str | None = None) -> list:
 
     filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", state)] if state else [])
     return list_actors(filters=filters, detail=True, limit=1000)
+
+
+def end_session_processes(temp_dir: str, timeout: float = 30.0) -> int:
+    """SIGKILL every process whose command line names `temp_dir` (a test's RAY_TMPDIR) and wait until they are gone.
+
+    A SIGKILLed driver's dashboard and runtime-env agents outlive it for minutes (Ray 2.60 does not fate-share them),
+    holding the agent's fixed port 52365; the next local Ray then cannot start its agent. A crashed machine ends them
+    all; a test that kills a driver ends them itself. Returns how many it ended.
+    """
+    import signal
+    import time
+
+    import psutil
+
+    ended = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in part for part in process.info["cmdline"] or ()):
+                process.send_signal(signal.SIGKILL)
+                ended.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    psutil.wait_procs(ended, timeout=timeout)
+    return len(ended)

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from hashtune.sweep.cli import main as sweep_main
+from ray_helpers import end_session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,10 @@ TINY = "  train.eval_every: 1\n  model.depth: 1\n  model.embed_dim: 16\n  model.
 def ray_temp_dir(monkeypatch, tmp_path_factory):
     import tempfile
 
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    yield temp_dir
+    end_session_processes(temp_dir)  # whatever a killed or timed-out driver left behind
 
 
 def _client(results: Path) -> MlflowClient:
@@ -128,6 +132,7 @@ def test_driver_killed_after_a_run_closed_resumes_without_rerunning_or_duplicati
     killed = subprocess.run(_sweep_command(space, tmp_path), capture_output=True, text=True, timeout=400,
                             env=os.environ | {FAULT_ENV: "kill-driver-after-run-closed"}, start_new_session=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    end_session_processes(os.environ["RAY_TMPDIR"])  # its Ray agents outlive it (see ray_helpers); a crash ends them
     finished_before = {r.data.tags["hashtune.trial_id"]: r for r in _finished_runs(tmp_path, "resume")}
     assert len(finished_before) == 1, "the switch kills the driver right after the first run closes"
     (trial_id, first), = finished_before.items()
@@ -152,6 +157,7 @@ def test_sigterm_to_the_process_group_is_a_clean_interruption(tmp_path):
     space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
     driver = _start_and_signal_after_first_trial(space, tmp_path, signal.SIGTERM)
     _, stderr = driver.communicate(timeout=180)
+    end_session_processes(os.environ["RAY_TMPDIR"])
     assert driver.returncode == 143, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("hashtune.sweep: sweep 'term' interrupted by SIGTERM") and "--name term --resume" in last
