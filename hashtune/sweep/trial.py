@@ -150,7 +150,9 @@ def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace
     if space.workers == 0:  # bit-identical reruns need the same intra-op thread count (and CPU)
         torch_threads = pin_threads(space.cpus_per_trial)
         if run is not None:
-            client.set_tags(run.info.run_id, environment_tags(torch_threads))
+            from mlflow.entities import RunTag
+
+            client.log_batch(run.info.run_id, tags=[RunTag(key, value) for key, value in environment_tags(torch_threads).items()])
     if run is not None and run.data.tags.get(COMPLETED_TAG) == "1":
         _replay(client, run, config)
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
