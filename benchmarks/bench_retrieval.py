@@ -137,7 +137,8 @@ def main(argv=None) -> None:
         approx_header = ["clustered codes", "index", "q/s (k=10)", "recall@10", "recall@100", "build s", "bytes per code", "q/s vs flat"]
         notes += ("\n\n## Past brute force\n\n" + markdown_table(approx_header, approx) +
                   f"\n{args.queries} queries; index parameters are the bundle defaults (`hashtune.retrieval.index`: ivf nlist about "
-                  "4 sqrt(n) capped so each list trains on 39+ codes, nprobe 16; hnsw m 32, ef_search 64). Recall is tie-aware.")
+                  "4 sqrt(n), at most 4,096 and 39+ codes per list, k-means on 64 codes per list for 10 iterations, nprobe 32; hnsw m 32, "
+                  "ef_search 64). Recall is tie-aware.")
     command = (f"python -m benchmarks.bench_retrieval --sizes {' '.join(map(str, args.sizes))} --ks {' '.join(map(str, args.ks))} "
                f"--queries {args.queries} --approx-sizes {' '.join(map(str, args.approx_sizes))} --indexes {' '.join(args.indexes)}")
     write_report(args.out, "Hamming search throughput", command, markdown_table(header, rows), notes)
