@@ -50,6 +50,9 @@ def test_retrieval_benchmark_at_tiny_size(tmp_path):
     from benchmarks import bench_retrieval
 
     out = tmp_path / "retrieval.md"
-    bench_retrieval.main(["--sizes", "5000", "--ks", "10", "300", "--queries", "5", "--repeats", "2", "--out", str(out)])
+    bench_retrieval.main(["--sizes", "5000", "--ks", "10", "300", "--queries", "5", "--repeats", "2", "--approx-sizes", "20000",
+                          "--out", str(out)])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 5,000")]
     assert len(rows) == 2 and all(row.rstrip(" |").endswith("True") for row in rows)
+    approx = {line.split("|")[2].strip(): line for line in out.read_text().splitlines() if line.startswith("| 20,000")}
+    assert set(approx) == {"flat", "ivf", "hnsw"} and "| 1.000 | 1.000 |" in approx["flat"]
