@@ -63,8 +63,13 @@ def test_results_hold_no_machine_paths():
 
 @pytest.mark.slow
 def test_wheel_ships_every_space_and_resolves_them_outside_the_repo(tmp_path):
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+    import shutil
+
+    source, wheels = tmp_path / "source", tmp_path / "wheels"  # built from a copy: setuptools writes build/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "hashtune", "search_spaces"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
                    check=True, capture_output=True)
     wheel = next(wheels.glob("hashtune-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -1,7 +1,0 @@
-"""`python -m hashtune.sweep`: see `hashtune.sweep.cli`."""
-
-import sys
-
-from hashtune.sweep.cli import main
-
-sys.exit(main())
