@@ -156,7 +156,8 @@ def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace
     if run is not None and run.data.tags.get(COMPLETED_TAG) == "1":
         _replay(client, run, config)
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
-        tune.report({"budget/skipped": 1.0})  # a new trial, launched after the sweep spent its budget: not trained
+        # a new trial, launched after the sweep spent its budget: not trained (Tune wants the metric and ASHA the epoch)
+        tune.report({"budget/skipped": 1.0, space.metric: float("nan"), "epoch": 0})
     elif space.workers == 0:
         _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None)
     else:
