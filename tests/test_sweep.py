@@ -208,9 +208,15 @@ def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
     assert any(r.data.tags["hashtune.status"] == "stopped_early" for r in children)
 
 
-def test_local_ray_dashboard_listens_on_loopback_only():
+def _blocks_sigterm(pid: int) -> bool:
+    blocked = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigBlk:"))
+    return bool(int(blocked.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driver():
     """What hashtune can choose: the HTTP dashboard (Train V2's State API) binds 127.0.0.1. Ray 2.60's gRPC
-    servers bind every interface whatever init() is told (see results/reliability.md)."""
+    servers bind every interface whatever init() is told (see results/reliability.md). The raylet and GCS
+    block SIGTERM (a group SIGTERM would otherwise end the raylet and, with it, the driver, status 1)."""
     import psutil
     import ray
 
@@ -221,6 +227,9 @@ def test_local_ray_dashboard_listens_on_loopback_only():
         port = int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
         listeners = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
         assert listeners and {c.laddr.ip for c in listeners} == {"127.0.0.1"}
+        daemons = {p.name(): p.pid for p in psutil.Process().children(recursive=True) if p.name() in ("raylet", "gcs_server")}
+        assert daemons.keys() == {"raylet", "gcs_server"} and all(_blocks_sigterm(pid) for pid in daemons.values())
+        assert not _blocks_sigterm(os.getpid())  # the driver's own mask is restored
     finally:
         ray.shutdown()
 

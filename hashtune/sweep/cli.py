@@ -24,9 +24,7 @@ from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
 from hashtune.tracking import resolve_tracking
 
-__all__ = ["build_parser", "main", "SIGTERM_EXIT"]
-
-SIGTERM_EXIT = 143
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

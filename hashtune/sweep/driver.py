@@ -155,9 +155,11 @@ SIGTERM_GRACE_S = 10.0
 def _stop_signals(on_forced_exit) -> Iterator[list[str]]:
     """SIGTERM stops the sweep the way Ctrl-C does (Tune saves its state and returns); yields the signals seen.
 
-    A SIGTERM sent to the whole process group also ends Ray's daemons, and Tune's clean-up then waits for a
-    dead GCS. A watchdog gives the graceful stop `SIGTERM_GRACE_S`, then calls `on_forced_exit()` (record
-    the interruption, say how to resume) and leaves with exit 143. Nothing is lost: trials are idempotent.
+    A local Ray's daemons block SIGTERM (`init_ray`), so a SIGTERM to the whole process group reaches the
+    driver alone. Should Ray's daemons die anyway (a cluster's, or a signal sent to every process), Tune's
+    clean-up would wait for a dead GCS: a watchdog gives the graceful stop `SIGTERM_GRACE_S`, then calls
+    `on_forced_exit()` (record the interruption, say how to resume) and leaves with exit 143. Nothing is
+    lost: trials are idempotent.
     """
     seen: list[str] = []
     done = threading.Event()
@@ -193,8 +195,8 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
     logger = MlflowTrialLogger(tracking=tracking, space_name=space.name, resolve=resolver)
     started = init_ray(args.address)
     results, stop_signal = None, "SIGINT"
-    try:
-        with _stop_signals(on_forced_exit) as seen:
+    with _stop_signals(on_forced_exit) as seen:  # its watchdog also bounds the shutdown
+        try:
             if resume:
                 print(f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)")
                 tuner = Tuner.restore(stores.experiment_path, trainable=trial_trainable(space, resolver, stores.storage, tracking),
@@ -205,15 +207,13 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
             results = tuner.fit()
             interrupted = _interrupted(results, space, len(resolver.points), tracking)
             stop_signal = (seen[0] if seen else "SIGINT") if interrupted else None
-    except KeyboardInterrupt:  # a second Ctrl-C while Tune was already stopping
-        stop_signal = "SIGINT"
-    finally:
-        # After a SIGTERM to the process group, Ray's own daemons are dying with it: shutdown() would wait
-        # 60 s for a dead GCS. They share the driver's fate (PR_SET_PDEATHSIG), so they end when it exits.
-        if started and stop_signal != "SIGTERM":
-            import ray
+        except KeyboardInterrupt:  # a second Ctrl-C while Tune was already stopping
+            stop_signal = "SIGINT"
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     return results, stop_signal
 
 

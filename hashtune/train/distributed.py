@@ -16,10 +16,12 @@ with a `RayTrainRuntime`. The epoch loop, model, losses and metrics are the sing
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -95,8 +97,27 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        with _daemons_block_sigterm():
+            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     return True
+
+
+@contextlib.contextmanager
+def _daemons_block_sigterm() -> Iterator[None]:
+    """Start the local Ray's daemons with SIGTERM blocked, as Ray itself starts them with SIGINT blocked.
+
+    They share the driver's process group, so a SIGTERM to the group (a terminal's `kill -TERM -PGID`,
+    a scheduler's preemption) would end the raylet too, and the driver's core worker then exits at once
+    (status 1, "connection to the plasma store is failed") before the sweep can stop and say how to
+    resume. Blocked, the signal reaches the driver alone; the daemons still die with it (Ray's
+    PR_SET_PDEATHSIG) and `ray.shutdown()` still ends them (SIGKILL after a 1 s grace). The mask is
+    inherited across fork and exec and this thread's own is restored on return.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def build_torch_trainer(
