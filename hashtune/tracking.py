@@ -24,6 +24,7 @@ __all__ = [
     "find_runs",
     "ARTIFACTS",
     "point_id",
+    "find_trial_run",
     "flat_params",
     "best_finished_run",
     "sweep_parents",
@@ -99,6 +100,18 @@ def find_runs(client, experiment_id: str, filter_string: str = "") -> list:
         token = page.token
         if not token:
             return runs
+
+
+def find_trial_run(client, experiment_id: str, trial_id: str, point: str | None = None):
+    """A trial's MLflow run, or None: by its trial id, else by its grid point's id (`point_id`).
+
+    The second finds the run of a grid point that Tune launched again under a new trial id (its state
+    older than MLflow's), so the point is resumed or replayed, never trained twice.
+    """
+    runs = find_runs(client, experiment_id, f"tags.`{TAG}trial_id` = '{trial_id}'")
+    if not runs and point is not None:
+        runs = find_runs(client, experiment_id, f"tags.`{TAG}point` = '{point}' and tags.`{TAG}status` != 'infeasible'")
+    return runs[0] if runs else None
 
 
 def point_id(overrides: dict[str, Any]) -> str:

@@ -77,16 +77,32 @@ def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[
     ablation = ablation_table(study.runs, reference)
     if not ablation:
         return []
-    directions, claims = paper_directions(ablation, delta=DELTA), claim_rows(ablation, delta=DELTA)
-    verdicts = f"\n## The papers' claims (paired by seed, 95% CI, equivalence margin ±{DELTA:g})\n\n" + claims_markdown(claims, DELTA) if claims else ""
+    delta, alpha, design = _claims_level(study)
+    directions, claims = paper_directions(ablation, delta=delta, alpha=alpha), claim_rows(ablation, delta=delta, alpha=alpha)
+    verdicts = (f"\n## The papers' claims (paired by seed, {100 * (1 - alpha):.4g}% CI, equivalence margin ±{delta:g})\n\n{design}"
+                + claims_markdown(claims, delta) if claims else "")
     folder.write("ablation.md", ablation.to_markdown() + verdicts + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
                  f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
                  f"each variant's paired difference to `{ablation.reference}`, and each claim's verdict (holds, reversed, "
                  "equivalent, inconclusive) with the effect the seeds could detect and the seeds a ±delta interval needs")
     if claims:
-        folder.add(plot_forest(claims, DELTA, folder.out / "ablation.png"), "forest plot: each claim's paired difference and 95% CI, 0 and ±delta, verdict and n")
+        folder.add(plot_forest(claims, delta, folder.out / "ablation.png"),
+                   f"forest plot: each claim's paired difference and {100 * (1 - alpha):.4g}% CI, 0 and ±delta, verdict and n")
     folder.write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
     return directions
+
+
+def _claims_level(study: Study) -> tuple[float, float, str]:
+    """(delta, alpha, a sentence on the design): a replicated sweep's per-look level, else 95% and `DELTA`."""
+    params = study.parent_params
+    if "replicates.alpha_per_look" not in params:
+        return DELTA, 0.05, ""
+    alpha, looks = float(params["replicates.alpha_per_look"]), int(params["replicates.looks"])
+    design = (f"Seeds were added adaptively (`replicates: {params['replicates.spec']}`): after each round an arm whose CI "
+              f"excluded 0 or lay inside ±delta was settled, the others got more seeds. Every look tests at alpha / L = "
+              f"{params['replicates.alpha']} / {looks} = {alpha:.4g} (Bonferroni over the L planned looks), so the intervals "
+              "below are at that level. An `inconclusive` claim ran to `max` seeds (or the budget).\n\n")
+    return float(params["replicates.delta"]), alpha, design
 
 
 def _sensitivity_files(folder: _StudyFolder, study: Study) -> None:

@@ -49,6 +49,7 @@ class Study:
     tracking_uri: str
     runs: list[TrialRun]
     parent_run_ids: list[str]  # newest first
+    parent_params: dict[str, str] = field(default_factory=dict)  # the newest parent's (space, base, replicates.*)
 
     @property
     def finished(self) -> list[TrialRun]:
@@ -104,4 +105,5 @@ def load_study(client: Any, experiment_name: str) -> Study:
             f"{len(missing)} finished run(s) of {experiment_name!r} have no {REQUIRED_METRIC} metric (first: {missing[0].run_id}, "
             f"{missing[0].name!r}); they were not logged by a hashtune sweep"
         )
-    return Study(experiment_name, experiment.experiment_id, client.tracking_uri, runs, [run.info.run_id for run in parents])
+    return Study(experiment_name, experiment.experiment_id, client.tracking_uri, runs, [run.info.run_id for run in parents],
+                 dict(parents[0].data.params) if parents else {})

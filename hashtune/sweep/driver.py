@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from hashtune.config import Config, to_flat_dict
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
+from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import (
     SPACE_ARTIFACT, SweepError, SweepStores, changed_keys, open_tracking, resolve_stores, saved_space_record, space_record, sweep_lock,
@@ -54,6 +55,11 @@ def _create_parent(client, experiment_id: str, stores: SweepStores, space: Searc
     })
     params = {"space": space.name, "search": space.search, "metric": space.metric, "seeds": list(space.seeds),
               "workers": space.workers, "num_samples": space.num_samples}
+    if space.replicates is not None:  # the study reads its level from here
+        plan = space.replicates
+        params |= {"replicates.spec": f"{{min: {plan.min}, max: {plan.max}, step: {plan.step}, delta: {plan.delta:g}, alpha: {plan.alpha:g}}}",
+                   "replicates.looks": plan.looks, "replicates.alpha_per_look": plan.alpha_per_look, "replicates.alpha": plan.alpha,
+                   "replicates.delta": plan.delta, "replicates.reference": space.reference}
     params |= {f"base.{key}": value for key, value in record["overrides"].items()}
     params |= {f"base_run.{key}": value for key, value in record.get("base", {}).items()}  # --base: where the arms start from
     client.log_batch(run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
@@ -114,6 +120,8 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     summary = summarize(results, space, client, experiment_id)
     summary |= {"experiment": stores.name, "mlflow_uri": uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id,
                 "disk_bytes": _disk_bytes(stores.experiment_path), "cost": _priced(sweep_cost(client, experiment_id, parent_run_id), space)}
+    if space.replicates is not None:
+        summary["replicates"] = _replicates_record(client, parent_run_id)
     summary["ended_by"] = _ended_by(summary, space, tracking)
     _close_parent(client, parent_run_id, summary)
     return summary
@@ -137,6 +145,17 @@ class _Interruption:
                     f"python -m hashtune.sweep --space {self.space_arg} --name {self.stores.name} --resume"
                 )
             return self._message
+
+
+def _replicates_record(client, parent_run_id: str) -> dict | None:
+    """The adaptive schedule's last record on the parent run (`replicates.json`), or None before its first round."""
+    import json
+    import tempfile
+
+    if "replicates.json" not in {artifact.path for artifact in client.list_artifacts(parent_run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return json.loads(Path(client.download_artifacts(parent_run_id, "replicates.json", folder)).read_text())
 
 
 def _disk_bytes(experiment_path: str) -> int | None:
@@ -221,6 +240,11 @@ def _interrupted(results, space: SearchSpace, grid_size: int, tracking: TrialTra
     """Whether Tune returned early on Ctrl-C (SIGINT) or SIGUSR1: it then returns normally, with trials unfinished."""
     if results.num_terminated + results.num_errors < len(results):
         return True
+    if space.replicates is not None:  # the schedule says on the parent run when it is done
+        from mlflow import MlflowClient
+
+        done = MlflowClient(tracking.uri).get_run(tracking.parent_run_id).data.tags.get(REPLICATES_TAG) == "done"
+        return not done and _limit_reached(space, tracking) is None
     planned = grid_size if space.search == "grid" else space.num_samples
     return len(results) < planned and _limit_reached(space, tracking) is None
 
@@ -282,6 +306,11 @@ def _ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTracki
         return limit
     budget = space.budget_seconds()
     if budget is None or (not summary["skipped_budget"] and summary["cost"][budget[0]] < budget[1]):
+        record = summary.get("replicates")
+        if record is not None:
+            unsettled = [arm for arm, entry in record["arms"].items() if "settled" in entry and not entry["settled"]]
+            return (f"replicates schedule done after {record['rounds']} round(s): "
+                    + (f"{len(unsettled)} arm(s) at max seeds, unsettled ({', '.join(unsettled)}); the rest settled" if unsettled else "every arm settled"))
         return "every trial ran"
     spent, limit = summary["cost"][budget[0]] / 3600.0, budget[1] / 3600.0
     unit = f"{space.budget['resource'].upper()}-hours"

@@ -5,7 +5,8 @@ Ray Train worker group), so it sees failures that a worker could not log. A chil
 resolved config as params (the trainer's dotted names), per-epoch curves (step = epoch), the final
 metrics, tags (space, variant, seed, trial id, status) and artifacts (config.yaml, history.csv,
 metrics.json, pr_curve.png, pr_curve.csv, splits.npz) with the checkpoint's URI as a tag. Runs are found
-again by their `hashtune.trial_id` tag, so a resumed sweep never duplicates them.
+again by their `hashtune.trial_id` tag (or a grid point's `hashtune.point`), so a resumed sweep never
+duplicates them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, TAG, find_runs, flat_params, root_cause
+from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, TAG, find_trial_run, flat_params, root_cause
 
 __all__ = ["MlflowTrialLogger", "FAULT_ENV"]
 
@@ -67,10 +68,12 @@ class MlflowTrialLogger(Callback):
         """The trial's child run: cached, found by tag (resumed sweeps), or created with its params."""
         if trial.trial_id in self._run_ids:
             return self._run_ids[trial.trial_id]
-        found = find_runs(self.client, self.tracking.experiment_id, f"tags.`{TAG}trial_id` = '{trial.trial_id}'")
-        if found:
-            run_id = found[0].info.run_id
-            self._logged[trial.trial_id] = {(key, metric.step) for key in found[0].data.metrics
+        point = self.resolve.point_id(trial.config)
+        found = find_trial_run(self.client, self.tracking.experiment_id, trial.trial_id, point)
+        if found is not None:
+            run_id = found.info.run_id
+            self.client.set_tag(run_id, f"{TAG}trial_id", trial.trial_id)  # a point launched again: its run, adopted
+            self._logged[trial.trial_id] = {(key, metric.step) for key in found.data.metrics
                                             for metric in self.client.get_metric_history(run_id, key)}
         else:
             variant, flat = self.resolve(trial.config)
@@ -78,7 +81,7 @@ class MlflowTrialLogger(Callback):
             run_id = self.client.create_run(self.tracking.experiment_id, run_name=run_name, tags={
                 "mlflow.parentRunId": self.tracking.parent_run_id, f"{TAG}space": self.space_name, f"{TAG}variant": variant,
                 f"{TAG}seed": str(flat["train.seed"]), f"{TAG}trial_id": trial.trial_id, f"{TAG}status": "running",
-            }).info.run_id
+            } | ({f"{TAG}point": point} if point else {})).info.run_id
             self.client.log_batch(run_id, params=flat_params(flat))
         self._run_ids[trial.trial_id] = run_id
         return run_id

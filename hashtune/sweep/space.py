@@ -19,6 +19,9 @@ Schema (every key but `params` or `variants` optional)::
                                         # usd_per_gpu_hour: P prices the summary (see clusters/README.md)
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
+    replicates: {min: 3, max: 20, step: 3, delta: 0.02, alpha: 0.05}
+                                        # instead of seeds (grid + variants): seeds added per round to the
+                                        # arms whose claim is unsettled (see hashtune.sweep.replicates)
     fixed: {train.epochs: 150}          # overrides every trial gets
     variants:                           # named override sets, a grid dimension (ablations)
       full: {}
@@ -49,20 +52,45 @@ from hashtune.paths import shipped_spaces
 from hashtune.strict_yaml import YamlError, read_yaml
 from hashtune.train.bits import is_feasible
 
-__all__ = ["SpaceError", "Domain", "SearchSpace", "load_space", "space_text"]
+__all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "space_text"]
 
 SEARCHES = ("grid", "tpe", "random")
 DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
     "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
     "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
-    "checkpoints_to_keep", "budget", "base",
+    "checkpoints_to_keep", "budget", "base", "replicates",
 }
 BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
 
 
 class SpaceError(ValueError):
     """A search space that cannot be run; the message names the file, the key and what would be valid."""
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """The adaptive schedule of a space (`replicates:`)."""
+
+    min: int = 3
+    max: int = 20
+    step: int = 3
+    delta: float = 0.02
+    alpha: float = 0.05
+
+    @property
+    def looks(self) -> int:
+        """The planned looks: the first round and every round `step` can add before `max`."""
+        return 1 + math.ceil((self.max - self.min) / self.step)
+
+    @property
+    def alpha_per_look(self) -> float:
+        return self.alpha / self.looks
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """Every seed an arm can run: 0 .. max-1, in the order they are added."""
+        return tuple(range(self.max))
 
 
 @dataclass(frozen=True)
@@ -103,6 +131,13 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Domain] = field(default_factory=dict)
+    replicates: Replicates | None = None
+    """The adaptive seed schedule (grid spaces with variants), or None: every point at every seed."""
+
+    @property
+    def reference(self) -> str | None:
+        """The variant every other is compared with: the first one listed."""
+        return next(iter(self.variants), None)
 
     def grid_points(self, base: Config) -> tuple[list[dict], list[dict]]:
         """All grid points as (feasible, infeasible) lists of `{"label", "variant", "overrides"}`, in a stable order.
@@ -113,7 +148,8 @@ class SearchSpace:
         names = list(self.params)
         value_lists = [self.params[name].values for name in names]
         feasible, infeasible = [], []
-        for variant, values, seed in itertools.product(variants, itertools.product(*value_lists), self.seeds):
+        seeds = self.replicates.seeds if self.replicates else self.seeds
+        for variant, values, seed in itertools.product(variants, itertools.product(*value_lists), seeds):
             overrides = {**self.fixed, **variants[variant], **dict(zip(names, values)), **dict.fromkeys(SEED_KEYS, seed)}
             searched = " ".join(f"{name.split('.')[-1]}={value}" for name, value in zip(names, values))
             label = " ".join(part for part in (variant, searched, f"seed={seed}") if part)
@@ -203,6 +239,32 @@ def _parse_budget(where: str, budget: Any) -> dict[str, Any] | None:
     return {"resource": resources[0].split("_")[0], "hours": hours, "hard": budget.get("hard", False), "usd_per_gpu_hour": price}
 
 
+REPLICATES_KEYS = ("min", "max", "step", "delta", "alpha")
+
+
+def _parse_replicates(where: str, tree: dict) -> Replicates | None:
+    spec = tree.get("replicates")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) - set(REPLICATES_KEYS):
+        raise SpaceError(f"{where}: replicates must be a mapping of {', '.join(REPLICATES_KEYS)}, got {spec!r}")
+    if tree.get("search", "grid") != "grid" or len(tree.get("variants") or {}) < 2:
+        raise SpaceError(f"{where}: replicates needs search: grid and at least two variants (the first is the reference)")
+    if "seeds" in tree:
+        raise SpaceError(f"{where}: replicates chooses the seeds (0, 1, 2, ... per arm); remove seeds: {tree['seeds']!r}")
+    if (tree.get("scheduler") or {"type": "none"}) not in ("none", {"type": "none"}):
+        raise SpaceError(f"{where}: replicates compares finished trials; use scheduler: {{type: none}}, not {tree['scheduler']!r}")
+    default, at = Replicates(), f"{where}: replicates"
+    plan = Replicates(
+        min=_number(at, spec, "min", default.min, int, 2), max=_number(at, spec, "max", default.max, int, 2),
+        step=_number(at, spec, "step", default.step, int, 1), delta=_number(at, spec, "delta", default.delta, float, 1e-12),
+        alpha=_number(at, spec, "alpha", default.alpha, float, 1e-12),
+    )
+    if plan.max < plan.min or plan.alpha >= 1:
+        raise SpaceError(f"{where}: replicates needs 2 <= min <= max and 0 < alpha < 1, got {spec!r}")
+    return plan
+
+
 def _parse_scheduler(where: str, scheduler: Any) -> dict:
     if scheduler in (None, "none"):
         return {"type": "none"}
@@ -283,6 +345,7 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         name=space_name, search=search, **_settings(where, tree), scheduler=_parse_scheduler(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
         budget=_parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
+        replicates=_parse_replicates(where, tree),
     )
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)

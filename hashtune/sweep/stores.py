@@ -119,9 +119,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose value differs between two space records (added and removed keys included)."""
+    """Dotted keys whose value differs between two space records (added and removed keys included; a key
+    absent from one and null in the other is unchanged: a setting added since, at its default)."""
     old, new = _flat(saved), _flat(current)
-    changed = {key for key in old.keys() | new.keys() if old.get(key, "<absent>") != new.get(key, "<absent>")}
+    changed = {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
     return sorted(key for key in changed if not any(other.startswith(f"{key}.") for other in changed))  # leaves only
 
 

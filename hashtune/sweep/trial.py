@@ -13,6 +13,7 @@ whose Tune checkpoint was not saved resumes from the checkpoint its MLflow run n
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import COMPLETED_TAG, TAG, find_runs, sweep_cost
+from hashtune.tracking import COMPLETED_TAG, TAG, find_trial_run, point_id, sweep_cost
 
 __all__ = ["TrialResolver", "TrialTracking", "run_trial"]
 
@@ -40,6 +41,10 @@ class TrialResolver:
             return point["variant"], self.base_flat | point["overrides"]
         sampled = {key: value for key, value in trial_config.items() if "." in key}
         return "", self.base_flat | self.fixed | sampled | dict.fromkeys(SEED_KEYS, self.seed)
+
+    def point_id(self, trial_config: dict) -> str | None:
+        """A grid point's id (the same at every launch of the point), or None for a sampled trial."""
+        return point_id(self.points[trial_config["point"]]["overrides"]) if "point" in trial_config else None
 
     def label(self, trial_config: dict) -> str:
         """The grid point's label, or the sampled values of a search trial."""
@@ -69,13 +74,12 @@ def _fit_in_trial(config: Config, recorded_checkpoint: str | None) -> None:
         fit(config, runtime=LocalRuntime(resolve_device(config.train.device), _report_to_tune), run_dir=run_dir, resume_from=resume_from)
 
 
-def _recorded_run(tracking: TrialTracking, trial_id: str):
-    """This trial's MLflow run, if a previous attempt created one."""
+def _recorded_run(tracking: TrialTracking, trial_id: str, point: str | None):
+    """This trial's MLflow run, if a previous attempt (of this trial, or of its grid point) created one."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.uri)
-    runs = find_runs(client, tracking.experiment_id, f"tags.`{TAG}trial_id` = '{trial_id}'")
-    return client, (runs[0] if runs else None)
+    return client, find_trial_run(client, tracking.experiment_id, trial_id, point)
 
 
 def _replay(client, run, config: Config) -> None:
@@ -140,13 +144,28 @@ def _budget_spent(client, tracking: TrialTracking, space: SearchSpace) -> bool:
     return budget is not None and sweep_cost(client, tracking.experiment_id, tracking.parent_run_id)[budget[0]] >= budget[1]
 
 
+FAKE_TRIAL_ENV = "HASHTUNE_TEST_TRIAL"
+"""Tests only: `module:function` called as `function(variant, flat_config) -> final metrics` instead of
+training, so the schedule, MLflow and resume machinery run for real on known arm means in a second."""
+
+
+def _fake_trial(spec: str, variant: str, flat: dict[str, Any], epochs: int) -> None:
+    import importlib
+
+    from ray import tune
+
+    module, function = spec.split(":")
+    metrics = getattr(importlib.import_module(module), function)(variant, flat)
+    tune.report(metrics | {"epoch": epochs, "final": 1.0})
+
+
 def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking) -> None:
     """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it."""
     from ray import tune
 
-    _, flat = resolver(trial_config)
+    variant, flat = resolver(trial_config)
     config = config_from_dict(flat)
-    client, run = _recorded_run(tracking, tune.get_context().get_trial_id())
+    client, run = _recorded_run(tracking, tune.get_context().get_trial_id(), resolver.point_id(trial_config))
     if space.workers == 0:  # bit-identical reruns need the same intra-op thread count (and CPU)
         torch_threads = pin_threads(space.cpus_per_trial)
         if run is not None:
@@ -158,6 +177,8 @@ def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
         # a new trial, launched after the sweep spent its budget: not trained (Tune wants the metric and ASHA the epoch)
         tune.report({"budget/skipped": 1.0, space.metric: float("nan"), "epoch": 0})
+    elif os.environ.get(FAKE_TRIAL_ENV):
+        _fake_trial(os.environ[FAKE_TRIAL_ENV], variant, flat, config.train.epochs)
     elif space.workers == 0:
         _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None)
     else:

@@ -1,7 +1,8 @@
 """The sweep's `Tuner`: grid points or Optuna samplers, ASHA, resources, and the trainable.
 
-Grid spaces launch every feasible point once; `tpe` and `random` spaces use Optuna's samplers, with the
-study in an RDB storage next to the MLflow store. Trials that ASHA stops early are told to Optuna as
+Grid spaces launch every feasible point once (with `replicates:`, the seeds a `ReplicationSearcher`
+schedules); `tpe` and `random` spaces use Optuna's samplers, with the study in an RDB storage next to
+the MLflow store. Trials that ASHA stops early are told to Optuna as
 PRUNED, not COMPLETE, so TPE only learns from values measured at full fidelity.
 """
 
@@ -82,9 +83,15 @@ def build_tuner(
     resolver = TrialResolver(base, space)
     trainable = trial_trainable(space, resolver, storage, tracking)
     tune_config: dict[str, Any] = dict(metric=space.metric, mode=space.mode, max_concurrent_trials=max_concurrent,
-                                       scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs),
-)
-    if space.search == "grid":
+                                       scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs))
+    if space.replicates is not None:
+        from hashtune.sweep.replicates import ReplicationSearcher
+
+        tune_config["search_alg"] = ReplicationSearcher(points=resolver.points.values(), plan=space.replicates, reference=space.reference,
+                                                        tracking=tracking, metric=space.metric, mode=space.mode)
+        tune_config["num_samples"] = len(resolver.points)  # a bound: the schedule ends itself
+        param_space = None
+    elif space.search == "grid":
         param_space = {"point": tune.grid_search(list(resolver.points))}
         tune_config["num_samples"] = 1
     else:
