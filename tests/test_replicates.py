@@ -184,3 +184,29 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     assert arms["w/o Q"]["vs_reference"] == "lower" and arms["same"]["vs_reference"] == "equivalent" and arms["noisy"]["seeds_run"] == 6
     parent = next(r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
     assert parent.data.tags["hashtune.replicates"] == "done" and parent.info.status == "FINISHED"
+
+
+def test_crossed_seeds_make_a_data_by_train_grid(tmp_path):
+    path = tmp_path / "crossed.yaml"
+    path.write_text("seeds: {data: [0, 1], train: [0, 1, 2]}\nvariants: {full: {}}\n")
+    feasible, _ = load_space(str(path)).grid_points(__import__("hashtune.config", fromlist=["Config"]).Config())
+    assert [(p["overrides"]["data.seed"], p["overrides"]["train.seed"]) for p in feasible] == [(d, t) for d in (0, 1) for t in (0, 1, 2)]
+    assert feasible[1]["label"] == "full data_seed=0 seed=1"
+    path.write_text("search: tpe\nseeds: {data: [0], train: [0]}\nparams: {loss.gamma: {uniform: [1.0, 2.0]}}\n")
+    with pytest.raises(SpaceError, match=r"crossed seeds are \{data: \[...\], train: \[...\]\} in a grid space"):
+        load_space(str(path))
+
+
+def test_variance_components_match_the_mean_squares_by_hand():
+    from hashtune.report.stats import variance_components
+
+    table = np.array([[0.80, 0.82, 0.81], [0.70, 0.73, 0.70], [0.90, 0.91, 0.93]])  # rows data seeds, columns train seeds
+    split = variance_components({(d, t): table[d, t] for d in range(3) for t in range(3)})
+    grand, rows, cols = table.mean(), table.mean(axis=1), table.mean(axis=0)
+    ms_data = 3 * ((rows - grand) ** 2).sum() / 2
+    ms_train = 3 * ((cols - grand) ** 2).sum() / 2
+    ms_res = ((table - rows[:, None] - cols[None, :] + grand) ** 2).sum() / 4
+    assert split.residual == pytest.approx(ms_res)
+    assert split.data == pytest.approx((ms_data - ms_res) / 3) and split.train == pytest.approx(max(0.0, (ms_train - ms_res) / 3))
+    assert split.data > 10 * split.train  # the data split dominates this table by construction
+    assert variance_components({(0, 0): 0.8, (0, 1): 0.8, (1, 0): 0.7}) is None  # no complete 2 x 2

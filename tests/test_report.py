@@ -311,3 +311,24 @@ def test_base_becomes_the_start_of_every_arm_with_cli_overrides_on_top(tmp_path)
     base, space, provenance = _tuned(args, Config(), load_space("ablations"))
     assert base.loss.gamma == 9.0 and base.train.lr == 0.004 and base.train.epochs == 300  # not the space's fixed 150
     assert space.fixed == {} and space.base == "tune" and provenance["experiment"] == "tune"
+
+
+def test_a_crossed_seed_study_pairs_by_seed_pair_and_splits_the_variance(tmp_path):
+    uri, client, experiment_id, parent = _store(tmp_path)
+    data_effect, train_effect = {0: 0.0, 1: -0.06, 2: 0.05}, {0: 0.0, 1: 0.004, 2: -0.003}
+    for variant, overrides, shift in (("full", {}, 0.0), ("w/o Q", {"loss.quant_weight": 0.0}, -0.05)):
+        for d in range(3):
+            for t in range(3):
+                value = 0.85 + shift + data_effect[d] + train_effect[t] + 0.001 * ((d * 3 + t) % 2)
+                _child(client, experiment_id, parent, overrides | {"data.seed": d, "train.seed": t}, variant=variant,
+                       metrics={"test/mAP": value, "val/mAP": value})
+    table = ablation_table(load_study(client, "study").runs)
+    cell = table.cells["w/o Q", 32]
+    assert sorted(cell.per_seed) == [f"{d}/{t}" for d in range(3) for t in range(3)]
+    assert cell.versus_reference.n == 9 and cell.versus_reference.difference.mean == pytest.approx(-0.05)
+    build_report(client, "study", tmp_path / "out", log_to_parent=False)
+    split = (tmp_path / "out" / "variance_split.md").read_text()
+    full_row = next(line for line in split.splitlines() if line.startswith("| full"))
+    data_share, train_share = (int(part.split("(")[1].split("%")[0]) for part in full_row.split("|")[4:6])
+    assert data_share > 90 and train_share < 5  # the data split causes the noise here, by construction
+    assert "crossed design" in (tmp_path / "out" / "README.md").read_text()

@@ -15,6 +15,7 @@ from hashtune.data.protocol import PROTOCOLS
 from hashtune.tracking import TAG, display_uri
 from hashtune.report.tables import (
     METRIC, ablation_table, claim_rows, claims_markdown, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
+    is_crossed, replicate_key, variance_table,
 )
 from hashtune.train.outputs import plot_pr_curves, read_pr_curve
 
@@ -89,6 +90,9 @@ def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[
         folder.add(plot_forest(claims, delta, folder.out / "ablation.png"),
                    f"forest plot: each claim's paired difference and {100 * (1 - alpha):.4g}% CI, 0 and ±delta, verdict and n")
     folder.write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
+    split = variance_table(study.runs)
+    if split is not None:
+        folder.write("variance_split.md", split + "\n", "seed noise split between the data split and the training seed (crossed seeds)")
     return directions
 
 
@@ -200,7 +204,8 @@ def _hardware(study: Study) -> str:
 
 def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None) -> str:
     counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
-    seeds = sorted({run.seed for run in study.runs})
+    crossed = is_crossed(study.runs)
+    seeds = sorted({replicate_key(run, crossed) for run in study.runs}, key=str)
     started = min((run.start_time for run in study.runs if run.start_time), default=0)
     lines = [
         f"# Study `{study.experiment_name}`",
@@ -213,7 +218,8 @@ def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[s
         f"(experiment id {study.experiment_id}).",
         "",
         f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "
-        "importance objective. Seeds are `train.seed` = `data.seed` replicates.",
+        "importance objective. " + ("Seeds are `data.seed/train.seed` pairs of a crossed design." if crossed
+                                    else "Seeds are `train.seed` = `data.seed` replicates."),
         "",
         _protocol(study),
         "",

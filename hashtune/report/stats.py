@@ -10,7 +10,7 @@ from scipy import stats
 
 __all__ = [
     "MeanCI", "PairedDifference", "mean_ci", "paired_difference", "VERDICTS", "ClaimVerdict", "claim_verdict",
-    "minimum_detectable_effect", "seeds_for_half_width",
+    "minimum_detectable_effect", "seeds_for_half_width", "VarianceSplit", "variance_components",
 ]
 
 
@@ -140,3 +140,36 @@ def claim_verdict(differences, *, delta: float, alpha: float = 0.05) -> ClaimVer
         verdict = "inconclusive"
     return ClaimVerdict(verdict, ci, n, tost_p, minimum_detectable_effect(sd, n, alpha), seeds_for_half_width(sd, delta, 1 - alpha) if n >= 2 else None,
                         alpha, delta)
+
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """Variance components of a crossed data-seed x train-seed design (one run per pair)."""
+
+    data: float
+    train: float
+    residual: float
+    n_data: int
+    n_train: int
+
+
+def variance_components(values: dict[tuple[int, int], float]) -> VarianceSplit | None:
+    """Split seed variance into data split, training seed and what is left, from `{(data_seed, train_seed): value}`.
+
+    Two-way ANOVA without replication (statsmodels' `anova_lm`); the random-effects components are the
+    method-of-moments ones, `(MS_data - MS_res) / n_train` and `(MS_train - MS_res) / n_data`, floored at 0.
+    Uses the largest complete crossing (data seeds that have every train seed); None below 2 x 2.
+    """
+    import pandas as pd
+    from statsmodels.formula.api import ols
+    from statsmodels.stats.anova import anova_lm
+
+    trains = sorted({train for _, train in values})
+    datas = sorted(data for data in {data for data, _ in values} if all((data, train) in values for train in trains))
+    if len(datas) < 2 or len(trains) < 2:
+        return None
+    frame = pd.DataFrame([(d, t, values[d, t]) for d in datas for t in trains], columns=["data", "train", "value"])
+    mean_square = anova_lm(ols("value ~ C(data) + C(train)", frame).fit())["mean_sq"]
+    residual = float(mean_square["Residual"])
+    return VarianceSplit(max(0.0, (float(mean_square["C(data)"]) - residual) / len(trains)),
+                         max(0.0, (float(mean_square["C(train)"]) - residual) / len(datas)), residual, len(datas), len(trains))

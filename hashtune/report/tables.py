@@ -16,7 +16,7 @@ import numpy as np
 
 from hashtune.config import SEED_KEYS, Config, to_flat_dict
 from hashtune.report.runs import TrialRun
-from hashtune.report.stats import ClaimVerdict, MeanCI, PairedDifference, claim_verdict, mean_ci, paired_difference
+from hashtune.report.stats import ClaimVerdict, MeanCI, PairedDifference, claim_verdict, mean_ci, paired_difference, variance_components
 from hashtune.train.bits import is_feasible
 
 __all__ = [
@@ -34,6 +34,9 @@ __all__ = [
     "ClaimRow",
     "claim_rows",
     "claims_markdown",
+    "variance_table",
+    "is_crossed",
+    "replicate_key",
 ]
 
 METRIC = "test/mAP"
@@ -69,7 +72,7 @@ def _number(value: float, digits: int = 4) -> str:
 class AblationCell:
     variant: str
     bits: int
-    per_seed: dict[int, float]
+    per_seed: dict[int | str, float]  # by seed, or by "data/train" seeds in a crossed design
     summary: MeanCI
     versus_reference: PairedDifference | None  # this row minus its reference row, paired by seed
     cpu_seconds: float = 0.0  # what its runs cost, all seeds together (`cost/cpu_seconds`)
@@ -142,6 +145,16 @@ def _within_variant_keys(runs: list[TrialRun]) -> list[str]:
     return sorted(keys - set(SEED_KEYS))
 
 
+def is_crossed(runs: list[TrialRun]) -> bool:
+    """Whether the runs cross data seeds with training seeds (then a replicate is the pair, not one seed)."""
+    return len({run.config.data.seed for run in runs}) > 1 and any(run.config.data.seed != run.config.train.seed for run in runs)
+
+
+def replicate_key(run: TrialRun, crossed: bool) -> int | str:
+    """What pairs runs across variants: the training seed, or `"data/train"` in a crossed design."""
+    return f"{run.config.data.seed}/{run.config.train.seed}" if crossed else run.config.train.seed
+
+
 def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTable | None:
     """The ablation table of the finished runs that carry a variant tag; None when none do.
 
@@ -151,6 +164,7 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
     if not tagged:
         return None
     extra = _within_variant_keys(tagged)
+    crossed = is_crossed(tagged)
     per_cell: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
     cost: dict[tuple[str, int], float] = defaultdict(float)
     row_variant, row_suffix = {}, {}
@@ -159,12 +173,12 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
         suffix = " ".join(f"{key.split('.')[-1]}={flat[key]}" for key in extra)
         label = f"{run.variant} {suffix}".strip()
         row_variant[label], row_suffix[label] = run.variant, suffix
-        per_cell[label, run.bits][run.seed] = run.metrics[METRIC]
+        per_cell[label, run.bits][replicate_key(run, crossed)] = run.metrics[METRIC]
         cost[label, run.bits] += run.metrics.get("cost/cpu_seconds", 0.0)
         if LEARNED in run.metrics:  # the asymmetric strategy retrieved as ADSH evaluates: its own row
             learned = f"{label} (learned database codes)"
             row_variant[learned], row_suffix[learned] = run.variant, suffix
-            per_cell[learned, run.bits][run.seed] = run.metrics[LEARNED]
+            per_cell[learned, run.bits][replicate_key(run, crossed)] = run.metrics[LEARNED]
     order = list(CLAIMS)
     rows = sorted(row_variant, key=lambda r: (row_suffix[r], row_variant[r] != reference,
                                               order.index(row_variant[r]) if row_variant[r] in order else len(order), r))
@@ -338,3 +352,26 @@ def continuous_table(curves: list[BinnedCurve]) -> tuple[str, str]:
                          _number(mean.mean) if mean else "", _number(mean.low) if mean else "", _number(mean.high) if mean else ""])
     markdown_rows = [[str(cell) for cell in row[:5]] for row in rows]
     return _markdown(header[:5], markdown_rows), _csv(header, rows)
+
+
+def variance_table(runs: list[TrialRun]) -> str | None:
+    """Per (variant, bits) of a crossed seed design: how much of the seed noise the data split causes and how
+    much the training seed (`variance_components`); None when no cell crosses >= 2 data and >= 2 train seeds."""
+    cells: dict[tuple[str, int], dict[tuple[int, int], float]] = defaultdict(dict)
+    for run in runs:
+        if run.status == "finished" and METRIC in run.metrics:
+            cells[run.variant, run.bits][run.config.data.seed, run.config.train.seed] = run.metrics[METRIC]
+    rows = []
+    for (variant, bits), values in sorted(cells.items()):
+        split = variance_components(values)
+        if split is None:
+            continue
+        total = split.data + split.train + split.residual
+        share = (lambda part: f"{100 * part / total:.0f}%") if total > 0 else (lambda part: "-")
+        rows.append([variant or "-", str(bits), f"{split.n_data} x {split.n_train}", f"{split.data ** 0.5:.4f} ({share(split.data)})",
+                     f"{split.train ** 0.5:.4f} ({share(split.train)})", f"{split.residual ** 0.5:.4f} ({share(split.residual)})"])
+    if not rows:
+        return None
+    header = ["variant", "bits", "data x train seeds", "sd from the data split (share)", "sd from the training seed (share)",
+              "sd left (interaction + noise)"]
+    return _markdown(header, rows)

@@ -19,6 +19,7 @@ Schema (every key but `params` or `variants` optional)::
                                         # usd_per_gpu_hour: P prices the summary (see clusters/README.md)
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
+    seeds: {data: [0, 1], train: [0, 1, 2]}   # or crossed (grid): the study splits the variance between them
     replicates: {min: 3, max: 20, step: 3, delta: 0.02, alpha: 0.05}
                                         # instead of seeds (grid + variants): seeds added per round to the
                                         # arms whose claim is unsettled (see hashtune.sweep.replicates)
@@ -127,7 +128,8 @@ class SearchSpace:
         return f"cost/{self.budget['resource']}_seconds", self.budget["hours"] * 3600.0
     time_budget_s: float | None = None
     scheduler: dict = field(default_factory=lambda: {"type": "none"})
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple = (0,)
+    """Seeds that set `data.seed` and `train.seed` alike, or `(data, train)` pairs of a crossed design."""
     fixed: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Domain] = field(default_factory=dict)
@@ -150,12 +152,19 @@ class SearchSpace:
         feasible, infeasible = [], []
         seeds = self.replicates.seeds if self.replicates else self.seeds
         for variant, values, seed in itertools.product(variants, itertools.product(*value_lists), seeds):
-            overrides = {**self.fixed, **variants[variant], **dict(zip(names, values)), **dict.fromkeys(SEED_KEYS, seed)}
+            overrides = {**self.fixed, **variants[variant], **dict(zip(names, values)), **_seed_overrides(seed)}
             searched = " ".join(f"{name.split('.')[-1]}={value}" for name, value in zip(names, values))
-            label = " ".join(part for part in (variant, searched, f"seed={seed}") if part)
+            seed_label = f"data_seed={seed[0]} seed={seed[1]}" if isinstance(seed, tuple) else f"seed={seed}"
+            label = " ".join(part for part in (variant, searched, seed_label) if part)
             point = {"label": label, "variant": variant, "overrides": overrides}
             (feasible if is_feasible(base.replace(overrides)) else infeasible).append(point)
         return feasible, infeasible
+
+
+def _seed_overrides(seed: int | tuple[int, int]) -> dict[str, int]:
+    if isinstance(seed, tuple):
+        return {"data.seed": seed[0], "train.seed": seed[1]}
+    return dict.fromkeys(SEED_KEYS, seed)
 
 
 def space_text(name_or_path: str) -> tuple[str, str, str]:
@@ -207,7 +216,12 @@ def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) ->
     return Domain(kind=kind, values=tuple(values))
 
 
-def _parse_seeds(where: str, seeds: Any, search: str) -> tuple[int, ...]:
+def _parse_seeds(where: str, seeds: Any, search: str) -> tuple:
+    if isinstance(seeds, dict):
+        if set(seeds) != {"data", "train"} or search != "grid":
+            raise SpaceError(f"{where}: crossed seeds are {{data: [...], train: [...]}} in a grid space, got {seeds!r} ({search})")
+        data, train = (_parse_seeds(f"{where}: seeds.{key}", seeds[key], search) for key in ("data", "train"))
+        return tuple(itertools.product(data, train))
     seeds = [seeds] if isinstance(seeds, int) else seeds
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise SpaceError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
