@@ -179,7 +179,9 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     assert all(r.data.tags["hashtune.status"] == "finished" for r in runs)
     executions = (tmp_path / "executions.log").read_text().split("\n")
     assert executions.count(closed[0]) == 1, "the seed whose run closed before the kill ran again"
-    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):resumed.stdout.rindex("}") + 1])
+    lines = resumed.stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")  # the summary, after Tune's tables
+    summary = json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
     arms = summary["replicates"]["arms"]
     assert arms["w/o Q"]["vs_reference"] == "lower" and arms["same"]["vs_reference"] == "equivalent" and arms["noisy"]["seeds_run"] == 6
     parent = next(r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
