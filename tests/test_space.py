@@ -160,3 +160,12 @@ def test_a_resumed_sweep_continues_its_wall_clock_budget(tmp_path):
     client.log_metric(parent, ELAPSED_METRIC, 61.0)
     assert pickle.loads(pickle.dumps(stopper)).stop_all() is True  # a fresh 60 s would have started over
     assert max(m.value for m in client.get_metric_history(parent, ELAPSED_METRIC)) >= 61.0
+
+
+def test_resume_sees_a_setting_added_at_its_null_default_as_unchanged():
+    from hashtune.sweep.stores import changed_keys
+
+    saved = {"space": {"name": "ablations", "seeds": [0, 1]}, "overrides": {}}
+    assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": None}, "overrides": {}}) == []
+    assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": {"min": 3}}, "overrides": {}}) == ["space.replicates.min"]
+    assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 2]}, "overrides": {}}) == ["space.seeds"]
