@@ -29,7 +29,7 @@ from typing import Any, Iterable
 from ray.tune.search import Searcher
 
 from hashtune.report.stats import ClaimVerdict, claim_verdict
-from hashtune.sweep.space import Replicates
+from hashtune.sweep.replication_plan import Replicates
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import TAG
 

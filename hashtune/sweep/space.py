@@ -51,6 +51,7 @@ from typing import Any
 from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric, to_flat_dict
 from hashtune.paths import shipped_spaces
 from hashtune.strict_yaml import YamlError, read_yaml
+from hashtune.sweep.replication_plan import Replicates
 from hashtune.train.bits import is_feasible
 
 __all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "space_text"]
@@ -67,31 +68,6 @@ BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
 
 class SpaceError(ValueError):
     """A search space that cannot be run; the message names the file, the key and what would be valid."""
-
-
-@dataclass(frozen=True)
-class Replicates:
-    """The adaptive schedule of a space (`replicates:`)."""
-
-    min: int = 3
-    max: int = 20
-    step: int = 3
-    delta: float = 0.02
-    alpha: float = 0.05
-
-    @property
-    def looks(self) -> int:
-        """The planned looks: the first round and every round `step` can add before `max`."""
-        return 1 + math.ceil((self.max - self.min) / self.step)
-
-    @property
-    def alpha_per_look(self) -> float:
-        return self.alpha / self.looks
-
-    @property
-    def seeds(self) -> tuple[int, ...]:
-        """Every seed an arm can run: 0 .. max-1, in the order they are added."""
-        return tuple(range(self.max))
 
 
 @dataclass(frozen=True)
