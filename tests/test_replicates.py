@@ -186,6 +186,8 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     assert arms["w/o Q"]["vs_reference"] == "lower" and arms["same"]["vs_reference"] == "equivalent" and arms["noisy"]["seeds_run"] == 6
     parent = next(r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
     assert parent.data.tags["hashtune.replicates"] == "done" and parent.info.status == "FINISHED"
+    study = (tmp_path / "rep" / "ablation.md").read_text()  # the study states the design and its per-look level
+    assert "alpha / L = 0.05 / 2 = 0.025" in study and "The schedule is done" in study and "97.5% CI" in study
 
 
 def test_crossed_seeds_make_a_data_by_train_grid(tmp_path):

@@ -105,8 +105,16 @@ def _claims_level(study: Study) -> tuple[float, float, str]:
     design = (f"Seeds were added adaptively (`replicates: {params['replicates.spec']}`): after each round an arm whose CI "
               f"excluded 0 or lay inside ±delta was settled, the others got more seeds. Every look tests at alpha / L = "
               f"{params['replicates.alpha']} / {looks} = {alpha:.4g} (Bonferroni over the L planned looks), so the intervals "
-              "below are at that level. An `inconclusive` claim ran to `max` seeds (or the budget).\n\n")
+              f"below are at that level. {_schedule_state(study)}\n\n")
     return float(params["replicates.delta"]), alpha, design
+
+
+def _schedule_state(study: Study) -> str:
+    state = study.parent_tags.get(f"{TAG}replicates", "not started")
+    if state == "done":
+        return "The schedule is done: an `inconclusive` claim ran to `max` seeds (or the budget)."
+    return (f"The schedule was stopped in {state} (parent run status {study.parent_tags.get(f'{TAG}status', 'unknown')}): "
+            "these verdicts are valid at this look, and `--resume` continues the schedule.")
 
 
 def _sensitivity_files(folder: _StudyFolder, study: Study) -> None:

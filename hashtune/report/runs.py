@@ -50,6 +50,7 @@ class Study:
     runs: list[TrialRun]
     parent_run_ids: list[str]  # newest first
     parent_params: dict[str, str] = field(default_factory=dict)  # the newest parent's (space, base, replicates.*)
+    parent_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> list[TrialRun]:
@@ -106,4 +107,4 @@ def load_study(client: Any, experiment_name: str) -> Study:
             f"{missing[0].name!r}); they were not logged by a hashtune sweep"
         )
     return Study(experiment_name, experiment.experiment_id, client.tracking_uri, runs, [run.info.run_id for run in parents],
-                 dict(parents[0].data.params) if parents else {})
+                 dict(parents[0].data.params) if parents else {}, dict(parents[0].data.tags) if parents else {})
