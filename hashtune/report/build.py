@@ -58,7 +58,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     study = load_study(client, experiment)
     folder = _StudyFolder(Path(out_dir))
-    directions = _ablation_files(folder, study, reference)
+    directions = _ablation_files(folder, study, study.parent_params.get("replicates.reference", reference))  # the schedule's reference
     _sensitivity_files(folder, study)
     _importance_files(folder, study, metric)
     pr = _best_pr_curves(client, study, metric)

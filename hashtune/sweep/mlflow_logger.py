@@ -72,7 +72,8 @@ class MlflowTrialLogger(Callback):
         found = find_trial_run(self.client, self.tracking.experiment_id, trial.trial_id, point)
         if found is not None:
             run_id = found.info.run_id
-            self.client.set_tag(run_id, f"{TAG}trial_id", trial.trial_id)  # a point launched again: its run, adopted
+            if found.data.tags.get(f"{TAG}trial_id") != trial.trial_id:  # a point launched again: its run, adopted
+                self.client.set_tag(run_id, f"{TAG}trial_id", trial.trial_id)
             self._logged[trial.trial_id] = {(key, metric.step) for key in found.data.metrics
                                             for metric in self.client.get_metric_history(run_id, key)}
         else:
