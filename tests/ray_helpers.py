@@ -9,10 +9,16 @@ import tempfile
 import ray
 
 
+def short_temp_dir(prefix: str = "rs") -> str:
+    """A fresh folder directly under /tmp: Ray's Unix socket paths live under its temp dir and may not pass 107 bytes
+    (pytest's own tmp_path, e.g. /tmp/pytest-of-root/pytest-102/..., is too long once its counter grows)."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 2):
     """A local Ray whose dashboard (Train V2's State API) listens on 127.0.0.1 only."""
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    temp_dir = short_temp_dir("rt")
     ray.init(
         num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
     )

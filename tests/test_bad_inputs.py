@@ -198,3 +198,15 @@ def test_two_drivers_creating_one_new_store_at_once_both_succeed(tmp_path):
         assert driver.returncode == 0, err[-2000:]
     tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")}
     assert "runs" in tables and not any(name.startswith("_alembic_tmp") for name in tables)
+
+
+def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    long_dir = tmp_path / ("x" * 40)  # Ray's dashboard would die on its first module socket under it
+    monkeypatch.setenv("RAY_TMPDIR", str(long_dir))
+    results = tmp_path / "results"
+    assert sweep_main(["--space", "smoke", "--results-dir", str(results)]) == 2
+    line = _one_error_line(capsys, "hashtune.sweep: error:")
+    assert f"Ray's temp dir '{long_dir}/ray' is too long for its Unix sockets" in line and "set RAY_TMPDIR to a folder of at most" in line
+    assert train_main(["--out", str(tmp_path / "run"), "--workers", "1", "--no-progress", *TINY]) == 2
+    assert "is too long for its Unix sockets" in _one_error_line(capsys, "hashtune.train: error:")
+    assert not results.exists() and not long_dir.exists()

@@ -133,13 +133,13 @@ def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_pat
 
 @pytest.mark.slow
 def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
-    import tempfile
+    from ray_helpers import short_temp_dir
 
     from mlflow import MlflowClient
 
     from hashtune.sweep.cli import main as sweep_main
 
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "test/mAP", "--out", str(tmp_path / "b")]) == 2

@@ -148,13 +148,12 @@ FAKE_ARMS = {"full": [0.80, 0.002], "w/o Q": [0.70, 0.002], "same": [0.80, 0.002
 def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_without_running_a_seed_twice(tmp_path):
     from hashtune.sweep.mlflow_logger import FAULT_ENV
     from hashtune.sweep.trial import FAKE_TRIAL_ENV
-    from ray_helpers import end_session_processes
+    from ray_helpers import end_session_processes, short_temp_dir
 
     space = tmp_path / "rep.yaml"
     space.write_text("search: grid\nmax_concurrent: 2\nreplicates: {min: 3, max: 6, step: 3, delta: 0.02}\nfixed:\n  train.epochs: 2\n"
                      "variants:\n  full: {}\n  w/o Q: {loss.quant_weight: 0.0}\n  same: {loss.gamma: 2.0}\n  noisy: {loss.cls_weight: 0.5}\n")
-    ray_dir = tmp_path.parent / f"rr{os.getpid()}"
-    ray_dir.mkdir(exist_ok=True)
+    ray_dir = short_temp_dir("rr")
     env = os.environ | {"RAY_TMPDIR": str(ray_dir), FAKE_TRIAL_ENV: "fake_trials:noisy_arms", "FAKE_ARMS": json.dumps(FAKE_ARMS),
                         "FAKE_LOG": str(tmp_path / "executions.log"),
                         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}

@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -12,6 +11,7 @@ import pytest
 
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
+from ray_helpers import short_temp_dir
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def _keys(client, prefix: str) -> list[str]:
 
 
 def test_sweep_state_and_checkpoints_land_in_s3_and_resume_from_it(s3, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
     storage = f"s3://{BUCKET}/sweeps"
     assert sweep_main(["--space", "smoke", "--storage", storage, "--results-dir", str(tmp_path)]) == 0
     keys = _keys(s3, "sweeps/smoke/")
@@ -82,7 +82,7 @@ def test_sweep_state_and_checkpoints_land_in_s3_and_resume_from_it(s3, tmp_path,
 
 
 def test_train_through_ray_train_stores_checkpoints_in_s3(s3, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
     assert train_main(["--out", str(tmp_path / "run"), "--workers", "1", "--storage", f"s3://{BUCKET}/train", "--no-progress", *TINY]) == 0
     keys = _keys(s3, "train/")
     assert any(key.endswith("checkpoint.pt") for key in keys)

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from hashtune.sweep.cli import main as sweep_main
-from ray_helpers import end_session_processes
+from ray_helpers import end_session_processes, short_temp_dir
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,7 @@ TINY = "  train.eval_every: 1\n  model.depth: 1\n  model.embed_dim: 16\n  model.
 
 @pytest.fixture(autouse=True)
 def ray_temp_dir(monkeypatch, tmp_path_factory):
-    import tempfile
-
-    temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    temp_dir = short_temp_dir()
     monkeypatch.setenv("RAY_TMPDIR", temp_dir)
     yield temp_dir
     end_session_processes(temp_dir)  # whatever a killed or timed-out driver left behind

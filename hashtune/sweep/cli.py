@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hashtune.train.distributed import LocalRayError  # torch and Ray: not for --help
+
     try:
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    except (ConfigError, SpaceError, SweepError, BaseError, ConnectionError, FileNotFoundError) as error:
+    except (ConfigError, SpaceError, SweepError, BaseError, ConnectionError, FileNotFoundError, LocalRayError) as error:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))

@@ -82,9 +82,13 @@ def _check_resume(mode: str, stores: SweepStores) -> bool:
 def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, provenance: dict | None = None) -> dict[str, Any]:
     """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
 
-    Everything that can refuse (name, `--resume`, a running sweep of the same name, a space edited since
-    the sweep started) refuses before anything is written.
+    Everything that can refuse (a Ray temp dir too long for a local Ray, name, `--resume`, a running sweep
+    of the same name, a space edited since the sweep started) refuses before anything is written.
     """
+    if not args.address:
+        from hashtune.train.distributed import check_local_ray_temp_dir
+
+        check_local_ray_temp_dir()
     stores = resolve_stores(args, space)
     _check_resume(args.resume, stores)
     tracking_store = open_tracking(stores)

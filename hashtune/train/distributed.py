@@ -31,7 +31,19 @@ from hashtune.train.outputs import read_metrics
 from hashtune.train.runtime import DistributedRuntime
 from hashtune.train.trainer import fit
 
-__all__ = ["RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "init_ray", "build_torch_trainer", "fit_distributed"]
+__all__ = [
+    "RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "LocalRayError", "check_local_ray_temp_dir", "init_ray",
+    "build_torch_trainer", "fit_distributed",
+]
+
+# The longest Unix socket a local Ray 2.60 makes under its temp dir: session folder (pid up to 7 digits) + the
+# longest dashboard module socket (MetricsHead: the one that failed on CI under pytest-102).
+_LONGEST_SOCKET = "/session_2026-01-01_00-00-00_000000_4194304/sockets/dash_MetricsHead"
+_MAX_SOCKET_PATH = 107  # Linux AF_UNIX limit (108 bytes with the terminating NUL), as Ray checks it
+
+
+class LocalRayError(ValueError):
+    """A local Ray cannot start here (one line, naming the setting to change)."""
 
 
 class RayTrainRuntime(DistributedRuntime):
@@ -97,9 +109,26 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        check_local_ray_temp_dir()
         with _daemons_block_sigterm():
             ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     return True
+
+
+def check_local_ray_temp_dir() -> None:
+    """Refuse a Ray temp dir (RAY_TMPDIR, else TMPDIR, else /tmp) too long for the sockets Ray makes under it.
+
+    Past the limit Ray starts the GCS and raylet but its dashboard dies on the first module socket
+    ("Module ... failed to start. Received EOF from pipe"), and Train V2 needs the dashboard.
+    """
+    from ray._common.utils import get_default_ray_temp_dir
+
+    ray_dir = get_default_ray_temp_dir()
+    longest = len((ray_dir + _LONGEST_SOCKET).encode())
+    if longest > _MAX_SOCKET_PATH:
+        room = _MAX_SOCKET_PATH - len(_LONGEST_SOCKET.encode()) - len("/ray")
+        raise LocalRayError(f"Ray's temp dir {ray_dir!r} is too long for its Unix sockets ({longest} > {_MAX_SOCKET_PATH} bytes): "
+                            f"set RAY_TMPDIR to a folder of at most {room} characters, e.g. RAY_TMPDIR=/tmp")
 
 
 @contextlib.contextmanager
