@@ -332,3 +332,37 @@ def test_a_crossed_seed_study_pairs_by_seed_pair_and_splits_the_variance(tmp_pat
     data_share, train_share = (int(part.split("(")[1].split("%")[0]) for part in full_row.split("|")[4:6])
     assert data_share > 90 and train_share < 5  # the data split causes the noise here, by construction
     assert "crossed design" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_every_k_against_the_best_k_and_tab3_findings_in_the_four_words(tmp_path):
+    from scipy import stats
+
+    from hashtune.report.k_sensitivity import k_findings, k_versus_best
+
+    uri, client, experiment_id, parent = _store(tmp_path)
+    base = np.array([0.80, 0.82, 0.79, 0.81, 0.83, 0.80])
+    cells = {  # (K, bits) -> per-seed test/mAP; val/mAP is test - 0.01, so the best K on validation is the best on test
+        (2, 32): base, (3, 32): base - 0.001 + np.array([0.002, -0.002, 0.001, -0.001, 0.0015, -0.0015]),
+        (1, 32): base - 0.10 + np.array([0.001, -0.001, 0.0, 0.002, -0.002, 0.0]),
+        (4, 32): base + np.array([-0.05, -0.06, 0.04, -0.05, 0.06, -0.04]),
+        (2, 64): base, (3, 64): base - 0.10 + np.array([0.001, -0.001, 0.0, 0.002, -0.002, 0.0]),
+    }
+    for (k, bits), values in cells.items():
+        for seed, value in enumerate(values):
+            _child(client, experiment_id, parent, {"model.k_groups": k, "model.bits": bits, "train.seed": seed, "data.seed": seed},
+                   metrics={"test/mAP": float(value), "val/mAP": float(value) - 0.01})
+    runs = load_study(client, "study").runs
+    rows = {(row.k, row.bits): row for row in k_versus_best(runs, delta=0.02)}
+    assert {row.best_k for row in rows.values()} == {2}
+    words = {key: row.verdict.verdict for key, row in rows.items() if row.k != row.best_k}
+    assert words == {(1, 32): "reversed", (3, 32): "equivalent", (4, 32): "inconclusive", (3, 64): "reversed"}
+    differences = cells[4, 32] - cells[2, 32]  # the hand formula: paired t-interval
+    half = stats.t.ppf(0.975, 5) * differences.std(ddof=1) / math.sqrt(6)
+    assert rows[4, 32].verdict.difference.mean == pytest.approx(differences.mean())
+    assert rows[4, 32].verdict.difference.half_width == pytest.approx(half)
+    findings = k_findings(runs, delta=0.02)
+    assert '32 bits, "mAP is not very sensitive to K": **inconclusive**' in findings[0]  # K=3 equivalent, K=4 unsettled
+    assert '32 bits, "K = 2": **inconclusive**' in findings[1] and "K=2 vs K=1: holds" in findings[1]
+    assert '64 bits, "mAP is not very sensitive to K": **reversed**' in findings[2]  # K=3 worse by more than delta
+    assert '64 bits, "K = 2": **holds**' in findings[3]
+    assert "no verdict" in findings[4] and not any("does not hold" in sentence for sentence in findings)

@@ -1,5 +1,7 @@
 """Search-space files: every shipped space validates; bad spaces fail before Ray starts, in one line."""
 
+import dataclasses
+
 import optuna
 import pytest
 
@@ -169,3 +171,39 @@ def test_resume_sees_a_setting_added_at_its_null_default_as_unchanged():
     assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": None}, "overrides": {}}) == []
     assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": {"min": 3}}, "overrides": {}}) == ["space.replicates.min"]
     assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 2]}, "overrides": {}}) == ["space.seeds"]
+
+
+def _record(base: Config, **space) -> dict:
+    from hashtune.sweep.stores import space_record
+
+    return space_record(dataclasses.replace(load_space("smoke"), **space), base)
+
+
+def test_a_resumed_sweep_runs_the_config_it_started_with_when_the_defaults_moved(monkeypatch, capsys):
+    from hashtune.sweep.driver import SweepError, resumed_base
+
+    started_with = Config().replace({"model.k_groups": 2, "train.lr": 1e-3})
+    saved = _record(started_with)
+    assert saved["config"] == to_flat_dict(started_with) and saved["overrides"]["train.lr"] == 1e-3
+    today = Config().replace({"model.k_groups": 3, "train.lr": 3e-3})  # the defaults moved since
+    resumed = resumed_base(saved, _record(today), today, explicit=set(), name="abl")
+    assert resumed == started_with
+    assert "defaults changed since: model.k_groups, train.lr" in capsys.readouterr().out
+    assert resumed_base(None, _record(today), today, explicit=set(), name="abl") == today  # a new sweep: today's config
+    with pytest.raises(SweepError, match=r"changed since it started \(config.train.lr\)"):  # given again, otherwise
+        resumed_base(saved, _record(today), today, explicit={"train.lr"}, name="abl")
+    with pytest.raises(SweepError, match=r"config.model.k_groups, config.train.lr"):  # --base: every key is the tuned one
+        resumed_base(saved, _record(today), today, explicit=None, name="abl")
+    with pytest.raises(SweepError, match=r"changed since it started \(space.seeds\)"):
+        resumed_base(saved, _record(started_with, seeds=(0, 1, 2)), started_with, explicit=set(), name="abl")
+
+
+def test_a_config_key_added_since_a_sweep_started_takes_its_default_and_old_records_compare_overrides():
+    from hashtune.sweep.driver import SweepError, resumed_base
+
+    saved = _record(Config())
+    del saved["config"]["loss.cls_weight"]  # a sweep recorded before that key existed
+    assert resumed_base(saved, _record(Config()), Config(), explicit=None, name="abl") == Config()
+    old_format = {key: value for key, value in _record(Config().replace({"train.lr": 1e-3})).items() if key != "config"}
+    with pytest.raises(SweepError, match=r"overrides.train.lr"):
+        resumed_base(old_format, _record(Config()), Config(), explicit=set(), name="abl")

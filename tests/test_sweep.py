@@ -66,7 +66,7 @@ def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path, capsys):
     # --resume of an edited sweep is refused before anything changes: the finished parent stays FINISHED
     capsys.readouterr()
     assert sweep_main(["--space", "smoke", "--resume", "--results-dir", str(tmp_path), "train.epochs=2"]) == 2
-    assert "changed since it started (overrides.train.epochs)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert "changed since it started (config.train.epochs)" in capsys.readouterr().err.strip().splitlines()[-1]
     assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
 
 

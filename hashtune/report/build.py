@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hashtune.report.importance import parameter_importances, rebuild_study
+from hashtune.report.k_sensitivity import SELECTION_METRIC, k_findings, k_versus_best, k_versus_best_markdown
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
 from hashtune.data.protocol import PROTOCOLS
@@ -59,7 +60,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
     study = load_study(client, experiment)
     folder = _StudyFolder(Path(out_dir))
     directions = _ablation_files(folder, study, study.parent_params.get("replicates.reference", reference))  # the schedule's reference
-    _sensitivity_files(folder, study)
+    findings = _sensitivity_files(folder, study)
     _importance_files(folder, study, metric)
     pr = _best_pr_curves(client, study, metric)
     if pr:
@@ -67,7 +68,7 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
                    f"precision-recall curves of the best run by `{metric}` of each variant (or code length)")
     folder.add(plot_search_progress(study.runs, metric, folder.out / "search_progress.png"),
                f"each trial's last `{metric}` in start order and the best finished so far; beside it, the best against cumulative CPU-hours")
-    folder.write("README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study)), "")
+    folder.write("README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study), findings), "")
     if log_to_parent and study.parent_run_ids:
         client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)
     return folder.written
@@ -117,21 +118,30 @@ def _schedule_state(study: Study) -> str:
             "these verdicts are valid at this look, and `--resume` continues the schedule.")
 
 
-def _sensitivity_files(folder: _StudyFolder, study: Study) -> None:
-    """The K x bits table and the binned curves of continuous parameters, where the runs vary them."""
+def _sensitivity_files(folder: _StudyFolder, study: Study) -> list[str]:
+    """The K x bits table and the binned curves of continuous parameters, where the runs vary them; returns
+    TransHash Tab. 3's findings in words."""
     k_table = k_bits_table(study.runs)
+    findings: list[str] = []
     if k_table:
         folder.write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
         folder.write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
+        versus = k_versus_best(study.runs, delta=DELTA)
+        findings = k_findings(study.runs, delta=DELTA)
+        if versus:
+            folder.write("sensitivity_k_vs_best.md", k_versus_best_markdown(versus, DELTA) + "".join(f"\n- {s}" for s in findings) + "\n",
+                         f"every K against its code length's best K (chosen on `{SELECTION_METRIC}`): paired {METRIC} difference, 95% CI, "
+                         "higher / lower / equivalent / inconclusive, the effect the seeds could detect and the seeds a ±delta interval needs")
     curves = continuous_sensitivity(study.runs)
     if not curves:
-        return
+        return findings
     markdown, csv_text = continuous_table(curves)
     folder.write("sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits")
     folder.write("sensitivity_continuous.csv", csv_text, "the same with 95% intervals")
     for param in dict.fromkeys(curve.param for curve in curves):
         path = plot_sensitivity(curves, param, folder.out / f"sensitivity_{param.replace('.', '_')}.png")
         folder.add(path, f"{METRIC} against `{param}`: every finished run, binned means ± 95% CI")
+    return findings
 
 
 def _importance_files(folder: _StudyFolder, study: Study, metric: str) -> None:
@@ -210,7 +220,7 @@ def _hardware(study: Study) -> str:
             "for bit only on the same CPU at the same thread count; the verdicts are what should reproduce anywhere.")
 
 
-def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None) -> str:
+def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None, findings: list[str]) -> str:
     counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
     crossed = is_crossed(study.runs)
     seeds = sorted({replicate_key(run, crossed) for run in study.runs}, key=str)
@@ -239,4 +249,6 @@ def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[s
     ]
     if directions:
         lines += ["", "## The papers' directions on this data", "", *[f"- {sentence}" for sentence in directions]]
+    if findings:
+        lines += ["", "## TransHash Tab. 3's findings on this data", "", *[f"- {sentence}" for sentence in findings]]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from hashtune.config import Config, to_flat_dict
+from hashtune.config import Config, config_from_dict, parse_overrides, to_flat_dict
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.space import SearchSpace
@@ -22,7 +22,7 @@ from hashtune.sweep.trial import TrialResolver, TrialTracking
 from hashtune.sweep.tuner import ELAPSED_METRIC, build_tuner, trial_trainable
 from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, sweep_cost
 
-__all__ = ["SweepError", "SweepInterrupted", "run_sweep", "summarize"]
+__all__ = ["SweepError", "SweepInterrupted", "run_sweep", "resumed_base", "summarize"]
 
 
 class SweepInterrupted(SweepError):
@@ -38,12 +38,34 @@ def _find_parent(client, experiment_id: str, stores: SweepStores):
     return runs[0] if runs else None
 
 
-def _check_unchanged(client, parent, record: dict[str, Any], stores: SweepStores) -> None:
-    """`--resume` continues the sweep that was started: a space or override edited since is refused."""
-    saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
-    changed = changed_keys(saved, record) if saved is not None else []
+def resumed_base(saved: dict[str, Any] | None, record: dict[str, Any], base: Config, explicit: set[str] | None, name: str) -> Config:
+    """The config a sweep runs: `base` for a new one (`saved` None); resumed, the config it was started with.
+
+    A space edited since, or a config key given again (on the command line; every key with `--base`,
+    `explicit=None`) with another value, is refused. A default changed since does not move a resumed
+    sweep's trials: they keep the value the sweep started with (said in one line).
+    """
+    if saved is None:
+        return base
+    if "config" not in saved:  # recorded before whole configs were: its overrides must match today's
+        _refuse_changed(changed_keys(saved, {key: value for key, value in record.items() if key != "config"}), name)
+        return base
+    _refuse_changed(changed_keys(_without_config(saved), _without_config(record)), name)
+    started = {key: value for key, value in saved["config"].items() if key in record["config"]}  # keys added since: their default
+    moved = sorted(key for key, value in started.items() if record["config"][key] != value)
+    _refuse_changed([f"config.{key}" for key in moved if explicit is None or key in explicit], name)
+    if moved:
+        print(f"continuing with the config sweep {name!r} started with; defaults changed since: {', '.join(moved)}")
+    return config_from_dict(started)
+
+
+def _without_config(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in ("config", "overrides")}
+
+
+def _refuse_changed(changed: list[str], name: str) -> None:
     if changed:
-        raise SweepError(f"--resume: the space or overrides of sweep {stores.name!r} changed since it started ({', '.join(changed[:8])}"
+        raise SweepError(f"--resume: the space or overrides of sweep {name!r} changed since it started ({', '.join(changed[:8])}"
                          f"{', ...' if len(changed) > 8 else ''}); restore them, or start a new sweep with another --name")
 
 
@@ -106,7 +128,9 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     existing = client.get_experiment_by_name(stores.name)
     parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
     record = space_record(space, base) | ({"base": provenance} if provenance else {})
-    _check_unchanged(client, parent, record, stores)
+    explicit = None if provenance else set(parse_overrides(getattr(args, "overrides", None) or []))
+    saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
+    base = resumed_base(saved, record, base, explicit, stores.name)
     experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
     if parent is not None:
         parent_run_id = parent.info.run_id

@@ -103,10 +103,13 @@ def open_tracking(stores: SweepStores) -> tuple[str, str | None]:
 
 
 def space_record(space: SearchSpace, base: Config) -> dict[str, Any]:
-    """What a sweep was started with: the space after defaults and the config overrides given on the CLI."""
+    """What a sweep was started with: the space after defaults, the whole config its trials start from
+    (`config`: what `--resume` continues with, whatever the defaults are by then) and, for reading, where
+    that config differs from the defaults of the day (`overrides`)."""
+    config = to_flat_dict(base)
     defaults = to_flat_dict(Config())
-    overrides = {key: value for key, value in to_flat_dict(base).items() if defaults[key] != value}
-    return json.loads(json.dumps({"space": dataclasses.asdict(space), "overrides": overrides}, default=str))
+    overrides = {key: value for key, value in config.items() if defaults[key] != value}
+    return json.loads(json.dumps({"space": dataclasses.asdict(space), "overrides": overrides, "config": config}, default=str))
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,140 @@
+"""The K x bits study in words: every K against the best K of its code length, and TransHash Tab. 3's findings.
+
+Per code length the best K is chosen on validation (`val/best_mAP`, mean over seeds), so the test
+differences below are not the ones that picked it. Each other K's difference to it is paired by seed
+(`test/mAP`), with its CI at level `1 - alpha`, two one-sided tests against ±delta, the effect 80% power
+detects at these seeds and the seeds a ±delta interval needs. TransHash (Chen et al. 2021, Tab. 3)
+reports three findings, each given one of the four verdict words here:
+
+* "mAP is not very sensitive to K" (K 2..6 within 0.017 at 48 bits): **holds** when every feasible K in
+  2..6 is within ±delta of the best K (two one-sided tests, even where a smaller difference is significant); **reversed** when one of them is worse by more than delta
+  (its CI entirely below -delta); otherwise **inconclusive**.
+* "K = 2 for every code length": the other Ks against K = 2, oriented so that > 0 favours K = 2:
+  **reversed** when some K beats K = 2, **holds** when K = 2 beats every K it is not equivalent to
+  (and at least one), **equivalent** when it is equivalent to all, otherwise **inconclusive**.
+* "local heads under 4 bits fail to converge": those cells are not run (`-`), here as in the paper, so
+  the study gives no verdict on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashtune.report.runs import TrialRun
+from hashtune.report.stats import ClaimVerdict, claim_verdict
+from hashtune.report.tables import METRIC, _markdown, _number, is_crossed, replicate_key
+
+__all__ = ["SELECTION_METRIC", "KVersusBest", "k_versus_best", "k_findings", "k_versus_best_markdown"]
+
+SELECTION_METRIC = "val/best_mAP"
+PAPER_K = range(2, 7)  # the Ks of TransHash's Tab. 3
+VERSUS_BEST = {"holds": "higher", "reversed": "lower", "equivalent": "equivalent", "inconclusive": "inconclusive"}
+
+
+@dataclass(frozen=True)
+class KVersusBest:
+    """One K at one code length against that code length's best K (chosen on validation)."""
+
+    k: int
+    bits: int
+    best_k: int
+    test_mean: float
+    val_mean: float
+    verdict: ClaimVerdict  # of test/mAP(K) - test/mAP(best K), paired by seed
+
+
+def _per_seed(runs: list[TrialRun], metric: str) -> dict[tuple[int, int], dict]:
+    crossed = is_crossed(runs)
+    cells: dict[tuple[int, int], dict] = defaultdict(dict)
+    for run in runs:
+        if metric in run.metrics:
+            cells[run.k_groups, run.bits][replicate_key(run, crossed)] = run.metrics[metric]
+    return cells
+
+
+def _finished_dual(runs: list[TrialRun]) -> list[TrialRun]:
+    return [run for run in runs if run.status == "finished" and run.config.model.dual_stream]
+
+
+def k_versus_best(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0.05) -> list[KVersusBest]:
+    """Every run (K, bits) cell against its code length's best K; [] unless some code length has two Ks."""
+    finished = _finished_dual(runs)
+    test, val = _per_seed(finished, METRIC), _per_seed(finished, SELECTION_METRIC)
+    rows = []
+    for bits in sorted({b for _, b in test}):
+        ks = sorted(k for k, b in test if b == bits and (k, b) in val)
+        if len(ks) < 2:
+            continue
+        best = max(ks, key=lambda k: (float(np.mean(list(val[k, bits].values()))), -k))
+        for k in ks:
+            shared = sorted(set(test[k, bits]) & set(test[best, bits]))
+            differences = [test[k, bits][seed] - test[best, bits][seed] for seed in shared]
+            rows.append(KVersusBest(k, bits, best, float(np.mean(list(test[k, bits].values()))), float(np.mean(list(val[k, bits].values()))),
+                                    claim_verdict(differences, delta=delta, alpha=alpha)))
+    return rows
+
+
+def _insensitive(rows: list[KVersusBest], delta: float) -> str:
+    others = [row for row in rows if row.k != row.best_k and row.k in PAPER_K]
+    if not others:
+        return "inconclusive"
+    if any(row.verdict.difference.high < -delta for row in others):
+        return "reversed"
+    return "holds" if all(row.verdict.tost_p < row.verdict.alpha for row in others) else "inconclusive"  # each within ±delta
+
+
+def _k2_verdict(runs: list[TrialRun], bits: int, delta: float, alpha: float) -> tuple[str, list[str]]:
+    test = _per_seed(_finished_dual(runs), METRIC)
+    if (2, bits) not in test:
+        return "inconclusive", []
+    words, details = [], []
+    for k in sorted(k for k, b in test if b == bits and k != 2):
+        shared = sorted(set(test[2, bits]) & set(test[k, bits]))
+        verdict = claim_verdict([test[2, bits][s] - test[k, bits][s] for s in shared], delta=delta, alpha=alpha)
+        words.append(verdict.verdict)
+        details.append(f"K=2 vs K={k}: {verdict.verdict} ({verdict.difference.mean:+.3f}, n={verdict.n})")
+    if not words:
+        return "inconclusive", details
+    if "reversed" in words:
+        return "reversed", details
+    if all(word == "equivalent" for word in words):
+        return "equivalent", details
+    if "inconclusive" not in words:
+        return "holds", details
+    return "inconclusive", details
+
+
+def k_findings(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0.05) -> list[str]:
+    """TransHash Tab. 3's findings, one sentence per code length each, in the four verdict words."""
+    rows = k_versus_best(runs, delta=delta, alpha=alpha)
+    sentences = []
+    for bits in sorted({row.bits for row in rows}):
+        here = [row for row in rows if row.bits == bits]
+        paper = [row.test_mean for row in here if row.k in PAPER_K]
+        spread = f"; test means of K in 2..6 span {max(paper) - min(paper):.3f}" if len(paper) > 1 else ""
+        sentences.append(f"{bits} bits, \"mAP is not very sensitive to K\": **{_insensitive(here, delta)}** (best K on validation: "
+                         f"{here[0].best_k}{spread}; equivalence margin ±{delta:g}).")
+        verdict, details = _k2_verdict(runs, bits, delta, alpha)
+        sentences.append(f"{bits} bits, \"K = 2\": **{verdict}**" + (f" ({'; '.join(details)})." if details else " (K = 2 not run)."))
+    if sentences:
+        sentences.append("\"Local heads under 4 bits fail to converge\": no verdict: those cells are not run (`-`), as in the paper.")
+    return sentences
+
+
+def k_versus_best_markdown(rows: list[KVersusBest], delta: float) -> str:
+    header = ["bits", "K", "best K (val)", "test mAP", "Δ test mAP to best K (CI)", "n", "verdict", "TOST p (±delta)", "MDE at 80% power",
+              f"seeds for ±{delta:g}"]
+    body = []
+    for row in rows:
+        v = row.verdict
+        interval = "" if row.k == row.best_k else (f"{v.difference.mean:+.3f} [{_number(v.difference.low, 3)}, {_number(v.difference.high, 3)}]"
+                                                  if not math.isnan(v.difference.mean) else "")
+        word = "best" if row.k == row.best_k else VERSUS_BEST[v.verdict]
+        body.append([str(row.bits), str(row.k), str(row.best_k), f"{row.test_mean:.3f}", interval, str(v.n), word,
+                     "" if row.k == row.best_k else _number(v.tost_p, 3), "" if row.k == row.best_k else _number(v.mde, 3),
+                     "" if row.k == row.best_k else str(v.seeds_for_delta or "")])
+    return _markdown(header, body)
