@@ -3,7 +3,9 @@
 The dotted names (`model.bits`, `loss.gamma`, ...) are a public contract: search spaces, MLflow params
 and reports all use them. Unknown keys, wrong types and invalid choices are rejected with one line
 naming the key and what would be valid. The defaults are the tuned preset for the embedded digits
-data: a 4-block, width-64 ViT on 8x8 images that trains on 2 CPU cores in about a minute.
+data: a 4-block, width-64 ViT on 8x8 images that trains on 2 CPU cores in a few minutes. The loss and
+optimiser values (and K = 3) are the best trial of the `tune` study, made the defaults after it beat
+the previous ones on 5 fresh seeds (`results/defaults_vs_tuned/`).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class ModelConfig:
     embed_dim: int | None = 64
     num_heads: int | None = 4
     bits: int = 32
-    k_groups: int = 2
+    k_groups: int = 3
     """Number of local groups K."""
     dual_stream: bool = True
     """False is the w/o P ablation (global branch only)."""
@@ -87,11 +89,11 @@ class ModelConfig:
 class LossConfig:
     prob: str = "cauchy"
     """Pair probability: `cauchy` (TransHash) or `sigmoid` (the w/o C ablation)."""
-    gamma: float = 5.0
+    gamma: float = 3.82676335759981
     """Scale of the Cauchy distribution."""
-    quant_weight: float = 0.1
+    quant_weight: float = 0.07024069737944034
     """lambda: weight of the Cauchy quantization loss (0 is the w/o Q ablation)."""
-    cls_weight: float = 1.0
+    cls_weight: float = 0.09054962169221147
     """Weight of the classification loss (He & Wei); 0 drops it."""
     gamma_a: float = 200.0
     """Asymmetric strategy: weight tying a sampled image's learned code to its network code (ADSH's gamma)."""
@@ -102,9 +104,9 @@ class TrainConfig:
     strategy: str = "symmetric"
     """`symmetric` (TransHash, in-batch pairs) or `asymmetric` (He & Wei / ADSH, learned database codes)."""
     optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    batch_size: int = 128
+    lr: float = 0.0035618334412282947
+    weight_decay: float = 0.05537917070404719
+    batch_size: int = 64
     """Global batch size (split over Ray Train workers)."""
     epochs: int = 300
     """Epochs; for the asymmetric strategy, outer iterations of `asym_inner_epochs` passes over a sample."""

@@ -14,7 +14,7 @@ from hashtune.train.runtime import DistributedRuntime, LocalRuntime
 from hashtune.train.symmetric import symmetric_loss
 from hashtune.train.trainer import build_model
 
-CONFIG = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "model.bits=16", "train.device=cpu"]
+CONFIG = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "model.bits=16", "model.k_groups=2", "train.device=cpu"]
 BATCH, WORLD = 12, 2
 
 

@@ -117,7 +117,7 @@ def test_cli_writes_run_and_rejects_bad_input(tmp_path, capsys):
     )
     assert train_main(["--resume", str(tmp_path / "absent")]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
-    assert train_main(["model.bits=16", "--resume", str(out)]) == 2
+    assert train_main(["model.bits=64", "--resume", str(out)]) == 2
     assert "overrides differ" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
