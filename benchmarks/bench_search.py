@@ -1,11 +1,20 @@
-"""Search efficiency on digits at 32 bits: Optuna TPE + ASHA against random search without stopping.
+"""Search efficiency on digits at 32 bits: three searchers, each run with several sampler seeds.
 
-Run: `python -m benchmarks.bench_search` (writes results/bench_search.md). Both arms are real sweeps
-(`hashtune.sweep_driver.run_sweep`) over the same space (`search_spaces/tune.yaml`, the same trial
-budget and sampler seed), each into its own MLflow experiment of a private store. The table reads the
-trials back from MLflow: the best trial by `val/mAP` among those that finished, that trial's
-`test/mAP`, how many trials ASHA stopped, the CPU-seconds the trials' processes spent (`cost/cpu_seconds`,
-all threads) and the sweep's wall time. Target: a best test/mAP >= 0.90 within the trial budget.
+Run: `python -m benchmarks.bench_search` (writes results/bench_search.md; about 3.5 hours on 2 cores).
+Every arm is a real sweep (`hashtune.sweep.driver.run_sweep`) with the same trial budget, once per seed,
+into its own MLflow experiment of a private store:
+
+* TPE + ASHA: `search_spaces/tune.yaml` (independent TPE, ASHA at 50 and 150 epochs);
+* random search without early stopping: the same space, every trial to 300 epochs;
+* multivariate TPE over a conditional space + ASHA: `search_spaces/tune_conditional.yaml` (Optuna's
+  `multivariate=True, group=True`; `model.dual_stream` searched, `model.k_groups` only when it is on).
+
+A seed sets the sampler's seed and the trials' split and training seed, so arms are paired by seed
+(the same seed gives the same data split in every arm). Per run the table reads back from MLflow the
+best trial by `val/best_mAP` among those that finished, that trial's `test/mAP`, and the CPU-seconds
+all its trials spent (`cost/cpu_seconds`); per arm it gives the mean and the spread (min-max) over
+seeds. Target: an arm whose mean best test mAP is >= 0.94 within 24 trials at <= 0.5x random search's
+mean CPU-seconds.
 """
 
 from __future__ import annotations
@@ -16,27 +25,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config, to_flat_dict
 from hashtune.sweep.space import load_space
 from hashtune.tracking import TAG, find_runs
 
-ARMS = {
-    "TPE + ASHA": {"search": "tpe"},
-    "random, no early stopping": {"search": "random", "scheduler": {"type": "none"}},
+SELECTION = "val/best_mAP"
+RANDOM = "random, no early stopping"
+ARMS = {  # label -> (space, changes to it)
+    "TPE + ASHA": ("tune", {}),
+    RANDOM: ("tune", {"search": "random", "scheduler": {"type": "none"}, "sampler": None}),
+    "multivariate TPE, conditional space + ASHA": ("tune_conditional", {}),
 }
+TARGET_MAP, TARGET_COST = 0.94, 0.5
 
 
-def run_arm(label: str, space, base, results_dir: Path) -> dict:
-    """Run one sweep arm and read its trials back from MLflow."""
+def run_arm(name: str, space, base, results_dir: Path) -> dict:
+    """Run one sweep and read its trials back from MLflow."""
     from mlflow import MlflowClient
 
     from hashtune.sweep.driver import run_sweep
 
-    name = "bench-" + label.split()[0].lower().strip(",")
     args = argparse.Namespace(
         name=name, space=space.name, resume="never", address=None, mlflow_uri=None, storage=None, max_concurrent=None,
-        results_dir=results_dir,
+        results_dir=results_dir, overrides=[],
     )
     start = time.perf_counter()
     summary = run_sweep(args, base, space)
@@ -45,55 +59,83 @@ def run_arm(label: str, space, base, results_dir: Path) -> dict:
     experiment = client.get_experiment_by_name(name)
     trials = [run for run in find_runs(client, experiment.experiment_id) if f"{TAG}trial_id" in run.data.tags]
     finished = [run for run in trials if run.data.tags.get(f"{TAG}status") == "finished"]
-    best = max(finished, key=lambda run: run.data.metrics["val/mAP"])
+    best = max(finished, key=lambda run: run.data.metrics[SELECTION])
     return {
-        "trials": len(trials),
-        "finished": len(finished),
+        "trials": len(trials), "finished": len(finished),
         "stopped": sum(run.data.tags.get(f"{TAG}status") == "stopped_early" for run in trials),
-        "best_val": best.data.metrics["val/mAP"],
-        "best_test": best.data.metrics["test/mAP"],
+        "best_val": best.data.metrics[SELECTION], "best_test": best.data.metrics["test/mAP"],
         "best_params": {key: best.data.params[key] for key in space.params},
-        "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials),
-        "wall_s": wall,
+        "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials), "wall_s": wall,
     }
+
+
+def arm_space(label: str, base, trials: int, fixed_overrides: list[str], seed: int):
+    """The arm's space with the benchmark's trial budget, fixed overrides (tests shorten epochs) and seed."""
+    name, changes = ARMS[label]
+    space = load_space(name, base)
+    fixed = dict(space.fixed) | {key: to_flat_dict(load_config(overrides=[item]))[key] for item in fixed_overrides
+                                 for key in [item.split("=", 1)[0]]}
+    epochs = base.replace(fixed).train.epochs
+    scheduler = dict(changes.get("scheduler", space.scheduler))
+    if scheduler["type"] == "asha":
+        scheduler["grace_period"] = min(scheduler.get("grace_period", 1), epochs)
+    return dataclasses.replace(space, **(changes | {"num_samples": trials, "fixed": fixed, "scheduler": scheduler, "seeds": (seed,)}))
+
+
+def _spread(values: list[float], digits: int) -> str:
+    return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def summary_rows(runs: dict[str, list[dict]]) -> tuple[list[list], list[str]]:
+    """One row per arm (mean and min-max over seeds) and the target's verdict per arm."""
+    random_cpu = np.mean([run["cpu_s"] for run in runs[RANDOM]]) if RANDOM in runs else float("nan")
+    rows, verdicts = [], []
+    for label, per_seed in runs.items():
+        tests, cpus = [run["best_test"] for run in per_seed], [run["cpu_s"] for run in per_seed]
+        ratio = np.mean(cpus) / random_cpu
+        rows.append([label, len(per_seed), f"{np.mean([r['finished'] for r in per_seed]):.1f}", f"{np.mean([r['stopped'] for r in per_seed]):.1f}",
+                     _spread([run["best_val"] for run in per_seed], 3), _spread(tests, 3), _spread(cpus, 0), f"{ratio:.2f}x"])
+        met = np.mean(tests) >= TARGET_MAP and ratio <= TARGET_COST
+        verdicts.append(f"{label}: mean best test mAP {np.mean(tests):.3f} at {ratio:.2f}x random's CPU-seconds: target "
+                        f"{'met' if met else 'not met'}")
+    return rows, verdicts
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="tune", help="the searched space (default: search_spaces/tune.yaml)")
-    parser.add_argument("--trials", type=int, default=24, help="trial budget of each arm")
+    parser.add_argument("--trials", type=int, default=24, help="trial budget of each run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler (and split/training) seeds per arm")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--extra", nargs="*", default=[], help="config overrides for every trial (tests shrink the model)")
     parser.add_argument("--fixed", nargs="*", default=[], help="space `fixed:` overrides, key=value (tests shorten epochs)")
     parser.add_argument("--keep", type=Path, help="keep the MLflow store and Ray results here (default: a temporary folder)")
     parser.add_argument("--out", default="results/bench_search.md")
     args = parser.parse_args(argv)
     base = load_config(overrides=args.extra)
-    space = load_space(args.space, base)
-    fixed = dict(space.fixed) | {key: to_flat_dict(load_config(overrides=[item]))[key] for item in args.fixed for key in [item.split("=", 1)[0]]}
-    epochs = load_config(overrides=[*args.extra, *(f"{k}={v}" for k, v in fixed.items())]).train.epochs
-    scheduler = dict(space.scheduler) | {"grace_period": min(space.scheduler.get("grace_period", 1), epochs)}
-    rows, bests = [], []
+    runs: dict[str, list[dict]] = {label: [] for label in args.arms}
     with tempfile.TemporaryDirectory() as scratch:
         results_dir = args.keep or Path(scratch)
-        for label, change in ARMS.items():
-            arm_space = dataclasses.replace(space, **({"num_samples": args.trials, "fixed": fixed, "scheduler": scheduler} | change))
-            arm = run_arm(label, arm_space, base, results_dir)
-            rows.append([
-                label, arm["trials"], arm["finished"], arm["stopped"], f"{arm['best_val']:.3f}", f"{arm['best_test']:.3f}",
-                f"{arm['cpu_s']:.0f}", f"{arm['wall_s']:.0f}",
-            ])
-            bests.append(f"- {label}: {', '.join(f'{k}={v}' for k, v in arm['best_params'].items())}")
-    cpu = [float(row[6]) for row in rows]
-    header = ["arm", "trials", "finished", "stopped by ASHA", "best val/mAP", "test/mAP of best", "CPU-seconds", "wall s"]
-    extra = "".join(f" --{flag} {' '.join(values)}" for flag, values in (("extra", args.extra), ("fixed", args.fixed)) if values)
+        for seed in args.seeds:  # seeds outermost: an interrupted benchmark has every arm at the seeds it reached
+            for label in args.arms:
+                space = arm_space(label, base, args.trials, args.fixed, seed)
+                slug = "-".join(label.replace(",", "").replace("+", "").split()[:2]).lower()
+                runs[label].append(run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir) | {"seed": seed})
+    rows, verdicts = summary_rows(runs)
+    header = ["arm", "seeds", "finished (mean)", "stopped by ASHA (mean)", "best val/best_mAP", "test/mAP of best", "CPU-seconds",
+              "CPU vs random"]
+    per_seed = [[label, run["seed"], f"{run['best_test']:.3f}", f"{run['cpu_s']:.0f}", f"{run['wall_s']:.0f}",
+                 ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run["best_params"].items())] for label, arm in runs.items() for run in arm]
     notes = (
-        f"Space `{space.name}` ({', '.join(space.params)}), fixed {fixed}, sampler seed {space.seeds[0]}, "
-        f"{space.max_concurrent} concurrent trials of {space.cpus_per_trial:g} CPU. TPE + ASHA used "
-        f"{cpu[0] / cpu[1]:.2f}x the CPU-seconds of random search. Target: best test/mAP >= 0.90 within {args.trials} trials.\n\n"
-        "Best configurations:\n" + "\n".join(bests)
+        f"{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent trials of 1 CPU; "
+        "cells are the mean (min-max) over seeds. CPU-seconds are every trial process's own CPU time, summed over the run: "
+        f"the fair cost measure (wall time depends on what else ran). Target: mean best test mAP >= {TARGET_MAP} at <= "
+        f"{TARGET_COST}x random search's CPU-seconds.\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\nPer run:\n\n"
+        + markdown_table(["arm", "seed", "test/mAP of best", "CPU-seconds", "wall s", "best configuration"], per_seed)
     )
-    command = f"python -m benchmarks.bench_search --space {args.space} --trials {args.trials}{extra}"
-    write_report(args.out, "Search efficiency on digits (32 bits)", command, markdown_table(header, rows), notes)
+    extra = "".join(f" --{flag} {' '.join(map(str, values))}" for flag, values in
+                    (("trials", [args.trials]), ("seeds", args.seeds), ("extra", args.extra), ("fixed", args.fixed)) if values)
+    write_report(args.out, "Search efficiency on digits (32 bits)", f"python -m benchmarks.bench_search{extra}",
+                 markdown_table(header, rows), notes)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,15 @@ def test_search_benchmark_at_tiny_size(tmp_path):
 
     tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
     out = tmp_path / "search.md"
-    bench_search.main(["--trials", "2", "--extra", *tiny, "--fixed", "train.epochs=2", "train.eval_every=1", "--out", str(out)])
-    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [row[0].strip() for row in rows] == ["TPE + ASHA", "random, no early stopping"]
+    bench_search.main(["--trials", "2", "--seeds", "0", "--extra", *tiny, "--fixed", "train.epochs=2", "train.eval_every=1", "--out", str(out)])
+    summary, per_run = out.read_text().split("Per run:")
+    rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].strip() for row in rows] == list(bench_search.ARMS)
     for row in rows:
-        assert int(row[1]) == 2 and 0.0 < float(row[5]) <= 1.0 and float(row[6]) > 0
+        assert int(row[1]) == 1 and 0.0 < float(row[5].split()[0]) <= 1.0 and float(row[6].split()[0]) > 0 and row[7].strip().endswith("x")
+    assert "target met" in summary or "target not met" in summary
+    conditional = [line for line in per_run.splitlines() if line.startswith("| multivariate TPE")]
+    assert len(conditional) == 1 and "dual_stream=" in conditional[0]
 
 
 def test_retrieval_benchmark_at_tiny_size(tmp_path):

@@ -69,6 +69,17 @@ def _write(tmp_path, text):
          r"grace_period must be an integer in \[1, train.epochs=20\], got 50"),
         ("search: tpe\nscheduler: {type: asha, reduction_factor: 1}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
          r"reduction_factor must be a number > 1, got 1"),
+        ("search: tpe\nscheduler: {type: asha, brackets: 0}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+         r"scheduler: brackets must be an integer >= 1, got 0"),
+        ("sampler: {multivariate: true}\nparams: {model.bits: {grid: [16]}}\n", r"sampler options are for search: tpe, got search: grid"),
+        ("search: tpe\nsampler: {group: true}\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"group: true needs multivariate: true"),
+        ("search: tpe\nsampler: {multivariate: yes please}\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"sampler.multivariate must be true or false"),
+        ("search: tpe\nsampler: {seed: 3}\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"sampler must be a mapping of multivariate, group, n_startup_trials"),
+        ("params: {model.k_groups: {grid: [1, 2], when: {model.dual_stream: true}}}\n", r"params.model.k_groups.when must be a mapping .* in a tpe or random space"),
+        ("search: tpe\nparams: {model.k_groups: {int: [1, 4], when: {model.dual_stream: true}}}\n",
+         r"params.model.k_groups.when: model.dual_stream: True must name another searched key with an unconditional choice domain"),
+        ("search: tpe\nparams: {model.dual_stream: {choice: [true]}, model.k_groups: {int: [1, 4], when: {model.dual_stream: false}}}\n",
+         r"params.model.k_groups.when: model.dual_stream: False must name"),
     ],
 )
 def test_bad_spaces_are_one_line_errors(tmp_path, text, message):
@@ -207,3 +218,22 @@ def test_a_config_key_added_since_a_sweep_started_takes_its_default_and_old_reco
     old_format = {key: value for key, value in _record(Config().replace({"train.lr": 1e-3})).items() if key != "config"}
     with pytest.raises(SweepError, match=r"overrides.train.lr"):
         resumed_base(old_format, _record(Config()), Config(), explicit=set(), name="abl")
+
+
+def test_a_conditional_key_is_sampled_only_where_its_condition_holds_by_multivariate_grouped_tpe():
+    import warnings
+
+    space = load_space("tune_conditional")
+    assert space.sampler == {"multivariate": True, "group": True} and space.params["model.k_groups"].when == {"model.dual_stream": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4, **space.sampler), direction="maximize")
+        define = OptunaSpace(space.params, Config(), space.fixed)
+        for _ in range(16):
+            trial = study.ask()
+            define(trial)
+            study.tell(trial, trial.params["train.lr"])
+    branches = [(t.params["model.dual_stream"], "model.k_groups" in t.params) for t in study.trials]
+    assert all(on == has_k for on, has_k in branches)  # K exists exactly where the local branch does
+    assert {on for on, _ in branches} == {True, False}
+    assert load_space("tune").sampler is None  # TPE's defaults, and no `sampler` in records of older sweeps

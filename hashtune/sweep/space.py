@@ -17,7 +17,9 @@ Schema (every key but `params` or `variants` optional)::
     base: tune                          # start every arm from the best finished trial of this experiment
     budget: {cpu_hours: 2.0}            # or {gpu_hours: H}; hard: true stops running trials too;
                                         # usd_per_gpu_hour: P prices the summary (see clusters/README.md)
-    scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}
+    scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}; brackets: N for
+                                        # asynchronous HyperBand (ASHA over N brackets of grace periods)
+    sampler: {multivariate: true, group: true}   # tpe: Optuna's multivariate (grouped) TPE
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
     seeds: {data: [0, 1], train: [0, 1, 2]}   # or crossed (grid): the study splits the variance between them
     replicates: {min: 3, max: 20, step: 3, delta: 0.02, alpha: 0.05}
@@ -33,6 +35,7 @@ Schema (every key but `params` or `variants` optional)::
       loss.gamma: {loguniform: [1, 50]}
       loss.quant_weight: {uniform: [0, 1]}
       model.dual_stream: {grid: [true, false]}
+      model.k_groups: {int: [1, 4], when: {model.dual_stream: true}}   # tpe/random: conditional
 
 Domains: `choice` (categorical; in a grid, a grid dimension), `grid` (grid spaces only), `uniform`
 and `loguniform` ([low, high]), `int` ([low, high], inclusive). Every value is checked against the
@@ -52,6 +55,7 @@ from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric, 
 from hashtune.paths import shipped_spaces
 from hashtune.strict_yaml import YamlError, read_yaml
 from hashtune.sweep.replication_plan import Replicates
+from hashtune.sweep.space_settings import SpaceError, number, parse_budget, parse_replicates, parse_scheduler, parse_sampler
 from hashtune.train.bits import is_feasible
 
 __all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "space_text"]
@@ -61,19 +65,16 @@ DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
     "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
     "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
-    "checkpoints_to_keep", "budget", "base", "replicates",
+    "checkpoints_to_keep", "budget", "base", "replicates", "sampler",
 }
-BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
-
-
-class SpaceError(ValueError):
-    """A search space that cannot be run; the message names the file, the key and what would be valid."""
 
 
 @dataclass(frozen=True)
 class Domain:
     kind: str
     values: tuple
+    when: dict[str, Any] | None = None
+    """Sampled only where every `key: value` holds (tpe/random), e.g. k_groups only when dual_stream is true."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class SearchSpace:
     params: dict[str, Domain] = field(default_factory=dict)
     replicates: Replicates | None = None
     """The adaptive seed schedule (grid spaces with variants), or None: every point at every seed."""
+    sampler: dict[str, Any] | None = None
+    """Optuna TPE options (`multivariate`, `group`, `n_startup_trials`), or None for TPE's defaults."""
 
     @property
     def reference(self) -> str | None:
@@ -171,9 +174,10 @@ def _check_overrides(where: str, base: Config, overrides: dict[str, Any]) -> Non
 
 
 def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) -> Domain:
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DOMAIN_KINDS:
-        raise SpaceError(f"{where}: params.{key} must be one of {{{', '.join(DOMAIN_KINDS)}: ...}}, got {spec!r}")
-    kind, values = next(iter(spec.items()))
+    kinds = [name for name in spec if name != "when"] if isinstance(spec, dict) else []
+    if len(kinds) != 1 or kinds[0] not in DOMAIN_KINDS:
+        raise SpaceError(f"{where}: params.{key} must be one of {{{', '.join(DOMAIN_KINDS)}: ...}} (and optionally when:), got {spec!r}")
+    kind, values = kinds[0], spec[kinds[0]]
     if not isinstance(values, list) or not values:
         raise SpaceError(f"{where}: params.{key}: {kind} needs a non-empty list, got {values!r}")
     if kind in ("uniform", "loguniform", "int"):
@@ -189,7 +193,20 @@ def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) ->
         raise SpaceError(f"{where}: params.{key}: grid domains need search: grid (use choice with {search})")
     for value in values:
         _check_overrides(f"{where}: params.{key}", base, {key: value})
-    return Domain(kind=kind, values=tuple(values))
+    when = spec.get("when")
+    if when is not None and (search == "grid" or not isinstance(when, dict) or not when):
+        raise SpaceError(f"{where}: params.{key}.when must be a mapping {{key: value}} in a tpe or random space, got {when!r} ({search})")
+    return Domain(kind=kind, values=tuple(values), when=dict(when) if when else None)
+
+
+def _check_conditions(where: str, params: dict[str, Domain]) -> None:
+    """Every `when` names another searched key with a choice domain, and one of its values."""
+    for key, domain in params.items():
+        for other, value in (domain.when or {}).items():
+            condition = params.get(other)
+            if other == key or condition is None or condition.kind != "choice" or condition.when or value not in condition.values:
+                raise SpaceError(f"{where}: params.{key}.when: {other}: {value!r} must name another searched key with an "
+                                 f"unconditional choice domain and one of its values")
 
 
 def _parse_seeds(where: str, seeds: Any, search: str) -> tuple:
@@ -210,60 +227,6 @@ def _parse_base(where: str, base: Any) -> str | None:
     if base is not None and not (isinstance(base, str) and base):
         raise SpaceError(f"{where}: base must name a finished tuning experiment, e.g. base: tune; got {base!r}")
     return base
-
-
-def _parse_budget(where: str, budget: Any) -> dict[str, Any] | None:
-    if budget is None:
-        return None
-    if not isinstance(budget, dict) or set(budget) - set(BUDGET_KEYS):
-        raise SpaceError(f"{where}: budget must be a mapping of {', '.join(BUDGET_KEYS)}, got {budget!r}")
-    resources = [key for key in ("cpu_hours", "gpu_hours") if key in budget]
-    if len(resources) != 1:
-        raise SpaceError(f"{where}: budget needs exactly one of cpu_hours, gpu_hours, got {budget!r}")
-    hours = _number(where, budget, resources[0], None, float, 1e-9)
-    price = budget.get("usd_per_gpu_hour")
-    if price is not None:
-        price = _number(where, budget, "usd_per_gpu_hour", None, float, 0.0)
-    if not isinstance(budget.get("hard", False), bool):
-        raise SpaceError(f"{where}: budget.hard must be true or false, got {budget['hard']!r}")
-    return {"resource": resources[0].split("_")[0], "hours": hours, "hard": budget.get("hard", False), "usd_per_gpu_hour": price}
-
-
-REPLICATES_KEYS = ("min", "max", "step", "delta", "alpha")
-
-
-def _parse_replicates(where: str, tree: dict) -> Replicates | None:
-    spec = tree.get("replicates")
-    if spec is None:
-        return None
-    if not isinstance(spec, dict) or set(spec) - set(REPLICATES_KEYS):
-        raise SpaceError(f"{where}: replicates must be a mapping of {', '.join(REPLICATES_KEYS)}, got {spec!r}")
-    if tree.get("search", "grid") != "grid" or len(tree.get("variants") or {}) < 2:
-        raise SpaceError(f"{where}: replicates needs search: grid and at least two variants (the first is the reference)")
-    if "seeds" in tree:
-        raise SpaceError(f"{where}: replicates chooses the seeds (0, 1, 2, ... per arm); remove seeds: {tree['seeds']!r}")
-    if (tree.get("scheduler") or {"type": "none"}) not in ("none", {"type": "none"}):
-        raise SpaceError(f"{where}: replicates compares finished trials; use scheduler: {{type: none}}, not {tree['scheduler']!r}")
-    default, at = Replicates(), f"{where}: replicates"
-    plan = Replicates(
-        min=_number(at, spec, "min", default.min, int, 2), max=_number(at, spec, "max", default.max, int, 2),
-        step=_number(at, spec, "step", default.step, int, 1), delta=_number(at, spec, "delta", default.delta, float, 1e-12),
-        alpha=_number(at, spec, "alpha", default.alpha, float, 1e-12),
-    )
-    if plan.max < plan.min or plan.alpha >= 1:
-        raise SpaceError(f"{where}: replicates needs 2 <= min <= max and 0 < alpha < 1, got {spec!r}")
-    return plan
-
-
-def _parse_scheduler(where: str, scheduler: Any) -> dict:
-    if scheduler in (None, "none"):
-        return {"type": "none"}
-    if not isinstance(scheduler, dict) or scheduler.get("type") not in ("none", "asha"):
-        raise SpaceError(f"{where}: scheduler must be {{type: none}} or {{type: asha, grace_period: N, reduction_factor: N}}")
-    unknown = set(scheduler) - {"type", "grace_period", "reduction_factor"}
-    if unknown:
-        raise SpaceError(f"{where}: unknown scheduler keys {sorted(unknown)}; valid: type, grace_period, reduction_factor")
-    return dict(scheduler)
 
 
 INTEGERS = {"num_samples": 1, "max_concurrent": 1, "workers": 0, "max_failures": 0, "checkpoints_to_keep": 1}
@@ -290,22 +253,13 @@ def _read_tree(where: str, text: str) -> dict:
     return tree
 
 
-def _number(where: str, tree: dict, key: str, default, kind: type, minimum):
-    value = tree.get(key, default)
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
-    if not valid or (kind is int and not isinstance(value, int)):
-        expected = f"an integer >= {minimum}" if kind is int else f"a number >= {minimum}"
-        raise SpaceError(f"{where}: {key} must be {expected}, got {value!r}")
-    return kind(value)
-
-
 def _settings(where: str, tree: dict) -> dict[str, Any]:
     """The space's scalar settings, each checked for its type and range."""
-    settings = {key: _number(where, tree, key, default, int, default if key != "max_concurrent" else 1)
+    settings = {key: number(where, tree, key, default, int, default if key != "max_concurrent" else 1)
                 for key, default in INTEGERS.items()}
-    settings |= {key: _number(where, tree, key, default, float, 0.0) for key, default in NUMBERS.items()}
+    settings |= {key: number(where, tree, key, default, float, 0.0) for key, default in NUMBERS.items()}
     if tree.get("time_budget_s") is not None:
-        settings["time_budget_s"] = _number(where, tree, "time_budget_s", None, float, 1e-9)
+        settings["time_budget_s"] = number(where, tree, "time_budget_s", None, float, 1e-9)
     mode = tree.get("mode", "max")
     if mode not in MODES:
         raise SpaceError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -331,11 +285,12 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     params = {key: _parse_domain(where, key, spec, base, search) for key, spec in (tree.get("params") or {}).items()}
     if not params and not variants:
         raise SpaceError(f"{where}: nothing to search; give params or variants")
+    _check_conditions(where, params)
     space = SearchSpace(
-        name=space_name, search=search, **_settings(where, tree), scheduler=_parse_scheduler(where, tree.get("scheduler")),
+        name=space_name, search=search, **_settings(where, tree), scheduler=parse_scheduler(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
-        budget=_parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
-        replicates=_parse_replicates(where, tree),
+        budget=parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
+        replicates=parse_replicates(where, tree), sampler=parse_sampler(where, tree.get("sampler"), search) or None,
     )
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.tune import Stopper
 
-from hashtune.config import Config, config_from_dict
+from hashtune.config import Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import Domain, SearchSpace
 from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
 from hashtune.tracking import sweep_cost
@@ -25,15 +25,19 @@ ELAPSED_METRIC = "sweep/elapsed_s"
 
 
 class OptunaSpace:
-    """Optuna define-by-run space: samples `model.k_groups` last, within what `model.bits` allows."""
+    """Optuna define-by-run space: a key with `when` only where its condition holds (conditions first), and
+    `model.k_groups` last, within what `model.bits` allows."""
 
     def __init__(self, params: dict[str, Domain], base: Config, fixed: dict[str, Any]) -> None:
         self.params, self.base, self.fixed = params, base, fixed
 
     def __call__(self, trial) -> None:
         sampled: dict[str, Any] = {}
-        for key in sorted(self.params, key=lambda name: name == "model.k_groups"):
+        start = to_flat_dict(self.base) | self.fixed
+        for key in sorted(self.params, key=lambda name: (self.params[name].when is not None, name == "model.k_groups")):
             domain = self.params[key]
+            if domain.when and any(sampled.get(other, start[other]) != value for other, value in domain.when.items()):
+                continue  # the trial keeps the base value, which its other choices make irrelevant
             low, high = domain.values[0], domain.values[-1]
             if domain.kind == "choice":
                 sampled[key] = trial.suggest_categorical(key, list(domain.values))
@@ -69,7 +73,7 @@ def _scheduler(space: SearchSpace, epochs: int):
 
     return ASHAScheduler(
         time_attr="epoch", max_t=epochs, grace_period=int(space.scheduler.get("grace_period", max(1, epochs // 6))),
-        reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
+        reduction_factor=float(space.scheduler.get("reduction_factor", 3)), brackets=int(space.scheduler.get("brackets", 1)),
     )
 
 
@@ -97,7 +101,8 @@ def build_tuner(
     else:
         import optuna
 
-        sampler = optuna.samplers.TPESampler(seed=space.seeds[0]) if space.search == "tpe" else optuna.samplers.RandomSampler(seed=space.seeds[0])
+        sampler = (optuna.samplers.TPESampler(seed=space.seeds[0], **(space.sampler or {})) if space.search == "tpe"
+                   else optuna.samplers.RandomSampler(seed=space.seeds[0]))
         tune_config["search_alg"] = _fidelity_aware_optuna_search(
             space=OptunaSpace(space.params, base, space.fixed), metric=space.metric, mode=space.mode, sampler=sampler,
             study_name=name, storage=optuna.storages.RDBStorage(optuna_storage),
