@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from hashtune.ranking import rank_multi_label, rank_single_label, rank_top_k
+from hashtune.ranking import rank_multi_label, rank_single_label
 
 # numba's default OpenMP layer shares libgomp with torch: its first parallel region resets torch's
 # thread count (1 -> all cores in a 1-CPU Ray trial), and concurrent trials then oversubscribe the
@@ -180,7 +180,6 @@ def _tie_averaged_ap(counts, relevant_counts, topk: int, harmonic):
 
 
 TIES = ("index", "average")
-TOP_K_FRACTION = 4  # mAP@K takes the two-pass kernel when K <= database / 4 (then pass 2 places about K items)
 MAX_BITS, MAX_DATABASE = 255, 1 << 23
 
 
@@ -207,11 +206,7 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
     cutoff_array = np.asarray(list(cutoffs) or [0], dtype=np.int64)
     threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
     numba.set_num_threads(threads)
-    if not cutoffs and topk * TOP_K_FRACTION <= n_db:  # AP alone, cut well inside the database: two light passes
-        labels = ({"query_class": prepared["query_class"], "db_class": prepared["db_class"]} if "query_class" in prepared
-                  else {"query_labels": prepared["query_labels"], "db_labels": prepared["db_labels"]})
-        statistics = rank_top_k(words, db_words, bits, topk, threads, **labels)
-    elif "query_class" in prepared:
+    if "query_class" in prepared:
         statistics = rank_single_label(words, db_words, prepared["query_class"], prepared["db_class"], prepared["n_classes"], bits, topk,
                                        cutoff_array, threads)
     else:

@@ -11,10 +11,6 @@ and its place in its bucket; a second loop over the relevant items alone turns p
   label is touched in the hot loop.
 * Multi-label data (NUS-WIDE, COCO): pass A also ANDs the label words and keeps the relevant items'
   `place << 8 | distance` in a list, branch-free.
-* mAP@K with K well under the database size (ImageNet-100's @1000, NUS-WIDE's @5000) and nothing else asked
-  (`rank_top_k`): pass 1 is the floor's histogram, which gives the K-th item's distance; pass 2 recomputes the
-  distances and gives a place only to the items up to that distance (about K), so ranking costs little more
-  than a second popcount pass.
 * `distance_histograms` is the floor itself (popcount and histogram, no ranking): benchmarks report the
   kernels as multiples of it.
 """
@@ -24,7 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["popcount", "rank_single_label", "rank_multi_label", "rank_top_k", "distance_histograms", "class_members"]
+__all__ = ["popcount", "rank_single_label", "rank_multi_label", "distance_histograms", "class_members"]
 
 
 @numba.njit(inline="always")
@@ -152,68 +148,6 @@ def rank_multi_label(query_words, db_words, query_labels, db_labels, bits, topk,
     """(AP, hits@cutoffs, histograms, relevant histograms) per query for multi-hot label words."""
     out = _outputs(query_words.shape[0], bits, cutoffs.shape[0])
     _multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cutoffs, n_threads, out)
-    return out
-
-
-@numba.njit(inline="always")
-def _kth_distance(count, topk, bits):
-    """The Hamming distance at which the histogram `count` reaches `topk` items: the cut-off's bucket."""
-    total = 0
-    for d in range(bits + 1):
-        total += count[d]
-        if total >= topk:
-            return d
-    return bits
-
-
-@numba.njit(inline="always")
-def _relevant(q, j, single, query_class, db_class, query_labels, db_labels):
-    if single:
-        return query_class[q] == db_class[j]
-    shared = np.uint64(0)
-    for w in range(db_labels.shape[1]):
-        shared |= query_labels[q, w] & db_labels[j, w]
-    return shared != 0
-
-
-@numba.njit(parallel=True, cache=True)
-def _top_k(query_words, db_words, single, query_class, db_class, query_labels, db_labels, bits, topk, n_threads, out):
-    ap, hits_at, counts, relevant_counts = out
-    no_cutoffs = np.zeros(0, dtype=np.int64)
-    n_query, n_db, n_words = query_words.shape[0], db_words.shape[0], db_words.shape[1]
-    chunk = (n_query + n_threads - 1) // n_threads
-    for t in numba.prange(n_threads):
-        places, relevant = np.empty(n_db, dtype=np.int32), np.empty(n_db, dtype=np.int64)
-        count, in_bucket = np.empty(bits + 1, dtype=np.int64), np.empty(bits + 1, dtype=np.int64)
-        scratch = np.empty((4, bits + 1), dtype=np.int64)
-        for q in range(t * chunk, min(n_query, (t + 1) * chunk)):
-            count[:] = 0
-            for j in range(n_db):  # pass 1: the floor's histogram, which places the cut-off
-                count[_distance(query_words, q, db_words, j, n_words)] += 1
-            cut = _kth_distance(count, topk, bits)
-            in_bucket[:] = 0
-            n_kept, n_relevant = 0, 0
-            for j in range(n_db):  # pass 2: only the items in the cut-off's buckets (about topk) get a place
-                d = _distance(query_words, q, db_words, j, n_words)
-                if d <= cut:
-                    places[n_kept] = (in_bucket[d] << 8) | d
-                    in_bucket[d] += 1
-                    if _relevant(q, j, single, query_class, db_class, query_labels, db_labels):
-                        relevant[n_relevant] = n_kept
-                        n_relevant += 1
-                    n_kept += 1
-            _rank_relevant(q, places, relevant[:n_relevant], count, bits, topk, no_cutoffs, ap, hits_at, counts, relevant_counts, scratch)
-
-
-def rank_top_k(query_words, db_words, bits, topk, n_threads, *, query_class=None, db_class=None, query_labels=None, db_labels=None):
-    """(AP@topk, -, histograms, relevant histograms up to the cut-off's bucket) per query, in two passes: the histogram,
-    then places for the items up to the topk-th item's distance only. For topk well under the database size."""
-    single = query_class is not None
-    no_words, no_class = np.zeros((1, 1), dtype=np.uint64), np.zeros(1, dtype=np.int64)
-    out = _outputs(query_words.shape[0], bits, 0)
-    _top_k(query_words, db_words, single, np.asarray(query_class, dtype=np.int64) if single else no_class,
-           np.asarray(db_class, dtype=np.int64) if single else no_class, no_words if single else query_labels,
-           no_words if single else db_labels, bits, topk, n_threads, out)
     return out
 
 
