@@ -360,7 +360,8 @@ def test_every_k_against_the_best_k_and_tab3_findings_in_the_four_words(tmp_path
     half = stats.t.ppf(0.975, 5) * differences.std(ddof=1) / math.sqrt(6)
     assert rows[4, 32].verdict.difference.mean == pytest.approx(differences.mean())
     assert rows[4, 32].verdict.difference.half_width == pytest.approx(half)
-    findings = k_findings(runs, delta=0.02)
+    paper, *findings = k_findings(runs, delta=0.02)
+    assert "TransHash Tab. 3" in paper
     assert '32 bits, "mAP is not very sensitive to K": **inconclusive**' in findings[0]  # K=3 equivalent, K=4 unsettled
     assert '32 bits, "K = 2": **inconclusive**' in findings[1] and "K=2 vs K=1: holds" in findings[1]
     assert '64 bits, "mAP is not very sensitive to K": **reversed**' in findings[2]  # K=3 worse by more than delta
