@@ -130,7 +130,8 @@ def _sensitivity_files(folder: _StudyFolder, study: Study) -> list[str]:
         findings = k_findings(study.runs, delta=DELTA)
         if versus:
             folder.write("sensitivity_k_vs_best.md", k_versus_best_markdown(versus, DELTA) + "".join(f"\n- {s}" for s in findings) + "\n",
-                         f"every K against its code length's best K (chosen on `{SELECTION_METRIC}`): paired {METRIC} difference, 95% CI, "
+                         f"every K against its code length's best K (chosen on `{SELECTION_METRIC}`): paired {METRIC} difference and CI at 95% / m "
+                         "(Bonferroni over the m comparisons of a code length), "
                          "higher / lower / equivalent / inconclusive, the effect the seeds could detect and the seeds a ±delta interval needs")
     curves = continuous_sensitivity(study.runs)
     if not curves:

@@ -2,8 +2,9 @@
 
 Per code length the best K is chosen on validation (`val/best_mAP`, mean over seeds), so the test
 differences below are not the ones that picked it. Each other K's difference to it is paired by seed
-(`test/mAP`), with its CI at level `1 - alpha`, two one-sided tests against ±delta, the effect 80% power
-detects at these seeds and the seeds a ±delta interval needs. TransHash (Chen et al. 2021, Tab. 3)
+(`test/mAP`), with its CI, two one-sided tests against ±delta, the effect 80% power detects at these
+seeds and the seeds a ±delta interval needs, every one at `alpha / m` for the m comparisons made at that
+code length (Bonferroni: the chance of any false call among them stays under alpha). TransHash (Chen et al. 2021, Tab. 3)
 reports three findings, each given one of the four verdict words here:
 
 * "mAP is not very sensitive to K" (K 2..6 within 0.017 at 48 bits): **holds** when every feasible K in
@@ -72,11 +73,12 @@ def k_versus_best(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0
         if len(ks) < 2:
             continue
         best = max(ks, key=lambda k: (float(np.mean(list(val[k, bits].values()))), -k))
+        level = alpha / (len(ks) - 1)  # Bonferroni over this code length's comparisons with its best K
         for k in ks:
             shared = sorted(set(test[k, bits]) & set(test[best, bits]))
             differences = [test[k, bits][seed] - test[best, bits][seed] for seed in shared]
             rows.append(KVersusBest(k, bits, best, float(np.mean(list(test[k, bits].values()))), float(np.mean(list(val[k, bits].values()))),
-                                    claim_verdict(differences, delta=delta, alpha=alpha)))
+                                    claim_verdict(differences, delta=delta, alpha=level)))
     return rows
 
 
@@ -94,9 +96,10 @@ def _k2_verdict(runs: list[TrialRun], bits: int, delta: float, alpha: float) -> 
     if (2, bits) not in test:
         return "inconclusive", []
     words, details = [], []
-    for k in sorted(k for k, b in test if b == bits and k != 2):
+    others = sorted(k for k, b in test if b == bits and k != 2)
+    for k in others:
         shared = sorted(set(test[2, bits]) & set(test[k, bits]))
-        verdict = claim_verdict([test[2, bits][s] - test[k, bits][s] for s in shared], delta=delta, alpha=alpha)
+        verdict = claim_verdict([test[2, bits][s] - test[k, bits][s] for s in shared], delta=delta, alpha=alpha / len(others))
         words.append(verdict.verdict)
         details.append(f"K=2 vs K={k}: {verdict.verdict} ({verdict.difference.mean:+.3f}, n={verdict.n})")
     if not words:
@@ -128,15 +131,16 @@ def k_findings(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0.05
 
 
 def k_versus_best_markdown(rows: list[KVersusBest], delta: float) -> str:
-    header = ["bits", "K", "best K (val)", "test mAP", "Δ test mAP to best K (CI)", "n", "verdict", "TOST p (±delta)", "MDE at 80% power",
-              f"seeds for ±{delta:g}"]
+    header = ["bits", "K", "best K (val)", "test mAP", "Δ test mAP to best K (CI)", "CI level", "n", "verdict", "TOST p (±delta)",
+              "MDE at 80% power", f"seeds for ±{delta:g}"]
     body = []
     for row in rows:
         v = row.verdict
         interval = "" if row.k == row.best_k else (f"{v.difference.mean:+.3f} [{_number(v.difference.low, 3)}, {_number(v.difference.high, 3)}]"
                                                   if not math.isnan(v.difference.mean) else "")
         word = "best" if row.k == row.best_k else VERSUS_BEST[v.verdict]
-        body.append([str(row.bits), str(row.k), str(row.best_k), f"{row.test_mean:.3f}", interval, str(v.n), word,
+        level = "" if row.k == row.best_k else f"{100 * (1 - v.alpha):.4g}%"
+        body.append([str(row.bits), str(row.k), str(row.best_k), f"{row.test_mean:.3f}", interval, level, str(v.n), word,
                      "" if row.k == row.best_k else _number(v.tost_p, 3), "" if row.k == row.best_k else _number(v.mde, 3),
                      "" if row.k == row.best_k else str(v.seeds_for_delta or "")])
     return _markdown(header, body)
