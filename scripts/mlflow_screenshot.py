@@ -38,8 +38,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("mlflow_screenshot: error: no chromium on PATH; install Debian's (apt-get install chromium)", file=sys.stderr)
+        return 2
     client = MlflowClient(args.mlflow_uri)
     experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        print(f"mlflow_screenshot: error: no experiment {args.experiment!r} in {args.mlflow_uri}", file=sys.stderr)
+        return 2
     runs = client.search_runs([experiment.experiment_id], "tags.`hashtune.status` = 'finished'", max_results=100)
     port = _free_port()
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -58,7 +65,6 @@ def main(argv=None) -> int:
         ids = json.dumps([run.info.run_id for run in runs])
         url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}"
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={args.size}",
                         "--virtual-time-budget=20000", f"--screenshot={args.out.absolute()}", url],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
