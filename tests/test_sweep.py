@@ -192,10 +192,12 @@ def test_ctrl_c_saves_the_sweep_and_says_how_to_resume(tmp_path):
 
 def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
     space = tmp_path / "asha.yaml"
+    # a learning arm first, then two that cannot learn (lr 1e-9): ASHA's first rung stops them against the first
+    # one's value, whatever the defaults are (a random search left that to the sampled learning rates)
     space.write_text(
-        "search: random\nnum_samples: 3\nmax_concurrent: 1\nworkers: 1\nseeds: [0]\n"
-        "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}\nfixed:\n  train.epochs: 4\n" + TINY
-        + "params:\n  train.lr: {loguniform: [1.0e-5, 1.0e-2]}\n"
+        "search: grid\nmax_concurrent: 1\nworkers: 1\nseeds: [0]\n"
+        "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}\nfixed:\n  train.epochs: 4\n  train.warmup_epochs: 0\n" + TINY
+        + "variants:\n  learns: {train.lr: 1.0e-2}\n  frozen: {train.lr: 1.0e-9}\n  frozen sgd: {train.lr: 1.0e-9, train.optimizer: sgd}\n"
     )
     assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
