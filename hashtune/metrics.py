@@ -203,7 +203,7 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
     if topk is not None and topk < 1:
         raise ValueError(f"topk={topk} must be a positive number of items or None for the whole database")
     topk = n_db if topk is None else min(int(topk), n_db)
-    cutoff_array = np.asarray(list(cutoffs) or [0], dtype=np.int64)
+    cutoff_array = np.asarray(list(cutoffs), dtype=np.int64)
     threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
     numba.set_num_threads(threads)
     if "query_class" in prepared:

@@ -40,12 +40,18 @@ def _distance(query_words, q, db_words, j, n_words):
 
 
 @numba.njit(inline="always")
-def _rank_relevant(q, places, relevant, count, bits, topk, cutoffs, ap, hits_at, counts, relevant_counts, scratch):
-    """AP@topk and hits@cutoffs of query q from its histogram and its relevant items' `place << 8 | d`, in index order."""
+def _rank_relevant(q, places, relevant, count, bits, topk, cutoffs, ap, hits_at, counts, relevant_counts, scratch, values, inverse):
+    """AP@topk and hits@cutoffs of query q from its histogram and its relevant items' `place << 8 | d`, in index order.
+
+    The relevant items' values are gathered once into `values`; `inverse[p]` is 1 / (p + 1), so no division per item.
+    """
     relevant_count, closer, relevant_closer, seen = scratch[0], scratch[1], scratch[2], scratch[3]
     relevant_count[:] = 0
-    for i in range(relevant.shape[0]):
-        relevant_count[places[relevant[i]] & 255] += 1
+    n_relevant = relevant.shape[0]
+    for i in range(n_relevant):
+        value = places[relevant[i]]
+        values[i] = value
+        relevant_count[value & 255] += 1
     closer[0] = 0
     relevant_closer[0] = 0
     for d in range(1, bits + 1):
@@ -53,14 +59,14 @@ def _rank_relevant(q, places, relevant, count, bits, topk, cutoffs, ap, hits_at,
         relevant_closer[d] = relevant_closer[d - 1] + relevant_count[d - 1]
     seen[:] = 0
     precision_sum, relevant_in_topk = 0.0, 0
-    for i in range(relevant.shape[0]):
-        value = places[relevant[i]]
+    for i in range(n_relevant):
+        value = values[i]
         d = value & 255
         position = closer[d] + (value >> 8)  # 0-based rank
         seen[d] += 1
         if position < topk:
             relevant_in_topk += 1
-            precision_sum += (relevant_closer[d] + seen[d]) / (position + 1.0)
+            precision_sum += (relevant_closer[d] + seen[d]) * inverse[position]
         for c in range(cutoffs.shape[0]):
             if position < cutoffs[c]:
                 hits_at[q, c] += 1
@@ -68,6 +74,12 @@ def _rank_relevant(q, places, relevant, count, bits, topk, cutoffs, ap, hits_at,
         ap[q] = precision_sum / relevant_in_topk
     counts[q] = count
     relevant_counts[q] = relevant_count
+
+
+@numba.njit(inline="always")
+def _place(places, slot, count, d):
+    places[slot] = (count[d] << 8) | d
+    count[d] += 1
 
 
 def _outputs(n_query: int, bits: int, n_cutoffs: int):
@@ -79,10 +91,12 @@ def _outputs(n_query: int, bits: int, n_cutoffs: int):
 def _single_label(query_words, db_words, query_class, members, member_offsets, bits, topk, cutoffs, n_threads, out):
     ap, hits_at, counts, relevant_counts = out
     n_query, n_db, n_words = query_words.shape[0], db_words.shape[0], db_words.shape[1]
+    first = db_words[:, 0].copy()  # 64-bit codes (one word): the query words sit in registers, the database streams
+    inverse = 1.0 / np.arange(1, n_db + 1)
     n_pairs = (n_query + 1) // 2
     chunk = (n_pairs + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
-        places_a, places_b = np.empty(n_db, dtype=np.int32), np.empty(n_db, dtype=np.int32)
+        places_a, places_b, values = np.empty(n_db, dtype=np.int32), np.empty(n_db, dtype=np.int32), np.empty(n_db, dtype=np.int32)
         count_a, count_b = np.empty(bits + 1, dtype=np.int64), np.empty(bits + 1, dtype=np.int64)
         scratch = np.empty((4, bits + 1), dtype=np.int64)
         for pair in range(t * chunk, min(n_pairs, (t + 1) * chunk)):
@@ -90,17 +104,19 @@ def _single_label(query_words, db_words, query_class, members, member_offsets, b
             qb = min(qa + 1, n_query - 1)  # an odd last query is paired with itself
             count_a[:] = 0
             count_b[:] = 0
-            for j in range(n_db):  # pass A for two queries: each database word is read once
-                da = _distance(query_words, qa, db_words, j, n_words)
-                db = _distance(query_words, qb, db_words, j, n_words)
-                places_a[j] = (count_a[da] << 8) | da
-                places_b[j] = (count_b[db] << 8) | db
-                count_a[da] += 1
-                count_b[db] += 1
+            if n_words == 1:  # pass A for two queries: each database word is read once
+                xa, xb = query_words[qa, 0], query_words[qb, 0]
+                for j in range(n_db):
+                    _place(places_a, j, count_a, np.int64(popcount(xa ^ first[j])))
+                    _place(places_b, j, count_b, np.int64(popcount(xb ^ first[j])))
+            else:
+                for j in range(n_db):
+                    _place(places_a, j, count_a, _distance(query_words, qa, db_words, j, n_words))
+                    _place(places_b, j, count_b, _distance(query_words, qb, db_words, j, n_words))
             for q, places, count in ((qa, places_a, count_a), (qb, places_b, count_b)):
                 c = query_class[q]
                 _rank_relevant(q, places, members[member_offsets[c]:member_offsets[c + 1]], count, bits, topk, cutoffs,
-                               ap, hits_at, counts, relevant_counts, scratch)
+                               ap, hits_at, counts, relevant_counts, scratch, values, inverse)
 
 
 def rank_single_label(query_words, db_words, query_class, db_class, n_classes, bits, topk, cutoffs, n_threads):
@@ -124,24 +140,27 @@ def _multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cut
     ap, hits_at, counts, relevant_counts = out
     n_query, n_db = query_words.shape[0], db_words.shape[0]
     n_words, n_label_words = db_words.shape[1], db_labels.shape[1]
+    first = db_words[:, 0].copy()
+    inverse = 1.0 / np.arange(1, n_db + 1)
     chunk = (n_query + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
-        places = np.empty(n_db + 1, dtype=np.int32)
+        places, values = np.empty(n_db + 1, dtype=np.int32), np.empty(n_db + 1, dtype=np.int32)
         relevant = np.arange(n_db + 1)
         count = np.empty(bits + 1, dtype=np.int64)
         scratch = np.empty((4, bits + 1), dtype=np.int64)
         for q in range(t * chunk, min(n_query, (t + 1) * chunk)):
             count[:] = 0
             n_relevant = 0
+            x = query_words[q, 0]
             for j in range(n_db):
-                d = _distance(query_words, q, db_words, j, n_words)
+                d = np.int64(popcount(x ^ first[j])) if n_words == 1 else _distance(query_words, q, db_words, j, n_words)
                 shared = np.uint64(0)
                 for w in range(n_label_words):
                     shared |= query_labels[q, w] & db_labels[j, w]
-                places[n_relevant] = (count[d] << 8) | d  # branch-free: the slot is kept only if the item is relevant
-                count[d] += 1
+                _place(places, n_relevant, count, d)  # branch-free: the slot is kept only if the item is relevant
                 n_relevant += shared != 0
-            _rank_relevant(q, places, relevant[:n_relevant], count, bits, topk, cutoffs, ap, hits_at, counts, relevant_counts, scratch)
+            _rank_relevant(q, places, relevant[:n_relevant], count, bits, topk, cutoffs, ap, hits_at, counts, relevant_counts, scratch,
+                           values, inverse)
 
 
 def rank_multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cutoffs, n_threads):
@@ -154,11 +173,18 @@ def rank_multi_label(query_words, db_words, query_labels, db_labels, bits, topk,
 @numba.njit(parallel=True, cache=True)
 def _histograms(query_words, db_words, n_threads, counts):
     n_query, n_db, n_words = query_words.shape[0], db_words.shape[0], db_words.shape[1]
+    first = db_words[:, 0].copy()  # the kernels' own one-word fast path: the floor gets every trick they get
     chunk = (n_query + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
         for q in range(t * chunk, min(n_query, (t + 1) * chunk)):
-            for j in range(n_db):
-                counts[q, _distance(query_words, q, db_words, j, n_words)] += 1
+            count = counts[q]
+            if n_words == 1:
+                x = query_words[q, 0]
+                for j in range(n_db):
+                    count[popcount(x ^ first[j])] += 1
+            else:
+                for j in range(n_db):
+                    count[_distance(query_words, q, db_words, j, n_words)] += 1
 
 
 def distance_histograms(query_words, db_words, bits: int, n_threads: int) -> np.ndarray:
