@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._table import markdown_table, write_report
-from hashtune.config import load_config, to_flat_dict
+from hashtune.config import load_config, parse_overrides
 from hashtune.sweep.space import load_space
 from hashtune.tracking import TAG, find_runs
 
@@ -73,8 +73,7 @@ def arm_space(label: str, base, trials: int, fixed_overrides: list[str], seed: i
     """The arm's space with the benchmark's trial budget, fixed overrides (tests shorten epochs) and seed."""
     name, changes = ARMS[label]
     space = load_space(name, base)
-    fixed = dict(space.fixed) | {key: to_flat_dict(load_config(overrides=[item]))[key] for item in fixed_overrides
-                                 for key in [item.split("=", 1)[0]]}
+    fixed = dict(space.fixed) | parse_overrides(fixed_overrides)
     epochs = base.replace(fixed).train.epochs
     scheduler = dict(changes.get("scheduler", space.scheduler))
     if scheduler["type"] == "asha":

@@ -21,7 +21,7 @@ from hashtune.baselines import ITQ, LSH
 from hashtune.config import load_config
 from hashtune.data import build_splits, load_source
 from hashtune.metrics import mean_average_precision
-from hashtune.train.bits import is_feasible
+from hashtune.train.bits import max_k_groups
 from hashtune.train.trainer import fit
 
 STRATEGIES = {"hashtune symmetric (defaults, 300 epochs)": [], "hashtune asymmetric (300 epochs)": ["train.strategy=asymmetric"]}
@@ -46,11 +46,8 @@ def hashtune_map(overrides: list[str], bits: int, seed: int) -> tuple[float, flo
 
 
 def _feasible_k(config):
-    """The config's K, or the largest K below it that the code length can hold (16 bits: 2 local heads of 4 bits)."""
-    k = config.model.k_groups
-    while k > 1 and not is_feasible(config.replace({"model.k_groups": k})):
-        k -= 1
-    return config.replace({"model.k_groups": k})
+    """The config's K, or the most local heads the code length holds (16 bits: 2 heads of 4 bits)."""
+    return config.replace({"model.k_groups": max(1, min(config.model.k_groups, max_k_groups(config.model.bits)))})
 
 
 def main(argv=None) -> None:

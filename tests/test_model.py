@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hashtune.train.bits import bit_allocation
+from hashtune.train.bits import bit_allocation, max_k_groups
 from hashtune.train.model import TransHash, create_backbone
 
 TINY = dict(img_size=8, patch_size=2, depth=3, embed_dim=32, num_heads=2, in_chans=1)
@@ -26,6 +26,15 @@ def test_bit_allocation(bits, k_groups, expected):
 
 def test_bit_allocation_without_dual_stream_puts_all_bits_on_the_global_head():
     assert bit_allocation(16, 6, dual_stream=False) == [16]
+
+
+def test_max_k_groups_is_the_largest_k_that_allocates():
+    for bits in (8, 16, 23, 32, 48, 64):
+        k = max_k_groups(bits)
+        assert len(bit_allocation(bits, k)) == k + 1 and min(bit_allocation(bits, k)[1:]) >= 4
+        with pytest.raises(ValueError, match="leaves local heads"):
+            bit_allocation(bits, k + 1)
+    assert (max_k_groups(16), max_k_groups(48)) == (2, 6)
 
 
 def test_bit_allocation_names_the_smallest_valid_split():

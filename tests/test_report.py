@@ -360,7 +360,7 @@ def test_every_k_against_the_best_k_and_tab3_findings_in_the_four_words(tmp_path
     half = stats.t.ppf(1 - 0.05 / 3 / 2, 5) * differences.std(ddof=1) / math.sqrt(6)  # 3 comparisons at 32 bits: alpha / 3
     assert rows[4, 32].verdict.difference.mean == pytest.approx(differences.mean())
     assert rows[4, 32].verdict.difference.half_width == pytest.approx(half)
-    paper, *findings = k_findings(runs, delta=0.02)
+    paper, *findings = k_findings(runs, list(rows.values()), delta=0.02)
     assert "TransHash Tab. 3" in paper
     assert '32 bits, "mAP is not very sensitive to K": **inconclusive**' in findings[0]  # K=3 equivalent, K=4 unsettled
     assert '32 bits, "K = 2": **inconclusive**' in findings[1] and "K=2 vs K=1: holds" in findings[1]

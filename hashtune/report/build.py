@@ -127,7 +127,7 @@ def _sensitivity_files(folder: _StudyFolder, study: Study) -> list[str]:
         folder.write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
         folder.write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
         versus = k_versus_best(study.runs, delta=DELTA)
-        findings = k_findings(study.runs, delta=DELTA)
+        findings = k_findings(study.runs, versus, delta=DELTA)
         if versus:
             folder.write("sensitivity_k_vs_best.md", k_versus_best_markdown(versus, DELTA) + "".join(f"\n- {s}" for s in findings) + "\n",
                          f"every K against its code length's best K (chosen on `{SELECTION_METRIC}`): paired {METRIC} difference and CI at 95% / m "

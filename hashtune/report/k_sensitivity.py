@@ -46,39 +46,42 @@ class KVersusBest:
     bits: int
     best_k: int
     test_mean: float
-    val_mean: float
     verdict: ClaimVerdict  # of test/mAP(K) - test/mAP(best K), paired by seed
 
 
 def _per_seed(runs: list[TrialRun], metric: str) -> dict[tuple[int, int], dict]:
-    crossed = is_crossed(runs)
+    """`{(K, bits): {seed: metric}}` over finished dual-stream runs."""
+    finished = [run for run in runs if run.status == "finished" and run.config.model.dual_stream]
+    crossed = is_crossed(finished)
     cells: dict[tuple[int, int], dict] = defaultdict(dict)
-    for run in runs:
+    for run in finished:
         if metric in run.metrics:
             cells[run.k_groups, run.bits][replicate_key(run, crossed)] = run.metrics[metric]
     return cells
 
 
-def _finished_dual(runs: list[TrialRun]) -> list[TrialRun]:
-    return [run for run in runs if run.status == "finished" and run.config.model.dual_stream]
+def _paired(cells: dict, a: tuple[int, int], b: tuple[int, int], *, delta: float, alpha: float) -> ClaimVerdict:
+    """The verdict on cell a - cell b, paired over the seeds both have."""
+    shared = sorted(set(cells[a]) & set(cells[b]))
+    return claim_verdict([cells[a][seed] - cells[b][seed] for seed in shared], delta=delta, alpha=alpha)
+
+
+def _mean(values: dict) -> float:
+    return float(np.mean(list(values.values())))
 
 
 def k_versus_best(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0.05) -> list[KVersusBest]:
     """Every run (K, bits) cell against its code length's best K; [] unless some code length has two Ks."""
-    finished = _finished_dual(runs)
-    test, val = _per_seed(finished, METRIC), _per_seed(finished, SELECTION_METRIC)
+    test, val = _per_seed(runs, METRIC), _per_seed(runs, SELECTION_METRIC)
     rows = []
     for bits in sorted({b for _, b in test}):
         ks = sorted(k for k, b in test if b == bits and (k, b) in val)
         if len(ks) < 2:
             continue
-        best = max(ks, key=lambda k: (float(np.mean(list(val[k, bits].values()))), -k))
+        best = max(ks, key=lambda k: (_mean(val[k, bits]), -k))
         level = alpha / (len(ks) - 1)  # Bonferroni over this code length's comparisons with its best K
-        for k in ks:
-            shared = sorted(set(test[k, bits]) & set(test[best, bits]))
-            differences = [test[k, bits][seed] - test[best, bits][seed] for seed in shared]
-            rows.append(KVersusBest(k, bits, best, float(np.mean(list(test[k, bits].values()))), float(np.mean(list(val[k, bits].values()))),
-                                    claim_verdict(differences, delta=delta, alpha=level)))
+        rows += [KVersusBest(k, bits, best, _mean(test[k, bits]), _paired(test, (k, bits), (best, bits), delta=delta, alpha=level))
+                 for k in ks]
     return rows
 
 
@@ -91,31 +94,23 @@ def _insensitive(rows: list[KVersusBest], delta: float) -> str:
     return "holds" if all(row.verdict.tost_p < row.verdict.alpha for row in others) else "inconclusive"  # each within ±delta
 
 
-def _k2_verdict(runs: list[TrialRun], bits: int, delta: float, alpha: float) -> tuple[str, list[str]]:
-    test = _per_seed(_finished_dual(runs), METRIC)
-    if (2, bits) not in test:
-        return "inconclusive", []
-    words, details = [], []
+def _k2_verdict(test: dict, bits: int, delta: float, alpha: float) -> tuple[str, list[str]]:
     others = sorted(k for k, b in test if b == bits and k != 2)
-    for k in others:
-        shared = sorted(set(test[2, bits]) & set(test[k, bits]))
-        verdict = claim_verdict([test[2, bits][s] - test[k, bits][s] for s in shared], delta=delta, alpha=alpha / len(others))
-        words.append(verdict.verdict)
-        details.append(f"K=2 vs K={k}: {verdict.verdict} ({verdict.difference.mean:+.3f}, n={verdict.n})")
-    if not words:
-        return "inconclusive", details
+    if (2, bits) not in test or not others:
+        return "inconclusive", []
+    verdicts = {k: _paired(test, (2, bits), (k, bits), delta=delta, alpha=alpha / len(others)) for k in others}
+    details = [f"K=2 vs K={k}: {v.verdict} ({v.difference.mean:+.3f}, n={v.n})" for k, v in verdicts.items()]
+    words = [v.verdict for v in verdicts.values()]
     if "reversed" in words:
         return "reversed", details
     if all(word == "equivalent" for word in words):
         return "equivalent", details
-    if "inconclusive" not in words:
-        return "holds", details
-    return "inconclusive", details
+    return ("inconclusive" if "inconclusive" in words else "holds"), details
 
 
-def k_findings(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0.05) -> list[str]:
-    """TransHash Tab. 3's findings, one sentence per code length each, in the four verdict words."""
-    rows = k_versus_best(runs, delta=delta, alpha=alpha)
+def k_findings(runs: list[TrialRun], rows: list[KVersusBest], *, delta: float = 0.02, alpha: float = 0.05) -> list[str]:
+    """TransHash Tab. 3's findings (given `k_versus_best(runs)`), one sentence per code length each, in the four verdict words."""
+    test = _per_seed(runs, METRIC)
     sentences = [PAPER_TAB3] if rows else []
     for bits in sorted({row.bits for row in rows}):
         here = [row for row in rows if row.bits == bits]
@@ -123,7 +118,7 @@ def k_findings(runs: list[TrialRun], *, delta: float = 0.02, alpha: float = 0.05
         spread = f"; test means of K in 2..6 span {max(paper) - min(paper):.3f}" if len(paper) > 1 else ""
         sentences.append(f"{bits} bits, \"mAP is not very sensitive to K\": **{_insensitive(here, delta)}** (best K on validation: "
                          f"{here[0].best_k}{spread}; equivalence margin ±{delta:g}).")
-        verdict, details = _k2_verdict(runs, bits, delta, alpha)
+        verdict, details = _k2_verdict(test, bits, delta, alpha)
         sentences.append(f"{bits} bits, \"K = 2\": **{verdict}**" + (f" ({'; '.join(details)})." if details else " (K = 2 not run)."))
     if sentences:
         sentences.append("\"Local heads under 4 bits fail to converge\": no verdict: those cells are not run (`-`), as in the paper.")

@@ -290,7 +290,7 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         name=space_name, search=search, **_settings(where, tree), scheduler=parse_scheduler(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
         budget=parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
-        replicates=parse_replicates(where, tree), sampler=parse_sampler(where, tree.get("sampler"), search) or None,
+        replicates=parse_replicates(where, tree), sampler=parse_sampler(where, tree.get("sampler"), search),
     )
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)

@@ -81,10 +81,10 @@ def parse_scheduler(where: str, scheduler: Any) -> dict:
 SAMPLER_KEYS = ("multivariate", "group", "n_startup_trials")
 
 
-def parse_sampler(where: str, sampler: Any, search: str) -> dict:
+def parse_sampler(where: str, sampler: Any, search: str) -> dict | None:
     """Optuna TPE options: `{multivariate: true, group: true, n_startup_trials: N}` (tpe only; group needs multivariate)."""
     if sampler is None:
-        return {}
+        return None
     if search != "tpe":
         raise SpaceError(f"{where}: sampler options are for search: tpe, got search: {search}")
     if not isinstance(sampler, dict) or set(sampler) - set(SAMPLER_KEYS):

@@ -30,13 +30,13 @@ class OptunaSpace:
 
     def __init__(self, params: dict[str, Domain], base: Config, fixed: dict[str, Any]) -> None:
         self.params, self.base, self.fixed = params, base, fixed
+        self.start = to_flat_dict(base) | fixed  # what a key's condition reads where the condition is not searched
 
     def __call__(self, trial) -> None:
         sampled: dict[str, Any] = {}
-        start = to_flat_dict(self.base) | self.fixed
         for key in sorted(self.params, key=lambda name: (self.params[name].when is not None, name == "model.k_groups")):
             domain = self.params[key]
-            if domain.when and any(sampled.get(other, start[other]) != value for other, value in domain.when.items()):
+            if domain.when and any(sampled.get(other, self.start[other]) != value for other, value in domain.when.items()):
                 continue  # the trial keeps the base value, which its other choices make irrelevant
             low, high = domain.values[0], domain.values[-1]
             if domain.kind == "choice":

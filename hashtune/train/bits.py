@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from hashtune.config import Config
 
-__all__ = ["MIN_LOCAL_BITS", "bit_allocation", "is_feasible"]
+__all__ = ["MIN_LOCAL_BITS", "bit_allocation", "max_k_groups", "is_feasible"]
 
 MIN_LOCAL_BITS = 4
 """TransHash reports that local heads under 4 bits fail to converge (its Tab. 3 leaves those cells `-`)."""
+
+
+def max_k_groups(bits: int, min_local_bits: int = MIN_LOCAL_BITS) -> int:
+    """The most local heads a `bits`-bit code holds at `min_local_bits` each (0: none, the global head only)."""
+    return (bits - bits // 2) // min_local_bits
 
 
 def bit_allocation(bits: int, k_groups: int, dual_stream: bool = True, min_local_bits: int = MIN_LOCAL_BITS) -> list[int]:
@@ -29,7 +34,7 @@ def bit_allocation(bits: int, k_groups: int, dual_stream: bool = True, min_local
     global_bits = bits // 2
     base, remainder = divmod(bits - global_bits, k_groups)
     if base < min_local_bits:
-        max_groups = (bits - global_bits) // min_local_bits
+        max_groups = max_k_groups(bits, min_local_bits)
         min_bits = 2 * min_local_bits * k_groups - 1
         fix = f"k_groups <= {max_groups}" if max_groups >= 1 else "dual_stream=False"
         raise ValueError(
