@@ -15,6 +15,10 @@ best trial by `val/best_mAP` among those that finished, that trial's `test/mAP`,
 all its trials spent (`cost/cpu_seconds`); per arm it gives the mean and the spread (min-max) over
 seeds. Target: an arm whose mean best test mAP is >= 0.94 within 24 trials at <= 0.5x random search's
 mean CPU-seconds.
+
+With `--keep DIR` the benchmark can be stopped and run again with the same arguments: runs that finished
+are read back from DIR's MLflow store, an interrupted one is resumed (`--resume auto`: no trial trains
+twice); its wall seconds are then those of the launch that finished it (marked "resumed").
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config, parse_overrides
 from hashtune.sweep.space import load_space
-from hashtune.tracking import TAG, find_runs
+from hashtune.tracking import TAG, default_tracking_uri, find_runs
 
 SELECTION = "val/best_mAP"
 RANDOM = "random, no early stopping"
@@ -40,24 +44,31 @@ ARMS = {  # label -> (space, changes to it)
     "multivariate TPE, conditional space + ASHA": ("tune_conditional", {}),
 }
 TARGET_MAP, TARGET_COST = 0.94, 0.5
+WALL, RESUMED = "bench/wall_s", "bench/resumed"  # on a run's parent once it finished: its launch's wall seconds; resumed?
 
 
-def run_arm(name: str, space, base, results_dir: Path) -> dict:
-    """Run one sweep and read its trials back from MLflow."""
+def run_arm(name: str, space, base, results_dir: Path, resume: str = "never") -> dict:
+    """Run one sweep, or continue it (`resume` as the sweep's `--resume`), and read its trials back from MLflow.
+
+    A sweep that already finished in `results_dir` (its parent run holds `bench/wall_s`) is only read back.
+    """
     from mlflow import MlflowClient
 
     from hashtune.sweep.driver import run_sweep
 
-    args = argparse.Namespace(
-        name=name, space=space.name, resume="never", address=None, mlflow_uri=None, storage=None, max_concurrent=None,
-        results_dir=results_dir, overrides=[],
-    )
-    start = time.perf_counter()
-    summary = run_sweep(args, base, space)
-    wall = time.perf_counter() - start
-    client = MlflowClient(summary["mlflow_uri"])
-    experiment = client.get_experiment_by_name(name)
-    trials = [run for run in find_runs(client, experiment.experiment_id) if f"{TAG}trial_id" in run.data.tags]
+    client = MlflowClient(default_tracking_uri(results_dir))
+    parent = _sweep_parent(client, name)
+    if parent is None or WALL not in parent.data.metrics:
+        args = argparse.Namespace(
+            name=name, space=space.name, resume=resume, address=None, mlflow_uri=None, storage=None, max_concurrent=None,
+            results_dir=results_dir, overrides=[],
+        )
+        start = time.perf_counter()
+        parent_run_id = run_sweep(args, base, space)["parent_run_id"]
+        client.log_metric(parent_run_id, WALL, time.perf_counter() - start)
+        client.set_tag(parent_run_id, RESUMED, str(parent is not None))
+        parent = client.get_run(parent_run_id)
+    trials = [run for run in find_runs(client, parent.info.experiment_id) if f"{TAG}trial_id" in run.data.tags]
     finished = [run for run in trials if run.data.tags.get(f"{TAG}status") == "finished"]
     best = max(finished, key=lambda run: run.data.metrics[SELECTION])
     return {
@@ -65,8 +76,15 @@ def run_arm(name: str, space, base, results_dir: Path) -> dict:
         "stopped": sum(run.data.tags.get(f"{TAG}status") == "stopped_early" for run in trials),
         "best_val": best.data.metrics[SELECTION], "best_test": best.data.metrics["test/mAP"],
         "best_params": {key: best.data.params[key] for key in space.params},
-        "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials), "wall_s": wall,
+        "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials),
+        "wall_s": parent.data.metrics[WALL], "resumed": parent.data.tags.get(RESUMED) == "True",
     }
+
+
+def _sweep_parent(client, name: str):
+    experiment = client.get_experiment_by_name(name)
+    runs = find_runs(client, experiment.experiment_id, f"tags.`{TAG}role` = 'sweep'") if experiment else []
+    return runs[0] if runs else None
 
 
 def arm_space(label: str, base, trials: int, fixed_overrides: list[str], seed: int):
@@ -107,7 +125,8 @@ def main(argv=None) -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--extra", nargs="*", default=[], help="config overrides for every trial (tests shrink the model)")
     parser.add_argument("--fixed", nargs="*", default=[], help="space `fixed:` overrides, key=value (tests shorten epochs)")
-    parser.add_argument("--keep", type=Path, help="keep the MLflow store and Ray results here (default: a temporary folder)")
+    parser.add_argument("--keep", type=Path, help="keep the MLflow store and Ray results here, and continue what is there "
+                        "(default: a temporary folder)")
     parser.add_argument("--out", default="results/bench_search.md")
     args = parser.parse_args(argv)
     base = load_config(overrides=args.extra)
@@ -118,11 +137,13 @@ def main(argv=None) -> None:
             for label in args.arms:
                 space = arm_space(label, base, args.trials, args.fixed, seed)
                 slug = "-".join(label.replace(",", "").replace("+", "").split()[:2]).lower()
-                runs[label].append(run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir) | {"seed": seed})
+                run = run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir, resume="auto" if args.keep else "never")
+                print(f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} CPU-s", flush=True)
+                runs[label].append(run | {"seed": seed})
     rows, verdicts = summary_rows(runs)
     header = ["arm", "seeds", "finished (mean)", "stopped by ASHA (mean)", "best val/best_mAP", "test/mAP of best", "CPU-seconds",
               "CPU vs random"]
-    per_seed = [[label, run["seed"], f"{run['best_test']:.3f}", f"{run['cpu_s']:.0f}", f"{run['wall_s']:.0f}",
+    per_seed = [[label, run["seed"], f"{run['best_test']:.3f}", f"{run['cpu_s']:.0f}", f"{run['wall_s']:.0f}" + (" (resumed)" if run["resumed"] else ""),
                  ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run["best_params"].items())] for label, arm in runs.items() for run in arm]
     notes = (
         f"{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent trials of 1 CPU; "

@@ -38,8 +38,9 @@ def test_search_benchmark_at_tiny_size(tmp_path):
     from benchmarks import bench_search
 
     tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
-    out = tmp_path / "search.md"
-    bench_search.main(["--trials", "2", "--seeds", "0", "--extra", *tiny, "--fixed", "train.epochs=2", "train.eval_every=1", "--out", str(out)])
+    out, keep = tmp_path / "search.md", tmp_path / "keep"
+    arguments = ["--trials", "2", "--seeds", "0", "--extra", *tiny, "--fixed", "train.epochs=2", "train.eval_every=1", "--keep", str(keep)]
+    bench_search.main([*arguments, "--out", str(out)])
     summary, per_run = out.read_text().split("Per run:")
     rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row[0].strip() for row in rows] == list(bench_search.ARMS)
@@ -48,6 +49,22 @@ def test_search_benchmark_at_tiny_size(tmp_path):
     assert "target met" in summary or "target not met" in summary
     conditional = [line for line in per_run.splitlines() if line.startswith("| multivariate TPE")]
     assert len(conditional) == 1 and "dual_stream=" in conditional[0]
+
+    # run again on the kept store: finished runs are read back, nothing trains again
+    trial_runs = _trial_run_ids(keep)
+    again = tmp_path / "again.md"
+    bench_search.main([*arguments, "--out", str(again)])
+    assert _trial_run_ids(keep) == trial_runs
+    assert again.read_text().split("Per run:")[1] == per_run
+
+
+def _trial_run_ids(results_dir) -> set[str]:
+    from mlflow import MlflowClient
+
+    from hashtune.tracking import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(results_dir))
+    return {run.info.run_id for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])}
 
 
 def test_retrieval_benchmark_at_tiny_size(tmp_path):
