@@ -1,7 +1,9 @@
-"""ViT-B/16 TransHash training throughput at 224 px in bf16: plain loop vs Ray Train (1 worker).
+"""ViT-B/16 TransHash training throughput at 224 px: fp32 vs bf16 autocast, plain loop vs Ray Train (1 worker).
 
 Run on a GPU machine: `python -m benchmarks.gpu_throughput` (writes results/gpu_throughput.md with
-the GPU's name). Random tensors stand in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so
+the GPU's name). Three rows, measured one after the other in one process: the plain loop in fp32, the
+plain loop in bf16, and bf16 through Ray Train's TorchTrainer (one worker; its process group is NCCL
+on a GPU, gloo on the CPU); ratios are to the fp32 row. Random tensors stand in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so
 the figure is the model's training speed, not the JPEG decoder's. `--tiny` runs a 2-block, 32 px
 model on the CPU (the test suite uses it).
 """
@@ -24,7 +26,7 @@ from hashtune.train.symmetric import SymmetricStrategy
 from hashtune.train.trainer import build_model, build_optimizer
 
 VIT_B = ["model.backbone=vit_base_patch16_224", "model.img_size=224", "model.patch_size=16", "model.depth=12",
-         "model.embed_dim=768", "model.num_heads=12", "model.bits=64", "model.k_groups=4", "train.precision=bf16"]
+         "model.embed_dim=768", "model.num_heads=12", "model.bits=64", "model.k_groups=4"]
 TINY = ["model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.device=cpu"]
 
 
@@ -79,7 +81,7 @@ def ray_worker(loop_config: dict) -> None:
         ray.train.report({"images_per_s": rate}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def ray_rate(config, *, images: int, epochs: int, gpus: float) -> float:
+def ray_rate(config, *, images: int, epochs: int, gpus: float, cpus: int = 1) -> float:
     import ray
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
@@ -89,7 +91,7 @@ def ray_rate(config, *, images: int, epochs: int, gpus: float) -> float:
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"config": to_flat_dict(config), "images": images, "epochs": epochs},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0, resources_per_worker={"CPU": 1} | ({"GPU": gpus} if gpus else {})),
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0, resources_per_worker={"CPU": cpus} | ({"GPU": gpus} if gpus else {})),
         run_config=RunConfig(name=f"gpu-throughput-{int(time.time())}", storage_path="/tmp/hashtune-bench-ray"),
     )
     return trainer.fit().metrics["images_per_s"]
@@ -101,28 +103,35 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--ray-cpus", type=int, nargs="+", default=[1], help="CPUs of the Ray Train worker, one row each")
     parser.add_argument("--out", default="results/gpu_throughput.md")
     args = parser.parse_args(argv)
-    config = load_config(overrides=VIT_B + (TINY if args.tiny else []) + [f"train.batch_size={args.batch_size}"])
-    device = resolve_device(config.train.device)
-    plain = measure(config, LocalRuntime(device), images=args.images, epochs=args.epochs)
+    overrides = VIT_B + (TINY if args.tiny else []) + [f"train.batch_size={args.batch_size}"]
+    fp32, bf16 = (load_config(overrides=overrides + [f"train.precision={precision}"]) for precision in ("fp32", "bf16"))
+    device = resolve_device(bf16.train.device)
+    rates = {"plain loop, fp32": measure(fp32, LocalRuntime(device), images=args.images, epochs=args.epochs),
+             "plain loop, bf16 autocast": measure(bf16, LocalRuntime(device), images=args.images, epochs=args.epochs)}
     from hashtune.train.distributed import init_ray
 
     started = init_ray(num_cpus=None)
     try:
-        through_ray = ray_rate(config, images=args.images, epochs=args.epochs, gpus=1.0 if device.type == "cuda" else 0.0)
+        for cpus in args.ray_cpus:
+            rates[f"Ray Train (1 worker, {cpus} CPU), bf16 autocast"] = ray_rate(bf16, images=args.images, epochs=args.epochs, cpus=cpus,
+                                                                                gpus=1.0 if device.type == "cuda" else 0.0)
     finally:
         if started:
             import ray
 
             ray.shutdown()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    size = f"{config.model.backbone}, {config.model.img_size} px, depth {config.model.depth}, {config.train.precision}"
-    rows = [[name, size, config.train.batch_size, "plain loop", f"{plain:.0f}", "1.000"],
-            [name, size, config.train.batch_size, "Ray Train, 1 worker", f"{through_ray:.0f}", f"{through_ray / plain:.3f}"]]
-    command = "python -m benchmarks.gpu_throughput" + (" --tiny" if args.tiny else "")
+    size = f"{bf16.model.backbone}, {bf16.model.img_size} px, depth {bf16.model.depth}"
+    baseline = rates["plain loop, fp32"]
+    rows = [[name, size, bf16.train.batch_size, path, f"{rate:.0f}", f"{rate / baseline:.3f}"] for path, rate in rates.items()]
+    command = "python -m benchmarks.gpu_throughput" + (" --tiny" if args.tiny else "") + f" --ray-cpus {' '.join(map(str, args.ray_cpus))}"
+    notes = (f"{args.images} random images per epoch, {args.epochs} timed epochs after one warm-up epoch"
+             + (f"; CUDA {torch.version.cuda}" if device.type == "cuda" else "") + ".")
     write_report(args.out, "TransHash training throughput", command,
-                 markdown_table(["device", "model", "batch", "path", "images/s", "ratio"], rows))
+                 markdown_table(["device", "model", "batch", "path", "images/s", "vs fp32 loop"], rows), notes)
 
 
 if __name__ == "__main__":

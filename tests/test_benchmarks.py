@@ -30,7 +30,9 @@ def test_ray_benchmarks_at_tiny_size(tmp_path):
     bench_ray_overhead.main(["--epochs", "1", "--threads", "2", "--extra", *tiny, "--out", str(tmp_path / "ray.md")])
     assert (tmp_path / "ray.md").read_text().count("| Ray Train |") == 2
     gpu_throughput.main(["--tiny", "--images", "64", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "gpu.md")])
-    assert "Ray Train, 1 worker" in (tmp_path / "gpu.md").read_text()
+    gpu_rows = [line for line in (tmp_path / "gpu.md").read_text().splitlines() if line.startswith("| CPU")]
+    assert [row.split("|")[4].strip() for row in gpu_rows] == ["plain loop, fp32", "plain loop, bf16 autocast", "Ray Train (1 worker, 1 CPU), bf16 autocast"]
+    assert float(gpu_rows[0].split("|")[6]) == 1.0 and all(float(row.split("|")[5]) > 0 for row in gpu_rows)
 
 
 @pytest.mark.slow

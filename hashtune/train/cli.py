@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", type=Path, help="continue the run in this folder from its checkpoint")
     parser.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0: the plain single-process loop)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray Train worker (NCCL when > 0)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="CPUs (and torch threads) per worker; a GPU worker wants several (results/gpu.md: 1 CPU fed an H200 0.70x)")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--storage", help="Ray Train storage path or s3:// URI (default: <out>/ray)")
     parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts Ray Train may make")
