@@ -12,6 +12,10 @@ from pathlib import Path
 from benchmarks._table import markdown_table
 
 PATHS = {"cpu": "plain loop, CPU (16 cores)", "gpu": "plain loop, GPU", "ray_gpu": "Ray Train, 1 GPU worker (NCCL), 1 CPU"}
+WHEELS = ("The machine has torch, timm, numba and scipy but not Ray: Ray 2.60's cp312 wheel without its Java jars, rllib, serve "
+          "and llm, re-packed as tar.xz (30 MB, under the 64 MiB a call may carry), and as wheels what it and its dashboard need "
+          "there (Train V2 needs the dashboard): jsonschema, referencing, rpds-py, pydantic, aiohttp-cors, opencensus, "
+          "opentelemetry, google-api-core, protobuf and their needs, all at this checkout's .venv versions, in an ignored `.whl/`.")
 COLUMNS = ["test/mAP", "throughput/images_per_s", "time/train_s", "cost/wall_seconds", "cost/cpu_seconds", "cost/gpu_seconds",
            "cost/images_seen"]
 
@@ -64,7 +68,7 @@ def main() -> None:
     shutil.copyfile(throughput, args.results / "gpu_throughput.md")
     text = (f"# The GPU paths, run for real\n\nCommand: `bash scripts/gpu_check.sh` on a lent GPU machine, then "
             f"`python scripts/gpu_report.py OUT_DIR`\n\nDate: {date.today()}; machine: {machine[0]}; {machine[1]}; {machine[2]} CPU cores\n\n"
-            "## Digits end to end (shipped defaults, 32 bits, 100 epochs, seed 0)\n\n"
+            f"{WHEELS}\n\n## Digits end to end (shipped defaults, 32 bits, 100 epochs, seed 0)\n\n"
             + markdown_table(["path"] + COLUMNS, rows)
             + "\n\n## ViT-B/16 training throughput\n\n" + throughput.read_text().split("\n\n", 3)[3]
             + "\n## What the figures say\n\n" + "".join(f"- {line}\n" for line in readings(digits, throughput_rates(throughput.read_text()))))
