@@ -10,7 +10,10 @@ and its place in its bucket; a second loop over the relevant items alone turns p
   each database word; the relevant items are the query's class, read from per-class index lists, so no
   label is touched in the hot loop.
 * Multi-label data (NUS-WIDE, COCO): pass A also ANDs the label words and keeps the relevant items'
-  `place << 8 | distance` in a list, branch-free.
+  `place << 8 | distance` in a list, branch-free; 64-bit codes with up to 64 labels stream two contiguous
+  columns and nothing else.
+* Ranking skips the relevant items whose bucket starts past the last position any output needs (topk and
+  the cutoffs): for mAP@K that is most of them.
 * `distance_histograms` is the floor itself (popcount and histogram, no ranking): benchmarks report the
   kernels as multiples of it.
 """
@@ -40,28 +43,41 @@ def _distance(query_words, q, db_words, j, n_words):
 
 
 @numba.njit(inline="always")
-def _rank_relevant(q, places, relevant, count, bits, topk, cutoffs, ap, hits_at, counts, relevant_counts, scratch, values, inverse):
-    """AP@topk and hits@cutoffs of query q from its histogram and its relevant items' `place << 8 | d`, in index order.
-
-    The relevant items' values are gathered once into `values`; `inverse[p]` is 1 / (p + 1), so no division per item.
-    """
-    relevant_count, closer, relevant_closer, seen = scratch[0], scratch[1], scratch[2], scratch[3]
+def _rank_relevant(q, places, relevant, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch, values, inverse):
+    """`_rank` for the relevant items listed by database index: their values are gathered once into `values`."""
+    relevant_count = scratch[0]
     relevant_count[:] = 0
     n_relevant = relevant.shape[0]
     for i in range(n_relevant):
         value = places[relevant[i]]
         values[i] = value
         relevant_count[value & 255] += 1
+    _rank(q, values, n_relevant, relevant_count, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch, inverse)
+
+
+@numba.njit(inline="always")
+def _rank(q, values, n_values, relevant_count, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch, inverse):
+    """AP@topk and hits@cutoffs of query q from its histograms and its relevant items' `place << 8 | d`, in index order.
+
+    Only items that can rank before `reach` (the largest of topk and the cutoffs) are ranked: past the bucket
+    that holds position `reach - 1` every position is >= reach. `inverse[p]` is 1 / (p + 1), so no division per item.
+    """
+    closer, relevant_closer, seen = scratch[1], scratch[2], scratch[3]
     closer[0] = 0
     relevant_closer[0] = 0
     for d in range(1, bits + 1):
         closer[d] = closer[d - 1] + count[d - 1]
         relevant_closer[d] = relevant_closer[d - 1] + relevant_count[d - 1]
+    farthest = bits
+    while farthest > 0 and closer[farthest] >= reach:
+        farthest -= 1
     seen[:] = 0
     precision_sum, relevant_in_topk = 0.0, 0
-    for i in range(n_relevant):
+    for i in range(n_values):
         value = values[i]
         d = value & 255
+        if d > farthest:
+            continue
         position = closer[d] + (value >> 8)  # 0-based rank
         seen[d] += 1
         if position < topk:
@@ -82,6 +98,15 @@ def _place(places, slot, count, d):
     count[d] += 1
 
 
+@numba.njit(inline="always")
+def _reach(topk, cutoffs):
+    """The last position any output needs, plus one: the largest of topk and the cutoffs."""
+    reach = topk
+    for c in range(cutoffs.shape[0]):
+        reach = max(reach, cutoffs[c])
+    return reach
+
+
 def _outputs(n_query: int, bits: int, n_cutoffs: int):
     return (np.zeros(n_query), np.zeros((n_query, n_cutoffs), dtype=np.int64), np.zeros((n_query, bits + 1), dtype=np.int64),
             np.zeros((n_query, bits + 1), dtype=np.int64))
@@ -93,6 +118,7 @@ def _single_label(query_words, db_words, query_class, members, member_offsets, b
     n_query, n_db, n_words = query_words.shape[0], db_words.shape[0], db_words.shape[1]
     first = db_words[:, 0].copy()  # 64-bit codes (one word): the query words sit in registers, the database streams
     inverse = 1.0 / np.arange(1, n_db + 1)
+    reach = _reach(topk, cutoffs)
     n_pairs = (n_query + 1) // 2
     chunk = (n_pairs + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
@@ -115,7 +141,7 @@ def _single_label(query_words, db_words, query_class, members, member_offsets, b
                     _place(places_b, j, count_b, _distance(query_words, qb, db_words, j, n_words))
             for q, places, count in ((qa, places_a, count_a), (qb, places_b, count_b)):
                 c = query_class[q]
-                _rank_relevant(q, places, members[member_offsets[c]:member_offsets[c + 1]], count, bits, topk, cutoffs,
+                _rank_relevant(q, places, members[member_offsets[c]:member_offsets[c + 1]], count, bits, topk, reach, cutoffs,
                                ap, hits_at, counts, relevant_counts, scratch, values, inverse)
 
 
@@ -140,27 +166,35 @@ def _multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cut
     ap, hits_at, counts, relevant_counts = out
     n_query, n_db = query_words.shape[0], db_words.shape[0]
     n_words, n_label_words = db_words.shape[1], db_labels.shape[1]
-    first = db_words[:, 0].copy()
+    first, first_labels = db_words[:, 0].copy(), db_labels[:, 0].copy()
     inverse = 1.0 / np.arange(1, n_db + 1)
+    reach = _reach(topk, cutoffs)
     chunk = (n_query + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
-        places, values = np.empty(n_db + 1, dtype=np.int32), np.empty(n_db + 1, dtype=np.int32)
-        relevant = np.arange(n_db + 1)
+        places = np.empty(n_db + 1, dtype=np.int32)
         count = np.empty(bits + 1, dtype=np.int64)
         scratch = np.empty((4, bits + 1), dtype=np.int64)
+        relevant_count = scratch[0]
         for q in range(t * chunk, min(n_query, (t + 1) * chunk)):
             count[:] = 0
             n_relevant = 0
-            x = query_words[q, 0]
-            for j in range(n_db):
-                d = np.int64(popcount(x ^ first[j])) if n_words == 1 else _distance(query_words, q, db_words, j, n_words)
-                shared = np.uint64(0)
-                for w in range(n_label_words):
-                    shared |= query_labels[q, w] & db_labels[j, w]
-                _place(places, n_relevant, count, d)  # branch-free: the slot is kept only if the item is relevant
-                n_relevant += shared != 0
-            _rank_relevant(q, places, relevant[:n_relevant], count, bits, topk, cutoffs, ap, hits_at, counts, relevant_counts, scratch,
-                           values, inverse)
+            if n_words == 1 and n_label_words == 1:  # 64-bit codes, up to 64 labels: both columns stream, nothing else
+                x, labels = query_words[q, 0], query_labels[q, 0]
+                for j in range(n_db):
+                    _place(places, n_relevant, count, np.int64(popcount(x ^ first[j])))  # branch-free: the slot is kept
+                    n_relevant += np.int64((labels & first_labels[j]) != 0)             # only if the item is relevant
+            else:
+                for j in range(n_db):
+                    shared = np.uint64(0)
+                    for w in range(n_label_words):
+                        shared |= query_labels[q, w] & db_labels[j, w]
+                    _place(places, n_relevant, count, _distance(query_words, q, db_words, j, n_words))
+                    n_relevant += shared != 0
+            relevant_count[:] = 0
+            for i in range(n_relevant):
+                relevant_count[places[i] & 255] += 1
+            _rank(q, places, n_relevant, relevant_count, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch,
+                  inverse)
 
 
 def rank_multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cutoffs, n_threads):
