@@ -139,7 +139,8 @@ def _single_label(query_words, db_words, query_class, members, member_offsets, b
                 for j in range(n_db):
                     _place(places_a, j, count_a, _distance(query_words, qa, db_words, j, n_words))
                     _place(places_b, j, count_b, _distance(query_words, qb, db_words, j, n_words))
-            for q, places, count in ((qa, places_a, count_a), (qb, places_b, count_b)):
+            for side in range(2 if qb != qa else 1):  # the self-paired last query is ranked once
+                q, places, count = (qa, places_a, count_a) if side == 0 else (qb, places_b, count_b)
                 c = query_class[q]
                 _rank_relevant(q, places, members[member_offsets[c]:member_offsets[c + 1]], count, bits, topk, reach, cutoffs,
                                ap, hits_at, counts, relevant_counts, scratch, values, inverse)

@@ -74,8 +74,10 @@ def test_torch_inputs_and_class_indices_equal_numpy_multi_hot():
     assert from_torch == pytest.approx(from_numpy, abs=1e-15)
 
 
-def test_precision_at_n_radius_and_pr_curve_against_brute_force():
-    query, database, query_labels, db_labels = _random_problem(seed=5, bits=8, multi=True)
+@pytest.mark.parametrize("multi", [True, False])
+def test_precision_at_n_radius_and_pr_curve_against_brute_force(multi):
+    # 41 queries: the single-label kernel ranks queries in pairs, and the odd one out must count once
+    query, database, query_labels, db_labels = _random_problem(seed=5, n_query=41, bits=8, multi=multi)
     metrics = retrieval_metrics(query, database, query_labels, db_labels, precision_at=(1, 10, 50), radii=(0, 2))
     distance = (query[:, None, :] != database[None, :, :]).sum(axis=2)
     relevant = query_labels @ db_labels.T > 0
