@@ -9,17 +9,15 @@ from pathlib import Path
 
 import torch
 
+from hashtune.report.tables import markdown_table
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+__all__ = ["markdown_table", "write_report"]
 
 
 def write_report(path: str | Path, title: str, command: str, table: str, notes: str = "") -> None:
     """Print the table and write it with the command, date and machine that produced it."""
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}, torch {torch.__version__}"
-    text = f"# {title}\n\nCommand: `{command}`\n\nDate: {date.today()}; machine: {machine}\n\n{table}\n"
+    text = f"# {title}\n\nCommand: `{command}`\n\nDate: {date.today()}; machine: {machine}\n\n{table.rstrip()}\n"
     if notes:
         text += f"\n{notes}\n"
     print(text)

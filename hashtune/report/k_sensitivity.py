@@ -27,7 +27,7 @@ import numpy as np
 
 from hashtune.report.runs import TrialRun
 from hashtune.report.stats import ClaimVerdict, claim_verdict
-from hashtune.report.tables import METRIC, _markdown, _number, is_crossed, replicate_key
+from hashtune.report.tables import METRIC, format_number, is_crossed, markdown_table, replicate_key
 
 __all__ = ["SELECTION_METRIC", "KVersusBest", "k_versus_best", "k_findings", "k_versus_best_markdown"]
 
@@ -131,11 +131,11 @@ def k_versus_best_markdown(rows: list[KVersusBest], delta: float) -> str:
     body = []
     for row in rows:
         v = row.verdict
-        interval = "" if row.k == row.best_k else (f"{v.difference.mean:+.3f} [{_number(v.difference.low, 3)}, {_number(v.difference.high, 3)}]"
+        interval = "" if row.k == row.best_k else (f"{v.difference.mean:+.3f} [{format_number(v.difference.low, 3)}, {format_number(v.difference.high, 3)}]"
                                                   if not math.isnan(v.difference.mean) else "")
         word = "best" if row.k == row.best_k else VERSUS_BEST[v.verdict]
         level = "" if row.k == row.best_k else f"{100 * (1 - v.alpha):.4g}%"
         body.append([str(row.bits), str(row.k), str(row.best_k), f"{row.test_mean:.3f}", interval, level, str(v.n), word,
-                     "" if row.k == row.best_k else _number(v.tost_p, 3), "" if row.k == row.best_k else _number(v.mde, 3),
+                     "" if row.k == row.best_k else format_number(v.tost_p, 3), "" if row.k == row.best_k else format_number(v.mde, 3),
                      "" if row.k == row.best_k else str(v.seeds_for_delta or "")])
-    return _markdown(header, body)
+    return markdown_table(header, body)

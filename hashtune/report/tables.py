@@ -51,9 +51,10 @@ CLAIMS = {
 }
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table, one line per row, cells as str() gives them; ends with a newline."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]) + "\n"
 
 
 def _csv(header: list[str], rows: list[list]) -> str:
@@ -64,7 +65,8 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def _number(value: float, digits: int = 4) -> str:
+def format_number(value: float, digits: int = 4) -> str:
+    """`value` to `digits` decimals; blank for None or NaN."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
@@ -112,7 +114,7 @@ class AblationTable:
                 row += [self._difference_text(variant, b) for b in self.bits]
             row.append(f"{sum(cell.cpu_seconds for (v, _), cell in self.cells.items() if v == variant) / 3600:.3f}")
             rows.append(row)
-        return _markdown(header + ["CPU-hours (all seeds)"], rows)
+        return markdown_table(header + ["CPU-hours (all seeds)"], rows)
 
     def _difference_text(self, variant: str, bits: int) -> str:
         cell = self.cells.get((variant, bits))
@@ -130,9 +132,9 @@ class AblationTable:
         for (variant, b), cell in sorted(self.cells.items(), key=lambda item: (self.variants.index(item[0][0]), item[0][1])):
             s, d = cell.summary, cell.versus_reference
             seeds = sorted(cell.per_seed)
-            difference = [_number(d.difference.mean), _number(d.difference.low), _number(d.difference.high), _number(d.p_value), d.wins, d.n] if d else [""] * 6
-            rows.append([variant, b, s.n, _number(s.mean), _number(s.low), _number(s.high),
-                         " ".join(map(str, seeds)), " ".join(_number(cell.per_seed[seed]) for seed in seeds), *difference])
+            difference = [format_number(d.difference.mean), format_number(d.difference.low), format_number(d.difference.high), format_number(d.p_value), d.wins, d.n] if d else [""] * 6
+            rows.append([variant, b, s.n, format_number(s.mean), format_number(s.low), format_number(s.high),
+                         " ".join(map(str, seeds)), " ".join(format_number(cell.per_seed[seed]) for seed in seeds), *difference])
         return _csv(header, rows)
 
 
@@ -242,10 +244,10 @@ def paper_directions(table: AblationTable, *, delta: float = 0.02, alpha: float 
 def claims_markdown(rows: list[ClaimRow], delta: float) -> str:
     header = ["claim", "bits", "Δ in the claim's direction (CI)", "n", "verdict", "TOST p (±delta)", "MDE at 80% power", f"seeds for ±{delta:g}"]
     body = [[f"{r.claim}{f' ({r.where})' if r.where else ''}", str(r.bits),
-             f"{r.verdict.difference.mean:+.3f} [{_number(r.verdict.difference.low, 3)}, {_number(r.verdict.difference.high, 3)}]",
-             str(r.verdict.n), r.verdict.verdict, _number(r.verdict.tost_p, 3), _number(r.verdict.mde, 3), str(r.verdict.seeds_for_delta or "")]
+             f"{r.verdict.difference.mean:+.3f} [{format_number(r.verdict.difference.low, 3)}, {format_number(r.verdict.difference.high, 3)}]",
+             str(r.verdict.n), r.verdict.verdict, format_number(r.verdict.tost_p, 3), format_number(r.verdict.mde, 3), str(r.verdict.seeds_for_delta or "")]
             for r in rows]
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,7 @@ class SensitivityTable:
 
     def to_markdown(self) -> str:
         rows = [[f"K={k}"] + [self.cell_text(k, b) for b in self.bits] for k in self.k_values]
-        return _markdown(["K"] + [f"{b} bits" for b in self.bits], rows)
+        return markdown_table(["K"] + [f"{b} bits" for b in self.bits], rows)
 
     def to_csv(self) -> str:
         rows = []
@@ -273,7 +275,7 @@ class SensitivityTable:
             for b in self.bits:
                 cell = self.cells.get((k, b))
                 state = "infeasible" if (k, b) in self.infeasible else ("run" if cell else "not run")
-                rows.append([k, b, state, cell.n if cell else 0, _number(cell.mean) if cell else "", _number(cell.low) if cell else "", _number(cell.high) if cell else ""])
+                rows.append([k, b, state, cell.n if cell else 0, format_number(cell.mean) if cell else "", format_number(cell.low) if cell else "", format_number(cell.high) if cell else ""])
         return _csv(["k_groups", "bits", "state", "n", "mean", "ci95_low", "ci95_high"], rows)
 
 
@@ -349,9 +351,9 @@ def continuous_table(curves: list[BinnedCurve]) -> tuple[str, str]:
         for i, mean in enumerate(curve.bin_means):
             low, high = curve.bin_edges[i], curve.bin_edges[min(i + 1, len(curve.bin_edges) - 1)]
             rows.append([curve.param, curve.bits, f"[{low:.4g}, {high:.4g}]", mean.n if mean else 0,
-                         _number(mean.mean) if mean else "", _number(mean.low) if mean else "", _number(mean.high) if mean else ""])
+                         format_number(mean.mean) if mean else "", format_number(mean.low) if mean else "", format_number(mean.high) if mean else ""])
     markdown_rows = [[str(cell) for cell in row[:5]] for row in rows]
-    return _markdown(header[:5], markdown_rows), _csv(header, rows)
+    return markdown_table(header[:5], markdown_rows), _csv(header, rows)
 
 
 def variance_table(runs: list[TrialRun]) -> str | None:
@@ -374,4 +376,4 @@ def variance_table(runs: list[TrialRun]) -> str | None:
         return None
     header = ["variant", "bits", "data x train seeds", "sd from the data split (share)", "sd from the training seed (share)",
               "sd left (interaction + noise)"]
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
