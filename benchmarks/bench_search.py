@@ -133,20 +133,27 @@ def main(argv=None) -> None:
     runs: dict[str, list[dict]] = {label: [] for label in args.arms}
     with tempfile.TemporaryDirectory() as scratch:
         results_dir = args.keep or Path(scratch)
-        for seed in args.seeds:  # seeds outermost: an interrupted benchmark has every arm at the seeds it reached
+        for seed in args.seeds:  # seeds outermost: after each seed the report holds every arm at the seeds done so far
             for label in args.arms:
                 space = arm_space(label, base, args.trials, args.fixed, seed)
                 slug = "-".join(label.replace(",", "").replace("+", "").split()[:2]).lower()
                 run = run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir, resume="auto" if args.keep else "never")
                 print(f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} CPU-s", flush=True)
                 runs[label].append(run | {"seed": seed})
+            write_bench_report(args, runs)
+
+
+def write_bench_report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
+    """The report for the seeds every arm has finished (all of them once the benchmark is done)."""
+    done = [run["seed"] for run in next(iter(runs.values()))]
     rows, verdicts = summary_rows(runs)
     header = ["arm", "seeds", "finished (mean)", "stopped by ASHA (mean)", "best val/best_mAP", "test/mAP of best", "CPU-seconds",
               "CPU vs random"]
     per_seed = [[label, run["seed"], f"{run['best_test']:.3f}", f"{run['cpu_s']:.0f}", f"{run['wall_s']:.0f}" + (" (resumed)" if run["resumed"] else ""),
                  ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run["best_params"].items())] for label, arm in runs.items() for run in arm]
+    progress = "" if done == args.seeds else f"**Partial: seeds {done} of {args.seeds} done; the benchmark continues with --keep.** "
     notes = (
-        f"{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent trials of 1 CPU; "
+        f"{progress}{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent trials of 1 CPU; "
         "cells are the mean (min-max) over seeds. CPU-seconds are every trial process's own CPU time, summed over the run: "
         f"the fair cost measure (wall time depends on what else ran). Target: mean best test mAP >= {TARGET_MAP} at <= "
         f"{TARGET_COST}x random search's CPU-seconds.\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\nPer run:\n\n"

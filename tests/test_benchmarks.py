@@ -60,6 +60,24 @@ def test_search_benchmark_at_tiny_size(tmp_path):
     assert again.read_text().split("Per run:")[1] == per_run
 
 
+def test_search_benchmark_report_after_a_seed_says_it_is_partial(tmp_path):
+    import argparse
+
+    from benchmarks import bench_search
+
+    run = {"trials": 24, "finished": 10, "stopped": 14, "best_val": 0.95, "best_test": 0.94, "best_params": {"train.lr": 0.001},
+           "cpu_s": 1000.0, "wall_s": 600.0, "resumed": False, "seed": 0}
+    runs = {label: [run | {"cpu_s": 2000.0 if label == bench_search.RANDOM else 900.0}] for label in bench_search.ARMS}
+    args = argparse.Namespace(trials=24, seeds=[0, 1, 2], extra=[], fixed=[], out=tmp_path / "search.md")
+    bench_search.write_bench_report(args, runs)
+    text = (tmp_path / "search.md").read_text()
+    assert "Partial: seeds [0] of [0, 1, 2] done" in text
+    assert "TPE + ASHA: mean best test mAP 0.940 at 0.45x random's CPU-seconds: target met" in text
+    args.seeds = [0]
+    bench_search.write_bench_report(args, runs)
+    assert "Partial" not in (tmp_path / "search.md").read_text()
+
+
 def _trial_run_ids(results_dir) -> set[str]:
     from mlflow import MlflowClient
 
