@@ -23,14 +23,16 @@ def main() -> None:
     args = parser.parse_args()
     client = MlflowClient(args.mlflow_uri)
     experiment = client.get_experiment_by_name(args.experiment)
-    values: dict[str, dict[int, float]] = {args.a: {}, args.b: {}}
+    if experiment is None:
+        raise SystemExit(f"paired_arms: no experiment {args.experiment!r} at {args.mlflow_uri}")
+    values: dict[str, dict[str, float]] = {args.a: {}, args.b: {}}
     for run in find_runs(client, experiment.experiment_id, f"tags.`{TAG}status` = 'finished'"):
         variant = run.data.tags.get(f"{TAG}variant")
-        if variant in values:
-            values[variant][int(run.data.params["train.seed"])] = run.data.metrics[args.metric]
+        if variant in values:  # paired by data and training seed, so crossed designs pair like with like
+            values[variant][f"{run.data.params['data.seed']}/{run.data.params['train.seed']}"] = run.data.metrics[args.metric]
     seeds = sorted(set(values[args.a]) & set(values[args.b]))
     verdict = claim_verdict([values[args.a][s] - values[args.b][s] for s in seeds], delta=args.delta)
-    print(f"{args.a} - {args.b} on {args.metric}, paired over seeds {seeds}: {verdict.verdict} "
+    print(f"{args.a} - {args.b} on {args.metric}, paired over data/train seeds {seeds}: {verdict.verdict} "
           f"({verdict.difference.mean:+.4f}, 95% CI [{verdict.difference.low:+.4f}, {verdict.difference.high:+.4f}], n={verdict.n})")
 
 
