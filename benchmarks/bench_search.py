@@ -47,10 +47,11 @@ TARGET_MAP, TARGET_COST = 0.94, 0.5
 WALL, RESUMED = "bench/wall_s", "bench/resumed"  # on a run's parent once it finished: its launch's wall seconds; resumed?
 
 
-def run_arm(name: str, space, base, results_dir: Path, resume: str = "never") -> dict:
+def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", train: bool = True) -> dict | None:
     """Run one sweep, or continue it (`resume` as the sweep's `--resume`), and read its trials back from MLflow.
 
-    A sweep that already finished in `results_dir` (its parent run holds `bench/wall_s`) is only read back.
+    A sweep that already finished in `results_dir` (its parent run holds `bench/wall_s`) is only read back;
+    with `train=False` one that has not finished gives None.
     """
     from mlflow import MlflowClient
 
@@ -59,6 +60,8 @@ def run_arm(name: str, space, base, results_dir: Path, resume: str = "never") ->
     client = MlflowClient(default_tracking_uri(results_dir))
     parent = _sweep_parent(client, name)
     if parent is None or WALL not in parent.data.metrics:
+        if not train:
+            return None
         args = argparse.Namespace(
             name=name, space=space.name, resume=resume, address=None, mlflow_uri=None, storage=None, max_concurrent=None,
             results_dir=results_dir, overrides=[],
@@ -75,10 +78,16 @@ def run_arm(name: str, space, base, results_dir: Path, resume: str = "never") ->
         "trials": len(trials), "finished": len(finished),
         "stopped": sum(run.data.tags.get(f"{TAG}status") == "stopped_early" for run in trials),
         "best_val": best.data.metrics[SELECTION], "best_test": best.data.metrics["test/mAP"],
-        "best_params": {key: best.data.params[key] for key in space.params},
+        "best_params": {key: _sampled(best.data.params, key, domain) for key, domain in space.params.items()},
         "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials),
         "wall_s": parent.data.metrics[WALL], "resumed": parent.data.tags.get(RESUMED) == "True",
     }
+
+
+def _sampled(params: dict[str, str], key: str, domain) -> str:
+    """The run's value of a searched key, or "-" where its `when:` did not hold (the key kept its default, unsearched)."""
+    active = domain.when is None or all(params.get(other) == str(value) for other, value in domain.when.items())
+    return params[key] if active else "-"
 
 
 def _sweep_parent(client, name: str):
@@ -127,20 +136,33 @@ def main(argv=None) -> None:
     parser.add_argument("--fixed", nargs="*", default=[], help="space `fixed:` overrides, key=value (tests shorten epochs)")
     parser.add_argument("--keep", type=Path, help="keep the MLflow store and Ray results here, and continue what is there "
                         "(default: a temporary folder)")
+    parser.add_argument("--report-only", action="store_true", help="with --keep: write the report of the seeds finished there, "
+                        "train nothing")
     parser.add_argument("--out", default="results/bench_search.md")
     args = parser.parse_args(argv)
+    if args.report_only and not args.keep:
+        parser.error("--report-only reads a kept store: give --keep DIR")
     base = load_config(overrides=args.extra)
     runs: dict[str, list[dict]] = {label: [] for label in args.arms}
     with tempfile.TemporaryDirectory() as scratch:
         results_dir = args.keep or Path(scratch)
         for seed in args.seeds:  # seeds outermost: after each seed the report holds every arm at the seeds done so far
+            done = {}
             for label in args.arms:
                 space = arm_space(label, base, args.trials, args.fixed, seed)
                 slug = "-".join(label.replace(",", "").replace("+", "").split()[:2]).lower()
-                run = run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir, resume="auto" if args.keep else "never")
-                print(f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} CPU-s", flush=True)
-                runs[label].append(run | {"seed": seed})
+                run = run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir, resume="auto" if args.keep else "never",
+                              train=not args.report_only)
+                if run is not None:
+                    print(f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} CPU-s", flush=True)
+                    done[label] = run | {"seed": seed}
+            if len(done) < len(args.arms):
+                break  # --report-only: this seed is not finished in every arm
+            for label, run in done.items():
+                runs[label].append(run)
             write_bench_report(args, runs)
+    if not any(runs.values()):
+        raise SystemExit(f"bench_search: no seed has finished in every arm under {args.keep}")
 
 
 def write_bench_report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:

@@ -58,6 +58,10 @@ def test_search_benchmark_at_tiny_size(tmp_path):
     bench_search.main([*arguments, "--out", str(again)])
     assert _trial_run_ids(keep) == trial_runs
     assert again.read_text().split("Per run:")[1] == per_run
+    bench_search.main([*arguments, "--report-only", "--out", str(again)])  # reads the kept store, trains nothing
+    assert _trial_run_ids(keep) == trial_runs and again.read_text().split("Per run:")[1] == per_run
+    with pytest.raises(SystemExit, match="no seed has finished"):
+        bench_search.main(["--trials", "2", "--seeds", "0", "--keep", str(tmp_path / "empty"), "--report-only", "--out", str(again)])
 
 
 def test_search_benchmark_report_after_a_seed_says_it_is_partial(tmp_path):
@@ -76,6 +80,16 @@ def test_search_benchmark_report_after_a_seed_says_it_is_partial(tmp_path):
     args.seeds = [0]
     bench_search.write_bench_report(args, runs)
     assert "Partial" not in (tmp_path / "search.md").read_text()
+
+
+def test_search_benchmark_shows_a_conditional_key_only_where_it_was_sampled():
+    from benchmarks.bench_search import _sampled
+    from hashtune.sweep.space import Domain
+
+    k_groups = Domain(kind="int", values=(1, 4), when={"model.dual_stream": True})
+    assert _sampled({"model.dual_stream": "True", "model.k_groups": "2"}, "model.k_groups", k_groups) == "2"
+    assert _sampled({"model.dual_stream": "False", "model.k_groups": "3"}, "model.k_groups", k_groups) == "-"
+    assert _sampled({"train.lr": "0.001"}, "train.lr", Domain(kind="loguniform", values=(1e-4, 1e-2))) == "0.001"
 
 
 def _trial_run_ids(results_dir) -> set[str]:
