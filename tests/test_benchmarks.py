@@ -1,5 +1,7 @@
 """The benchmark scripts run end to end at tiny size and write their tables (targets live in results/)."""
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks import bench_metrics, digits_baselines
@@ -90,6 +92,34 @@ def test_search_benchmark_shows_a_conditional_key_only_where_it_was_sampled():
     assert _sampled({"model.dual_stream": "True", "model.k_groups": "2"}, "model.k_groups", k_groups) == "2"
     assert _sampled({"model.dual_stream": "False", "model.k_groups": "3"}, "model.k_groups", k_groups) == "-"
     assert _sampled({"train.lr": "0.001"}, "train.lr", Domain(kind="loguniform", values=(1e-4, 1e-2))) == "0.001"
+
+
+def test_gpu_report_reads_what_gpu_check_leaves(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    import gpu_report
+
+    first, second, results = tmp_path / "1", tmp_path / "2", tmp_path / "results"
+    for folder in (first, second, results):
+        folder.mkdir()
+    (first / "machine.txt").write_text("NVIDIA H200, 580, 143771 MiB\npython 3.12.3 torch 2.11.0\n16\n")
+    metrics = {"test/mAP": 0.9, "throughput/images_per_s": 1000.0, "time/train_s": 30.0, "cost/wall_seconds": 40.0,
+               "cost/cpu_seconds": 400.0, "cost/gpu_seconds": 0.0, "cost/images_seen": 50000.0}
+    (first / "digits_cpu.json").write_text(json.dumps(metrics))
+    (first / "digits_gpu.json").write_text(json.dumps(metrics | {"cost/cpu_seconds": 40.0, "cost/gpu_seconds": 40.0}))
+    table = ("| device | model | batch | path | images/s | vs fp32 loop |\n|---|---|---|---|---|---|\n"
+             "| GPU | vit | 256 | plain loop, fp32 | 100 | 1.000 |\n| GPU | vit | 256 | plain loop, bf16 autocast | 400 | 4.000 |\n"
+             "| GPU | vit | 256 | Ray Train (1 worker, 1 CPU), bf16 autocast | 200 | 2.000 |\n")
+    (first / "gpu_throughput.md").write_text(f"# T\n\nCommand: `c`\n\nDate: d\n\n{table.replace('| 400 |', '| 1 |')}")
+    (second / "gpu_throughput.md").write_text(f"# T\n\nCommand: `c`\n\nDate: d\n\n{table}")  # a later folder wins
+    monkeypatch.setattr(sys, "argv", ["gpu_report.py", str(first), str(second), "--results", str(results)])
+    gpu_report.main()
+    text = (results / "gpu.md").read_text()
+    assert "| plain loop, CPU (16 cores) | 0.900 | 1000 | 30 | 40 | 400 | 0 | 50000 |" in text
+    assert "bf16 autocast trains ViT-B/16 4.00x as fast as fp32" in text and "Ray Train (1 worker, 1 CPU), bf16 autocast: 0.50x" in text
+    assert "0.10x its CPU-seconds" in text and (results / "gpu_throughput.md").read_text().endswith(table)
 
 
 def _trial_run_ids(results_dir) -> set[str]:
