@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,6 +143,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.report_only and not args.keep:
         parser.error("--report-only reads a kept store: give --keep DIR")
+    from hashtune.sweep.driver import SweepInterrupted
+
+    try:
+        run_benchmark(args)
+    except SweepInterrupted as stop:  # Ctrl-C or SIGTERM: what finished is kept; the same command continues
+        print(f"bench_search: {stop}; run the same command again to continue", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    """Every arm at every seed (seeds outermost), the report after each seed."""
     base = load_config(overrides=args.extra)
     runs: dict[str, list[dict]] = {label: [] for label in args.arms}
     with tempfile.TemporaryDirectory() as scratch:
