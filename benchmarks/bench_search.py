@@ -148,7 +148,8 @@ def main(argv=None) -> None:
     try:
         run_benchmark(args)
     except SweepInterrupted as stop:  # Ctrl-C or SIGTERM: what finished is kept; the same command continues
-        print(f"bench_search: {stop}; run the same command again to continue", file=sys.stderr)
+        hint = "run the same command again to continue" if args.keep else "nothing is kept without --keep DIR"
+        print(f"bench_search: {stop}; {hint}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
 
 
