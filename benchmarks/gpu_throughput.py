@@ -1,10 +1,10 @@
 """ViT-B/16 TransHash training throughput at 224 px: fp32 vs bf16 autocast, plain loop vs Ray Train (1 worker).
 
 Run on a GPU machine: `python -m benchmarks.gpu_throughput` (writes results/gpu_throughput.md with
-the GPU's name). Three rows, measured one after the other in one process: the plain loop in fp32, the
-plain loop in bf16, and bf16 through Ray Train's TorchTrainer (one worker; its process group is NCCL
-on a GPU, gloo on the CPU); ratios are to the fp32 row. Random tensors stand in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so
-the figure is the model's training speed, not the JPEG decoder's. `--tiny` runs a 2-block, 32 px
+the GPU's name). Rows measured one after the other in one process: the plain loop in fp32, the plain
+loop in bf16, and bf16 through Ray Train's TorchTrainer (one worker, one row per `--ray-cpus` value;
+its process group is NCCL on a GPU, gloo on the CPU); ratios are to the fp32 row. Random tensors stand
+in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so the figure is the model's training speed, not the JPEG decoder's. `--tiny` runs a 2-block, 32 px
 model on the CPU (the test suite uses it).
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks._table import markdown_table
 
-PATHS = {"cpu": "plain loop, CPU (16 cores)", "gpu": "plain loop, GPU", "ray_gpu": "Ray Train, 1 GPU worker (NCCL), 1 CPU"}
+PATHS = {"cpu": "plain loop, CPU ({cores} cores)", "gpu": "plain loop, GPU", "ray_gpu": "Ray Train, 1 GPU worker (NCCL), 1 CPU"}
 WHEELS = ("The machine has torch, timm, numba and scipy but not Ray: Ray 2.60's cp312 wheel without its Java jars, rllib, serve "
           "and llm, re-packed as tar.xz (30 MB, under the 64 MiB a call may carry), and as wheels what it and its dashboard need "
           "there (Train V2 needs the dashboard): jsonschema, referencing, rpds-py, pydantic, aiohttp-cors, opencensus, "
@@ -63,14 +63,14 @@ def main() -> None:
         metrics_file = latest(args.folders, f"digits_{key}.json")
         if metrics_file is not None:
             metrics = digits[key] = json.loads(metrics_file.read_text())
-            rows.append([label] + [f"{metrics[column]:.3f}" if column == "test/mAP" else f"{metrics[column]:.0f}" for column in COLUMNS])
+            rows.append([label.format(cores=machine[2])] + [f"{metrics[column]:.3f}" if column == "test/mAP" else f"{metrics[column]:.0f}" for column in COLUMNS])
     throughput = latest(args.folders, "gpu_throughput.md")
     shutil.copyfile(throughput, args.results / "gpu_throughput.md")
     text = (f"# The GPU paths, run for real\n\nCommand: `bash scripts/gpu_check.sh` on a lent GPU machine, then "
             f"`python scripts/gpu_report.py OUT_DIR`\n\nDate: {date.today()}; machine: {machine[0]}; {machine[1]}; {machine[2]} CPU cores\n\n"
             f"{WHEELS}\n\n## Digits end to end (shipped defaults, 32 bits, 100 epochs, seed 0)\n\n"
             + markdown_table(["path"] + COLUMNS, rows)
-            + "\n\n## ViT-B/16 training throughput\n\n" + throughput.read_text().split("\n\n", 3)[3]
+            + "\n## ViT-B/16 training throughput\n\n" + throughput.read_text().split("\n\n", 3)[3]
             + "\n## What the figures say\n\n" + "".join(f"- {line}\n" for line in readings(digits, throughput_rates(throughput.read_text()))))
     (args.results / "gpu.md").write_text(text)
     print(text)
