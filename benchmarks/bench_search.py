@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config, parse_overrides
+from hashtune.report.stats import claim_verdict
 from hashtune.sweep.space import load_space
 from hashtune.tracking import TAG, default_tracking_uri, find_runs
 
@@ -45,6 +46,7 @@ ARMS = {  # label -> (space, changes to it)
     "multivariate TPE, conditional space + ASHA": ("tune_conditional", {}),
 }
 TARGET_MAP, TARGET_COST = 0.94, 0.5
+DELTA = 0.02  # mAP differences within ±DELTA count as equivalent (the studies' margin)
 WALL, RESUMED = "bench/wall_s", "bench/resumed"  # on a run's parent once it finished: its launch's wall seconds; resumed?
 
 
@@ -128,6 +130,31 @@ def summary_rows(runs: dict[str, list[dict]]) -> tuple[list[list], list[str]]:
     return rows, verdicts
 
 
+def paired_with_random(runs: dict[str, list[dict]], delta: float = DELTA) -> list[str]:
+    """Each searcher against random search, paired by seed: what the seeds say about its best test mAP, and its cost.
+
+    The verdict is the studies' (`claim_verdict`, claim: the searcher's best test mAP is higher): `holds`,
+    `reversed`, `equivalent` within ±delta, or `inconclusive`, with the difference 80% power would detect.
+    """
+    reference = {run["seed"]: run for run in runs.get(RANDOM, [])}
+    lines = []
+    for label, per_seed in runs.items():
+        paired = [(run, reference[run["seed"]]) for run in per_seed if label != RANDOM and run["seed"] in reference]
+        if not paired:
+            continue
+        verdict = claim_verdict([run["best_test"] - other["best_test"] for run, other in paired], delta=delta)
+        ratios = [run["cpu_s"] / other["cpu_s"] for run, other in paired]
+        ci = verdict.difference
+        interval = "" if np.isnan(ci.half_width) else f", 95% CI [{ci.low:+.3f}, {ci.high:+.3f}]"
+        power = "" if np.isnan(verdict.mde) else (
+            f"; {verdict.n} seeds detect a difference of {verdict.mde:.3f} with 80% power"
+            + (f", a ±{delta} interval needs {verdict.seeds_for_delta} seeds" if verdict.seeds_for_delta else ""))
+        lines.append(f"{label} - random, paired over seeds {[run['seed'] for run, _ in paired]}: best test mAP {ci.mean:+.3f}"
+                     f"{interval}: **{verdict.verdict}**{power}; CPU-seconds {np.mean(ratios):.2f}x random's "
+                     f"({min(ratios):.2f}-{max(ratios):.2f}x per seed)")
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24, help="trial budget of each run")
@@ -191,7 +218,10 @@ def write_bench_report(args: argparse.Namespace, runs: dict[str, list[dict]]) ->
         f"{progress}{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent trials of 1 CPU; "
         "cells are the mean (min-max) over seeds. CPU-seconds are every trial process's own CPU time, summed over the run: "
         f"the fair cost measure (wall time depends on what else ran). Target: mean best test mAP >= {TARGET_MAP} at <= "
-        f"{TARGET_COST}x random search's CPU-seconds.\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\nPer run:\n\n"
+        f"{TARGET_COST}x random search's CPU-seconds.\n\n" + "\n".join(f"- {v}" for v in verdicts)
+        + "\n\nEach searcher against random search, paired by seed (same split and training seed; verdicts as in the studies: "
+        f"holds / reversed / equivalent within ±{DELTA} / inconclusive):\n\n" + "\n".join(f"- {line}" for line in paired_with_random(runs))
+        + "\n\nPer run:\n\n"
         + markdown_table(["arm", "seed", "test/mAP of best", "CPU-seconds", "wall s", "best configuration"], per_seed)
     )
     extra = "".join(f" --{flag} {' '.join(map(str, values))}" for flag, values in

@@ -84,6 +84,25 @@ def test_search_benchmark_report_after_a_seed_says_it_is_partial(tmp_path):
     assert "Partial" not in (tmp_path / "search.md").read_text()
 
 
+def test_search_benchmark_pairs_each_searcher_with_random_search_by_seed():
+    from benchmarks import bench_search
+
+    def arm(tests, cpus):
+        return [{"seed": seed, "best_test": test, "cpu_s": cpu} for seed, (test, cpu) in enumerate(zip(tests, cpus))]
+
+    runs = {
+        "TPE + ASHA": arm([0.93, 0.932, 0.928], [500, 450, 550]),  # +0.030 ± t(.975, 2) * 0.002 / sqrt(3) = ±0.005
+        bench_search.RANDOM: arm([0.90, 0.90, 0.90], [1000, 1000, 1000]),
+        "multivariate TPE, conditional space + ASHA": arm([0.901, 0.899, 0.90], [400, 500, 600]),
+    }
+    tpe, conditional = bench_search.paired_with_random(runs)
+    assert tpe.startswith("TPE + ASHA - random, paired over seeds [0, 1, 2]: best test mAP +0.030, 95% CI [+0.025, +0.035]: **holds**")
+    assert tpe.endswith("CPU-seconds 0.50x random's (0.45-0.55x per seed)")
+    assert "best test mAP +0.000, 95% CI [-0.002, +0.002]: **equivalent**" in conditional  # TOST within ±0.02
+    one_seed = bench_search.paired_with_random({label: arm_runs[:1] for label, arm_runs in runs.items()})
+    assert one_seed[0] == "TPE + ASHA - random, paired over seeds [0]: best test mAP +0.030: **inconclusive**; CPU-seconds 0.50x random's (0.50-0.50x per seed)"
+
+
 def test_search_benchmark_shows_a_conditional_key_only_where_it_was_sampled():
     from benchmarks.bench_search import _sampled
     from hashtune.sweep.space import Domain
