@@ -18,13 +18,16 @@ mean CPU-seconds.
 
 With `--keep DIR` the benchmark can be stopped and run again with the same arguments: runs that finished
 are read back from DIR's MLflow store, an interrupted one is resumed (`--resume auto`: no trial trains
-twice); its wall seconds are then those of the launch that finished it (marked "resumed").
+twice); its wall seconds are then those of the launch that finished it (marked "resumed"). Stopped (Ctrl-C or
+SIGTERM), it says in one line the command that continues it: its own, not `hashtune.sweep --resume`, which would
+continue one arm outside the benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import tempfile
 import time
@@ -50,11 +53,12 @@ DELTA = 0.02  # mAP differences within ±DELTA count as equivalent (the studies'
 WALL, RESUMED = "bench/wall_s", "bench/resumed"  # on a run's parent once it finished: its launch's wall seconds; resumed?
 
 
-def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", train: bool = True) -> dict | None:
+def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", train: bool = True,
+            resume_line: str | None = None) -> dict | None:
     """Run one sweep, or continue it (`resume` as the sweep's `--resume`), and read its trials back from MLflow.
 
     A sweep that already finished in `results_dir` (its parent run holds `bench/wall_s`) is only read back;
-    with `train=False` one that has not finished gives None.
+    with `train=False` one that has not finished gives None. `resume_line`: what an interruption says.
     """
     from mlflow import MlflowClient
 
@@ -70,7 +74,7 @@ def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", tr
             results_dir=results_dir, overrides=[],
         )
         start = time.perf_counter()
-        parent_run_id = run_sweep(args, base, space)["parent_run_id"]
+        parent_run_id = run_sweep(args, base, space, resume_line=resume_line)["parent_run_id"]
         client.log_metric(parent_run_id, WALL, time.perf_counter() - start)
         client.set_tag(parent_run_id, RESUMED, str(parent is not None))
         parent = client.get_run(parent_run_id)
@@ -172,12 +176,19 @@ def main(argv=None) -> None:
         parser.error("--report-only reads a kept store: give --keep DIR")
     from hashtune.sweep.driver import SweepInterrupted
 
+    args.resume_line = resume_line(args.keep, sys.argv[1:] if argv is None else argv)
     try:
         run_benchmark(args)
-    except SweepInterrupted as stop:  # Ctrl-C or SIGTERM: what finished is kept; the same command continues
-        hint = "run the same command again to continue" if args.keep else "nothing is kept without --keep DIR"
-        print(f"bench_search: {stop}; {hint}", file=sys.stderr)
+    except SweepInterrupted as stop:  # Ctrl-C or SIGTERM: what finished is kept (with --keep); the same command continues
+        print(f"bench_search: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
+
+
+def resume_line(keep: Path | None, argv: list[str]) -> str:
+    """What an interrupted arm says: the benchmark's own command continues it (its store is kept), or nothing does."""
+    if keep is None:
+        return "the benchmark kept nothing (its store was temporary): give --keep DIR to make a run that can be continued"
+    return f"nothing finished is lost. Continue it with: python -m benchmarks.bench_search {shlex.join(argv)}"
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
@@ -192,7 +203,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 space = arm_space(label, base, args.trials, args.fixed, seed)
                 slug = "-".join(label.replace(",", "").replace("+", "").split()[:2]).lower()
                 run = run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir, resume="auto" if args.keep else "never",
-                              train=not args.report_only)
+                              train=not args.report_only, resume_line=args.resume_line)
                 if run is not None:
                     print(f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} CPU-s", flush=True)
                     done[label] = run | {"seed": seed}

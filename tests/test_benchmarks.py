@@ -103,6 +103,43 @@ def test_search_benchmark_pairs_each_searcher_with_random_search_by_seed():
     assert one_seed[0] == "TPE + ASHA - random, paired over seeds [0]: best test mAP +0.030: **inconclusive**; CPU-seconds 0.50x random's (0.50-0.50x per seed)"
 
 
+def test_an_interrupted_search_benchmark_says_its_own_command_continues_it(tmp_path, monkeypatch, capsys):
+    """Its arms are sweeps run in the benchmark's process: `hashtune.sweep --resume` would continue one arm outside
+    the benchmark (without its kept store or its timing), so the line an interruption prints is the benchmark's."""
+    from benchmarks import bench_search
+    from hashtune.sweep import driver
+
+    def interrupted(args, base, space, provenance=None, *, resume_line=None):  # what run_sweep raises on SIGTERM
+        raise driver.SweepInterrupted(f"sweep {args.name!r} interrupted by SIGTERM; {resume_line}", exit_code=143)
+
+    monkeypatch.setattr(driver, "run_sweep", interrupted)
+    arguments = ["--trials", "2", "--seeds", "0", "--out", str(tmp_path / "search.md")]
+    for keep, says in ((["--keep", str(tmp_path / "keep")], "nothing finished is lost. Continue it with: python -m benchmarks.bench_search "
+                        + " ".join(arguments + ["--keep", str(tmp_path / "keep")])),
+                       ([], "the benchmark kept nothing (its store was temporary): give --keep DIR")):
+        with pytest.raises(SystemExit) as stop:
+            bench_search.main(arguments + keep)
+        assert stop.value.code == 143
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"bench_search: sweep 'bench-tpe-asha-seed0' interrupted by SIGTERM; {says}")
+
+
+def test_the_driver_records_an_interruption_once_with_the_callers_resume_line(tmp_path):
+    from mlflow import MlflowClient
+
+    from hashtune.sweep.driver import _Interruption, _resume_line
+    from hashtune.sweep.stores import TrialTracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("sweep")
+    parent = client.create_run(experiment_id).info.run_id
+    child = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    interruption = _Interruption(client, TrialTracking(client.tracking_uri, experiment_id, parent), "sweep", "continue with X")
+    assert interruption.record("SIGTERM") == "sweep 'sweep' interrupted by SIGTERM; continue with X"
+    assert interruption.record("SIGINT") == "sweep 'sweep' interrupted by SIGTERM; continue with X"  # the watchdog's, then the driver's
+    assert client.get_run(parent).info.status == "KILLED" and client.get_run(child).data.tags["hashtune.status"] == "killed"
+    assert _resume_line("ablations", "ab") == "nothing finished is lost. Continue it with: python -m hashtune.sweep --space ablations --name ab --resume"
+
+
 def test_search_benchmark_shows_a_conditional_key_only_where_it_was_sampled():
     from benchmarks.bench_search import _sampled
     from hashtune.sweep.space import Domain

@@ -101,11 +101,14 @@ def _check_resume(mode: str, stores: SweepStores) -> bool:
     return exists
 
 
-def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, provenance: dict | None = None) -> dict[str, Any]:
+def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, provenance: dict | None = None, *,
+              resume_line: str | None = None) -> dict[str, Any]:
     """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
 
     Everything that can refuse (a Ray temp dir too long for a local Ray, name, `--resume`, a running sweep
     of the same name, a space edited since the sweep started) refuses before anything is written.
+    Interrupted, it says how to continue: `resume_line` when a caller that runs the sweep in its own
+    process gives one (a benchmark continues through its own command), else the `hashtune.sweep` command.
     """
     if not args.address:
         from hashtune.train.distributed import check_local_ray_temp_dir
@@ -115,11 +118,11 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, proven
     _check_resume(args.resume, stores)
     tracking_store = open_tracking(stores)
     with sweep_lock(stores):
-        return _run_locked(args, base, space, stores, tracking_store, provenance)
+        return _run_locked(args, base, space, stores, tracking_store, provenance, resume_line)
 
 
 def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stores: SweepStores, tracking_store,
-                provenance: dict | None) -> dict[str, Any]:
+                provenance: dict | None, resume_line: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
@@ -141,7 +144,7 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     if space.search == "grid":
         log_infeasible_points(client, experiment_id, parent_run_id, space.name, space.grid_points(base)[1], to_flat_dict(base))
     tracking = TrialTracking(uri, experiment_id, parent_run_id)
-    interruption = _Interruption(client, tracking, stores, args.space)
+    interruption = _Interruption(client, tracking, stores.name, resume_line or _resume_line(args.space, stores.name))
     results, stop_signal = _fit(args, base, space, stores, tracking, resume, lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr))
     if stop_signal is not None:
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
@@ -155,11 +158,15 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     return summary
 
 
+def _resume_line(space_arg: str, name: str) -> str:
+    return f"nothing finished is lost. Continue it with: python -m hashtune.sweep --space {space_arg} --name {name} --resume"
+
+
 class _Interruption:
     """Records an interrupted sweep once (from the driver or the SIGTERM watchdog): runs KILLED, the resume line."""
 
-    def __init__(self, client, tracking: TrialTracking, stores: SweepStores, space_arg: str) -> None:
-        self.client, self.tracking, self.stores, self.space_arg = client, tracking, stores, space_arg
+    def __init__(self, client, tracking: TrialTracking, name: str, resume_line: str) -> None:
+        self.client, self.tracking, self.name, self.resume_line = client, tracking, name, resume_line
         self._lock, self._message = threading.Lock(), None
 
     def record(self, signal_name: str) -> str:
@@ -168,10 +175,7 @@ class _Interruption:
                 mark_orphans_killed(self.client, self.tracking.experiment_id, self.tracking.parent_run_id)
                 self.client.set_tag(self.tracking.parent_run_id, f"{TAG}status", "interrupted")
                 self.client.set_terminated(self.tracking.parent_run_id, "KILLED")
-                self._message = (
-                    f"sweep {self.stores.name!r} interrupted by {signal_name}; nothing finished is lost. Continue it with: "
-                    f"python -m hashtune.sweep --space {self.space_arg} --name {self.stores.name} --resume"
-                )
+                self._message = f"sweep {self.name!r} interrupted by {signal_name}; {self.resume_line}"
             return self._message
 
 
