@@ -52,6 +52,11 @@ def readings(digits: dict[str, dict], rates: dict[str, float]) -> list[str]:
     return lines
 
 
+def _epochs(digits: dict[str, dict]) -> str:
+    """The epochs the digits runs trained, as their metrics say (gpu_check's EPOCHS), e.g. "100" or "50/100"."""
+    return "/".join(str(epochs) for epochs in sorted({int(metrics["epoch"]) for metrics in digits.values()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+")
@@ -68,7 +73,7 @@ def main() -> None:
     shutil.copyfile(throughput, args.results / "gpu_throughput.md")
     text = (f"# The GPU paths, run for real\n\nCommand: `bash scripts/gpu_check.sh` on a lent GPU machine, then "
             f"`python scripts/gpu_report.py OUT_DIR`\n\nDate: {date.today()}; machine: {machine[0]}; {machine[1]}; {machine[2]} CPU cores\n\n"
-            f"{WHEELS}\n\n## Digits end to end (shipped defaults, 32 bits, 100 epochs, seed 0)\n\n"
+            f"{WHEELS}\n\n## Digits end to end (shipped defaults, 32 bits, {_epochs(digits)} epochs, seed 0)\n\n"
             + markdown_table(["path"] + COLUMNS, rows)
             + "\n## ViT-B/16 training throughput\n\n" + throughput.read_text().split("\n\n", 3)[3]
             + "\n## What the figures say\n\n" + "".join(f"- {line}\n" for line in readings(digits, throughput_rates(throughput.read_text()))))

@@ -162,7 +162,7 @@ def test_gpu_report_reads_what_gpu_check_leaves(tmp_path, monkeypatch):
         folder.mkdir()
     (first / "machine.txt").write_text("NVIDIA H200, 580, 143771 MiB\npython 3.12.3 torch 2.11.0\n16\n")
     metrics = {"test/mAP": 0.9, "throughput/images_per_s": 1000.0, "time/train_s": 30.0, "cost/wall_seconds": 40.0,
-               "cost/cpu_seconds": 400.0, "cost/gpu_seconds": 0.0, "cost/images_seen": 50000.0}
+               "cost/cpu_seconds": 400.0, "cost/gpu_seconds": 0.0, "cost/images_seen": 50000.0, "epoch": 20}
     (first / "digits_cpu.json").write_text(json.dumps(metrics))
     (first / "digits_gpu.json").write_text(json.dumps(metrics | {"cost/cpu_seconds": 40.0, "cost/gpu_seconds": 40.0}))
     table = ("| device | model | batch | path | images/s | vs fp32 loop |\n|---|---|---|---|---|---|\n"
@@ -174,6 +174,7 @@ def test_gpu_report_reads_what_gpu_check_leaves(tmp_path, monkeypatch):
     gpu_report.main()
     text = (results / "gpu.md").read_text()
     assert "| plain loop, CPU (16 cores) | 0.900 | 1000 | 30 | 40 | 400 | 0 | 50000 |" in text
+    assert "## Digits end to end (shipped defaults, 32 bits, 20 epochs, seed 0)" in text  # what the runs trained
     assert "bf16 autocast trains ViT-B/16 4.00x as fast as fp32" in text and "Ray Train (1 worker, 1 CPU), bf16 autocast: 0.50x" in text
     assert "0.10x its CPU-seconds" in text and (results / "gpu_throughput.md").read_text().endswith(table)
 
