@@ -82,6 +82,9 @@ SWEEP_CASES = {
     "unknown override key": (lambda tmp: ["--space", "smoke", "optim.lr=3"], "unknown config key 'optim.lr'"),
     "unreachable MLflow URI": (lambda tmp: ["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"], "MLflow tracking URI 'http://127.0.0.1:9' is unreachable"),
     "--resume of a sweep that does not exist": (lambda tmp: ["--space", "smoke", "--resume"], "--resume: no sweep named 'smoke'"),
+    "--budget that is not a mapping": (lambda tmp: ["--space", "smoke", "--budget", "2"], "--budget must be a mapping like '{cpu_hours: 2}'"),
+    "--budget of two resources": (lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, gpu_hours: 1}"],
+                                  "--budget: budget needs exactly one of cpu_hours, gpu_hours"),
 }
 
 

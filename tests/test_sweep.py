@@ -232,10 +232,9 @@ def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driv
 
 
 def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tmp_path, capsys):
-    space = tmp_path / "budget.yaml"
-    space.write_text("search: grid\nmax_concurrent: 1\nbudget: {cpu_hours: 0.0001}\nfixed:\n  train.epochs: 1\n" + TINY
-                     + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
-    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
+    space = tmp_path / "budget.yaml"  # the budget given on the command line, as a space's `budget:`
+    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 1\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--budget", "{cpu_hours: 0.0001}"]) == 0
     ended = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hashtune.sweep: budget:")]
     assert ended and "budget spent: " in ended[-1] and "2 trial(s) not trained; running trials finished" in ended[-1]
     statuses = sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget"))
@@ -243,5 +242,10 @@ def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tm
     client = _client(tmp_path)
     parent = next(r for r in client.search_runs([client.get_experiment_by_name("budget").experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
     assert parent.data.metrics["sweep/skipped_budget"] == 2 and parent.data.metrics["cost/cpu_seconds"] > 0.36
-    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--resume"]) == 0  # the spend is not reset
+    capsys.readouterr()
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--resume", "--budget", "{cpu_hours: 1}"]) == 2
+    assert "changed since it started (space.budget.hours)" in capsys.readouterr().err.strip().splitlines()[-1]
+    # resumed without --budget (as its resume line says): the budget it started with, and the spend, are kept
+    assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--resume"]) == 0
+    assert "continuing with the budget sweep 'budget' started with: 0.0001 CPU-hours" in capsys.readouterr().out
     assert sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget")) == statuses

@@ -1,7 +1,8 @@
 """`python -m hashtune.sweep`: a Ray Tune + Optuna search over the trainer's config, tracked in MLflow.
 
     python -m hashtune.sweep --space NAME|FILE [--name EXP] [--resume [auto]] [--address auto]
-                             [--mlflow-uri URI] [--storage PATH_OR_S3_URI] [--max-concurrent N] [key=value ...]
+                             [--mlflow-uri URI] [--storage PATH_OR_S3_URI] [--max-concurrent N]
+                             [--budget '{cpu_hours: H}'] [key=value ...]
 
 Each trial runs the plain trainer inside the trial process (`workers: 0`, the default on one
 machine: no per-trial Ray Train start-up) or builds a Ray Train `TorchTrainer` (`workers: N`, for
@@ -22,6 +23,7 @@ from hashtune.paths import RESULTS_DIR
 from hashtune.sweep.base import BaseError, tuned_base
 from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
+from hashtune.sweep.space_settings import parse_budget
 from hashtune.tracking import resolve_tracking
 
 __all__ = ["build_parser", "main"]
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's max_concurrent)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the default stores and the study go")
     parser.add_argument("--base", help="a finished tuning experiment: every arm starts from its best trial by the space's metric")
+    parser.add_argument("--budget", help="cap the sweep's cost, as a space's `budget:` (and replacing it), e.g. '{cpu_hours: 2}' or "
+                        "'{gpu_hours: 8, hard: true, usd_per_gpu_hour: 3.06}'; a resumed sweep keeps the budget it started with")
     return parser
 
 
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
         base, space, provenance = _tuned(args, base, space)
+        space = _with_budget(space, args.budget)
         summary = run_sweep(args, base, space, provenance)
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
@@ -81,6 +86,21 @@ def _tuned(args, base: Config, space: SearchSpace) -> tuple[Config, SearchSpace,
     tuned, provenance = tuned_base(MlflowClient(uri), name, space.metric)
     tuned = tuned.replace(parse_overrides(args.overrides))
     return tuned, dataclasses.replace(load_space(args.space, tuned), fixed={}, base=name), provenance
+
+
+def _with_budget(space: SearchSpace, text: str | None) -> SearchSpace:
+    """The space with `--budget`'s mapping as its budget (checked as a space's `budget:` is)."""
+    if text is None:
+        return space
+    import yaml
+
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError:
+        mapping = None
+    if not isinstance(mapping, dict):
+        raise SpaceError(f"--budget must be a mapping like '{{cpu_hours: 2}}' or '{{gpu_hours: 8, hard: true}}', got {text!r}")
+    return dataclasses.replace(space, budget=parse_budget("--budget", mapping))
 
 
 def _report(summary: dict, results_dir: Path) -> None:

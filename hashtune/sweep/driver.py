@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -36,6 +37,15 @@ class SweepInterrupted(SweepError):
 def _find_parent(client, experiment_id: str, stores: SweepStores):
     runs = find_runs(client, experiment_id, f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}storage` = '{stores.experiment_path}'")
     return runs[0] if runs else None
+
+
+def _started_budget(space: SearchSpace, saved: dict[str, Any] | None, name: str) -> SearchSpace:
+    """A resumed sweep given no budget (neither its space nor `--budget`) keeps the one it started with."""
+    started = ((saved or {}).get("space") or {}).get("budget")
+    if space.budget is not None or not started:
+        return space
+    print(f"continuing with the budget sweep {name!r} started with: {started['hours']:g} {started['resource'].upper()}-hours")
+    return dataclasses.replace(space, budget=started)
 
 
 def resumed_base(saved: dict[str, Any] | None, record: dict[str, Any], base: Config, explicit: set[str] | None, name: str) -> Config:
@@ -130,9 +140,10 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     client = MlflowClient(uri)
     existing = client.get_experiment_by_name(stores.name)
     parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
+    saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
+    space = _started_budget(space, saved, stores.name)
     record = space_record(space, base) | ({"base": provenance} if provenance else {})
     explicit = None if provenance else set(parse_overrides(getattr(args, "overrides", None) or []))
-    saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
     base = resumed_base(saved, record, base, explicit, stores.name)
     experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
     if parent is not None:
