@@ -137,7 +137,16 @@ def test_the_driver_records_an_interruption_once_with_the_callers_resume_line(tm
     assert interruption.record("SIGTERM") == "sweep 'sweep' interrupted by SIGTERM; continue with X"
     assert interruption.record("SIGINT") == "sweep 'sweep' interrupted by SIGTERM; continue with X"  # the watchdog's, then the driver's
     assert client.get_run(parent).info.status == "KILLED" and client.get_run(child).data.tags["hashtune.status"] == "killed"
-    assert _resume_line("ablations", "ab") == "nothing finished is lost. Continue it with: python -m hashtune.sweep --space ablations --name ab --resume"
+    import argparse
+
+    from hashtune.paths import RESULTS_DIR
+
+    cli = argparse.Namespace(space="ablations", results_dir=RESULTS_DIR, mlflow_uri=None, storage=None, address=None, base=None)
+    assert _resume_line(cli, "ab") == "nothing finished is lost. Continue it with: python -m hashtune.sweep --space ablations --name ab --resume"
+    elsewhere = argparse.Namespace(space="my space.yaml", results_dir=tmp_path / "r", mlflow_uri="http://127.0.0.1:5000", storage=None,
+                                   address="auto", base="tune")  # what it was given, so the command finds the same sweep
+    assert _resume_line(elsewhere, "ab").endswith(f"--space 'my space.yaml' --name ab --resume --results-dir {tmp_path / 'r'} "
+                                                  "--mlflow-uri http://127.0.0.1:5000 --address auto --base tune")
 
 
 def test_search_benchmark_shows_a_conditional_key_only_where_it_was_sampled():

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hashtune.config import Config, config_from_dict, parse_overrides, to_flat_dict
+from hashtune.paths import RESULTS_DIR
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.space import SearchSpace
@@ -39,12 +41,11 @@ def _find_parent(client, experiment_id: str, stores: SweepStores):
     return runs[0] if runs else None
 
 
-def _started_budget(space: SearchSpace, saved: dict[str, Any] | None, name: str) -> SearchSpace:
+def _started_budget(space: SearchSpace, saved: dict[str, Any] | None) -> SearchSpace:
     """A resumed sweep given no budget (neither its space nor `--budget`) keeps the one it started with."""
     started = ((saved or {}).get("space") or {}).get("budget")
     if space.budget is not None or not started:
         return space
-    print(f"continuing with the budget sweep {name!r} started with: {started['hours']:g} {started['resource'].upper()}-hours")
     return dataclasses.replace(space, budget=started)
 
 
@@ -141,10 +142,14 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     existing = client.get_experiment_by_name(stores.name)
     parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
     saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
-    space = _started_budget(space, saved, stores.name)
-    record = space_record(space, base) | ({"base": provenance} if provenance else {})
+    budgeted = _started_budget(space, saved)
+    record = space_record(budgeted, base) | ({"base": provenance} if provenance else {})
     explicit = None if provenance else set(parse_overrides(getattr(args, "overrides", None) or []))
     base = resumed_base(saved, record, base, explicit, stores.name)
+    if budgeted is not space:  # said once nothing refused the resume
+        print(f"continuing with the budget sweep {stores.name!r} started with: {budgeted.budget['hours']:g} "
+              f"{budgeted.budget['resource'].upper()}-hours")
+        space = budgeted
     experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
     if parent is not None:
         parent_run_id = parent.info.run_id
@@ -155,7 +160,7 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     if space.search == "grid":
         log_infeasible_points(client, experiment_id, parent_run_id, space.name, space.grid_points(base)[1], to_flat_dict(base))
     tracking = TrialTracking(uri, experiment_id, parent_run_id)
-    interruption = _Interruption(client, tracking, stores.name, resume_line or _resume_line(args.space, stores.name))
+    interruption = _Interruption(client, tracking, stores.name, resume_line or _resume_line(args, stores.name))
     results, stop_signal = _fit(args, base, space, stores, tracking, resume, lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr))
     if stop_signal is not None:
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
@@ -169,8 +174,14 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     return summary
 
 
-def _resume_line(space_arg: str, name: str) -> str:
-    return f"nothing finished is lost. Continue it with: python -m hashtune.sweep --space {space_arg} --name {name} --resume"
+def _resume_line(args: argparse.Namespace, name: str) -> str:
+    """The command that continues the sweep: its space and name, and the stores, cluster and base it was given."""
+    where = [(flag, getattr(args, key, None)) for flag, key in
+             (("--results-dir", "results_dir"), ("--mlflow-uri", "mlflow_uri"), ("--storage", "storage"), ("--address", "address"), ("--base", "base"))]
+    given = [part for flag, value in where if value is not None and not (flag == "--results-dir" and Path(value) == RESULTS_DIR)
+             for part in (flag, str(value))]
+    command = shlex.join(["python", "-m", "hashtune.sweep", "--space", args.space, "--name", name, "--resume", *given])
+    return f"nothing finished is lost. Continue it with: {command}"
 
 
 class _Interruption:
