@@ -1,4 +1,4 @@
-"""The layout keeps its promises: light imports, small functions and modules, a wheel with the spaces,
+"""The layout keeps its promises: light imports, small functions and modules, a wheel with the spaces, docs that cite real tests,
 a README whose key list is the config's, results without machine paths."""
 
 from __future__ import annotations
@@ -61,6 +61,15 @@ def test_results_hold_no_machine_paths():
     offenders = [name for name in tracked if name.endswith((".md", ".csv", ".json"))
                  and re.search(r"(/work/|/home/|/tmp/|/root/)[A-Za-z]", (ROOT / name).read_text())]
     assert tracked and not offenders
+
+
+def test_the_docs_name_only_tests_that_exist():
+    """README and results/ cite tests as evidence (`tests/test_x.py::test_y`): a renamed or merged test must not
+    leave a citation of nothing behind."""
+    documents = [ROOT / "README.md", *(ROOT / "results").rglob("*.md"), *(ROOT / "clusters").glob("*.md")]
+    cited = {(file, name) for path in documents for file, name in re.findall(r"(tests/test_\w+\.py)::(test_\w+)", path.read_text())}
+    missing = [f"{file}::{name}" for file, name in sorted(cited) if not re.search(rf"^def {name}\(", (ROOT / file).read_text(), re.M)]
+    assert cited and not missing, missing
 
 
 @pytest.mark.slow
