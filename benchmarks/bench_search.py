@@ -143,8 +143,8 @@ def paired_with_random(runs: dict[str, list[dict]], delta: float = DELTA) -> lis
     reference = {run["seed"]: run for run in runs.get(RANDOM, [])}
     lines = []
     for label, per_seed in runs.items():
-        paired = [(run, reference[run["seed"]]) for run in per_seed if label != RANDOM and run["seed"] in reference]
-        if not paired:
+        paired = [(run, reference[run["seed"]]) for run in per_seed if run["seed"] in reference]
+        if label == RANDOM or not paired:
             continue
         verdict = claim_verdict([run["best_test"] - other["best_test"] for run, other in paired], delta=delta)
         ratios = [run["cpu_s"] / other["cpu_s"] for run, other in paired]

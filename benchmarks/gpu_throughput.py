@@ -4,8 +4,8 @@ Run on a GPU machine: `python -m benchmarks.gpu_throughput` (writes results/gpu_
 the GPU's name). Rows measured one after the other in one process: the plain loop in fp32, the plain
 loop in bf16, and bf16 through Ray Train's TorchTrainer (one worker, one row per `--ray-cpus` value;
 its process group is NCCL on a GPU, gloo on the CPU); ratios are to the fp32 row. Random tensors stand
-in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so the figure is the model's training speed, not the JPEG decoder's. `--tiny` runs a 2-block, 32 px
-model on the CPU (the test suite uses it).
+in for CIFAR-10 (10 classes, 3 x 224 x 224 after resizing), so the figure is the model's training speed,
+not the JPEG decoder's. `--tiny` runs a 2-block, 32 px model on the CPU (the test suite uses it).
 """
 
 from __future__ import annotations

@@ -124,8 +124,11 @@ def test_an_interrupted_search_benchmark_says_its_own_command_continues_it(tmp_p
 
 
 def test_the_driver_records_an_interruption_once_with_the_callers_resume_line(tmp_path):
+    import argparse
+
     from mlflow import MlflowClient
 
+    from hashtune.paths import RESULTS_DIR
     from hashtune.sweep.driver import _Interruption, _resume_line
     from hashtune.sweep.stores import TrialTracking
 
@@ -137,10 +140,7 @@ def test_the_driver_records_an_interruption_once_with_the_callers_resume_line(tm
     assert interruption.record("SIGTERM") == "sweep 'sweep' interrupted by SIGTERM; continue with X"
     assert interruption.record("SIGINT") == "sweep 'sweep' interrupted by SIGTERM; continue with X"  # the watchdog's, then the driver's
     assert client.get_run(parent).info.status == "KILLED" and client.get_run(child).data.tags["hashtune.status"] == "killed"
-    import argparse
-
-    from hashtune.paths import RESULTS_DIR
-
+    # the sweep's own line: the command that finds the same sweep again
     cli = argparse.Namespace(space="ablations", results_dir=RESULTS_DIR, mlflow_uri=None, storage=None, address=None, base=None)
     assert _resume_line(cli, "ab") == "nothing finished is lost. Continue it with: python -m hashtune.sweep --space ablations --name ab --resume"
     elsewhere = argparse.Namespace(space="my space.yaml", results_dir=tmp_path / "r", mlflow_uri="http://127.0.0.1:5000", storage=None,
