@@ -8,6 +8,7 @@ needs no Ray.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "ARTIFACTS",
     "point_id",
     "find_trial_run",
+    "index_tags",
     "flat_params",
     "best_finished_run",
     "sweep_parents",
@@ -81,7 +83,25 @@ def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True)
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure to reach the store is the same user error
         raise ConnectionError(f"MLflow tracking URI {uri!r} is unreachable: {str(error).splitlines()[0][:200]}") from None
+    if create and uri.startswith("sqlite:///"):
+        index_tags(Path(uri.removeprefix("sqlite:///")))
     return uri, artifacts
+
+
+TAG_INDEX = "hashtune_tags_key_value"
+
+
+def index_tags(database: Path) -> None:
+    """Index a SQLite store's tags by (key, value), so a run is found by a tag (a trial by its id) in O(log N).
+
+    MLflow's own schema keys tags by (key, run_uuid): a tag filter scans every run that has the key, about
+    23 ms per lookup at 10,000 runs here against 5 ms with this index (2026-12-02). Creating it is idempotent
+    and done whenever hashtune opens a store for writing, so a migration that rebuilt the table gets it back.
+    """
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as connection, connection:
+        connection.execute(f"CREATE INDEX IF NOT EXISTS {TAG_INDEX} ON tags (key, value)")
 
 
 def get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
@@ -102,15 +122,9 @@ def find_runs(client, experiment_id: str, filter_string: str = "") -> list:
             return runs
 
 
-def find_trial_run(client, experiment_id: str, trial_id: str, point: str | None = None):
-    """A trial's MLflow run, or None: by its trial id, else by its grid point's id (`point_id`).
-
-    The second finds the run of a grid point that Tune launched again under a new trial id (its state
-    older than MLflow's), so the point is resumed or replayed, never trained twice.
-    """
-    runs = find_runs(client, experiment_id, f"tags.`{TAG}trial_id` = '{trial_id}'")
-    if not runs and point is not None:
-        runs = find_runs(client, experiment_id, f"tags.`{TAG}point` = '{point}' and tags.`{TAG}status` != 'infeasible'")
+def find_trial_run(client, experiment_id: str, trial_id: str):
+    """A trial's MLflow run by its `hashtune.trial_id` tag, or None (one query)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG}trial_id` = '{trial_id}'", max_results=1)
     return runs[0] if runs else None
 
 

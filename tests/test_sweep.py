@@ -1,5 +1,6 @@
 """End-to-end sweeps on local Ray (127.0.0.1, temp dirs): MLflow runs, failures, resume, TorchTrainer + ASHA."""
 
+import json
 import os
 import signal
 import subprocess
@@ -36,8 +37,20 @@ def _children(results: Path, experiment: str) -> list:
     return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") != "sweep"]
 
 
+FRESH_PROCESS_FIT = """
+import json, sys, tempfile
+from hashtune.config import config_from_params
+from hashtune.sweep.trial import pin_threads
+from hashtune.train.trainer import fit
+pin_threads(1)
+with tempfile.TemporaryDirectory() as folder:
+    print(json.dumps(fit(config_from_params(json.loads(sys.argv[1])), run_dir=folder)))
+"""
+
+
 def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path, capsys):
-    assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
+    # one trial at a time: the second runs in the process the first used (Tune's reuse_actors)
+    assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path), "--max-concurrent", "1"]) == 0
     client = _client(tmp_path)
     experiment_id = client.get_experiment_by_name("smoke").experiment_id
     runs = client.search_runs([experiment_id])
@@ -53,6 +66,15 @@ def test_smoke_space_leaves_two_child_runs_under_one_parent(tmp_path, capsys):
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "pr_curve.png", "pr_curve.csv", "history.csv"}
         assert {"cost/cpu_seconds", "cost/gpu_seconds", "cost/wall_seconds", "cost/images_seen"} <= run.data.metrics.keys()
     assert {r.data.params["model.k_groups"] for r in children} == {"1", "2"}
+    # the trial in the reused process gives what the same config gives in a fresh process, to the last digit
+    pids = {json.loads(path.read_text().splitlines()[-1])["pid"] for path in (tmp_path / "ray" / "smoke").glob("trial_*/result.json")}
+    assert len(pids) == 1, "the two trials ran in different processes: no reuse to check"
+    second = max(children, key=lambda run: run.info.start_time)
+    fresh = subprocess.run([sys.executable, "-c", FRESH_PROCESS_FIT, json.dumps(second.data.params)], capture_output=True, text=True, check=True)
+    fresh_metrics = json.loads(fresh.stdout.strip().splitlines()[-1])
+    for key in ("train/loss", "val/mAP", "val/best_mAP", "test/mAP", "test/mAP_ties_average", "test/precision_at_100"):
+        assert second.data.metrics[key] == fresh_metrics[key], key
+    assert second.data.tags["hashtune.torch_threads"] == "1" and second.data.tags["hashtune.cpu_model"]
     parent_metrics = client.get_run(parents[0].info.run_id).data.metrics
     for key in ("cost/cpu_seconds", "cost/wall_seconds", "cost/images_seen"):  # the parent carries the sums
         assert parent_metrics[key] == pytest.approx(sum(r.data.metrics[key] for r in children)) and parent_metrics[key] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shlex
 import signal
@@ -23,7 +24,7 @@ from hashtune.sweep.stores import (
 )
 from hashtune.sweep.trial import TrialResolver, TrialTracking
 from hashtune.sweep.tuner import ELAPSED_METRIC, build_tuner, trial_trainable
-from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, sweep_cost
+from hashtune.tracking import COST_METRICS, TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed, sweep_cost
 
 __all__ = ["SweepError", "SweepInterrupted", "run_sweep", "resumed_base", "summarize"]
 
@@ -150,6 +151,11 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
         print(f"continuing with the budget sweep {stores.name!r} started with: {budgeted.budget['hours']:g} "
               f"{budgeted.budget['resource'].upper()}-hours")
         space = budgeted
+    if parent is not None and parent.info.status == "FINISHED":
+        finished = _recorded_summary(client, parent.info.run_id)
+        if finished is not None:  # nothing to run: no Ray, no Tune state to read back
+            print(f"sweep {stores.name!r} has finished: nothing to run (its summary is read back from its parent run)")
+            return finished
     experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
     if parent is not None:
         parent_run_id = parent.info.run_id
@@ -166,7 +172,7 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     summary = summarize(results, space, client, experiment_id)
     summary |= {"experiment": stores.name, "mlflow_uri": uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id,
-                "disk_bytes": _disk_bytes(stores.experiment_path), "cost": _priced(sweep_cost(client, experiment_id, parent_run_id), space)}
+                "disk_bytes": _disk_bytes(stores.experiment_path), "cost": _priced(_spent(client, tracking), space)}
     if space.replicates is not None:
         summary["replicates"] = _replicates_record(client, parent_run_id)
     summary["ended_by"] = _ended_by(summary, space, tracking)
@@ -201,15 +207,26 @@ class _Interruption:
             return self._message
 
 
+SUMMARY_ARTIFACT = "summary.json"
+
+
 def _replicates_record(client, parent_run_id: str) -> dict | None:
     """The adaptive schedule's last record on the parent run (`replicates.json`), or None before its first round."""
-    import json
+    return _parent_json(client, parent_run_id, "replicates.json")
+
+
+def _recorded_summary(client, parent_run_id: str) -> dict | None:
+    """The summary a finished sweep's driver left on its parent run, or None (a sweep finished before it was kept)."""
+    return _parent_json(client, parent_run_id, SUMMARY_ARTIFACT)
+
+
+def _parent_json(client, parent_run_id: str, name: str) -> dict | None:
     import tempfile
 
-    if "replicates.json" not in {artifact.path for artifact in client.list_artifacts(parent_run_id)}:
+    if name not in {artifact.path for artifact in client.list_artifacts(parent_run_id)}:
         return None
     with tempfile.TemporaryDirectory() as folder:
-        return json.loads(Path(client.download_artifacts(parent_run_id, "replicates.json", folder)).read_text())
+        return json.loads(Path(client.download_artifacts(parent_run_id, name, folder)).read_text())
 
 
 def _disk_bytes(experiment_path: str) -> int | None:
@@ -262,7 +279,7 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
     """
     from ray.tune import Tuner
 
-    from hashtune.train.distributed import init_ray
+    from hashtune.train.distributed import init_ray, shutdown_ray
 
     resolver = TrialResolver(base, space)
     logger = MlflowTrialLogger(tracking=tracking, space_name=space.name, resolve=resolver)
@@ -276,7 +293,7 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
                                       resume_errored=True)  # a trial SIGTERMed with its sweep errored: continue it
             else:
                 tuner = build_tuner(space, base, name=stores.name, storage=stores.storage, callbacks=[logger], tracking=tracking,
-                                    max_concurrent=args.max_concurrent or space.max_concurrent, optuna_storage=stores.optuna_storage)
+                                    max_concurrent=args.max_concurrent or space.max_concurrent, optuna_journal=stores.optuna_journal)
             results = tuner.fit()
             interrupted = _interrupted(results, space, len(resolver.points), tracking)
             stop_signal = (seen[0] if seen else "SIGINT") if interrupted else None
@@ -284,9 +301,7 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
             stop_signal = "SIGINT"
         finally:
             if started:
-                import ray
-
-                ray.shutdown()
+                shutdown_ray()
     return results, stop_signal
 
 
@@ -312,9 +327,18 @@ def _limit_reached(space: SearchSpace, tracking: TrialTracking) -> str | None:
     if space.time_budget_s is not None and elapsed >= space.time_budget_s:
         return f"time budget spent: {elapsed:.0f} of {space.time_budget_s:g} s (summed over every --resume)"
     budget = space.budget_seconds()
-    if budget is not None and sweep_cost(client, tracking.experiment_id, tracking.parent_run_id)[budget[0]] >= budget[1]:
+    if budget is not None and _spent(client, tracking)[budget[0]] >= budget[1]:
         return "budget"
     return None
+
+
+def _spent(client, tracking: TrialTracking) -> dict[str, float]:
+    """What the sweep's trials spent: the running totals the logger keeps on the parent run (one read), or, for
+    a sweep whose parent never held them (started before they were kept), the sum over its child runs."""
+    recorded = client.get_run(tracking.parent_run_id).data.metrics
+    if all(key in recorded for key in COST_METRICS):
+        return {key: float(recorded[key]) for key in COST_METRICS}
+    return sweep_cost(client, tracking.experiment_id, tracking.parent_run_id)
 
 
 def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[str, Any]:
@@ -383,4 +407,5 @@ def _close_parent(client, parent_run_id: str, summary: dict[str, Any]) -> None:
         for key in ("val/best_mAP", "test/mAP"):
             if best.get(key) is not None:
                 client.log_metric(parent_run_id, f"best/{key}", best[key])
+    client.log_text(parent_run_id, json.dumps(summary, indent=2, default=str), SUMMARY_ARTIFACT)  # what a --resume of it says
     client.set_terminated(parent_run_id, "FINISHED")

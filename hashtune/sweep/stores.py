@@ -52,8 +52,9 @@ class SweepStores:
         return f"{self.storage.rstrip('/')}/{self.name}"
 
     @property
-    def optuna_storage(self) -> str:
-        return f"sqlite:///{self.results_dir / 'optuna.db'}"
+    def optuna_journal(self) -> Path:
+        """The sweep's Optuna study: a journal file (an append per trial, read back once by `--resume`)."""
+        return self.results_dir / "optuna" / f"{self.name}.journal"
 
     @property
     def lock_path(self) -> Path:

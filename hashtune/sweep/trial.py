@@ -13,6 +13,7 @@ whose Tune checkpoint was not saved resumes from the checkpoint its MLflow run n
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import COMPLETED_TAG, TAG, find_trial_run, point_id, sweep_cost
+from hashtune.tracking import COMPLETED_TAG, TAG, find_trial_run, point_id
 
 __all__ = ["TrialResolver", "TrialTracking", "run_trial"]
 
@@ -54,13 +55,20 @@ class TrialResolver:
                         for key, value in sorted(trial_config.items()) if "." in key)
 
 
-def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-    from ray import tune
+class _TuneReporter:
+    """Hands the trainer's reports to Tune; the first one also carries `extra` (the trial's environment tags)."""
 
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
+    def __init__(self, extra: dict[str, str]) -> None:
+        self.extra = extra
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
+        metrics, self.extra = metrics | self.extra, {}
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
 
 
-def _fit_in_trial(config: Config, recorded_checkpoint: str | None) -> None:
+def _fit_in_trial(config: Config, recorded_checkpoint: str | None, extra: dict[str, str]) -> None:
     from ray import tune
 
     from hashtune.train.distributed import restore_run_folder
@@ -71,15 +79,17 @@ def _fit_in_trial(config: Config, recorded_checkpoint: str | None) -> None:
         run_dir = Path(folder)
         checkpoint = tune.get_checkpoint() or (tune.Checkpoint(recorded_checkpoint) if recorded_checkpoint else None)
         resume_from = restore_run_folder(checkpoint, run_dir)
-        fit(config, runtime=LocalRuntime(resolve_device(config.train.device), _report_to_tune), run_dir=run_dir, resume_from=resume_from)
+        runtime = LocalRuntime(resolve_device(config.train.device), _TuneReporter(extra))
+        fit(config, runtime=runtime, run_dir=run_dir, resume_from=resume_from)
 
 
-def _recorded_run(tracking: TrialTracking, trial_id: str, point: str | None):
-    """This trial's MLflow run, if a previous attempt (of this trial, or of its grid point) created one."""
+def _recorded_run(tracking: TrialTracking, trial_id: str):
+    """This trial's MLflow run: the driver's logger created or adopted it (tagged with this trial id) before the
+    trial started. Its `completed` tag and checkpoint say whether an earlier attempt finished or trained."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.uri)
-    return client, find_trial_run(client, tracking.experiment_id, trial_id, point)
+    return client, find_trial_run(client, tracking.experiment_id, trial_id)
 
 
 def _replay(client, run, config: Config) -> None:
@@ -122,6 +132,12 @@ def pin_threads(cpus: float) -> int:
 
 def environment_tags(torch_threads: int) -> dict[str, str]:
     """What a trial's numbers depend on beyond its config: threads, CPU model, library versions."""
+    return {f"{TAG}torch_threads": str(torch_threads)} | _process_environment()
+
+
+@functools.cache
+def _process_environment() -> dict[str, str]:
+    """The CPU model and library versions: read once per process (a reused trial process keeps them)."""
     import platform
     from importlib.metadata import version
 
@@ -129,8 +145,7 @@ def environment_tags(torch_threads: int) -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
-    tags = {f"{TAG}torch_threads": str(torch_threads), f"{TAG}cpu_model": cpu}
-    return tags | {f"{TAG}version.{name}": version(name) for name in ("torch", "numba", "timm", "numpy")}
+    return {f"{TAG}cpu_model": cpu} | {f"{TAG}version.{name}": version(name) for name in ("torch", "numba", "timm", "numpy")}
 
 
 def _is_fresh(run, checkpoint) -> bool:
@@ -139,9 +154,10 @@ def _is_fresh(run, checkpoint) -> bool:
 
 
 def _budget_spent(client, tracking: TrialTracking, space: SearchSpace) -> bool:
-    """Whether the sweep's trials (finished and running, as MLflow holds them) have spent the space's budget."""
+    """Whether the sweep's trials (finished and running) have spent the space's budget: the running total the
+    driver's logger keeps on the parent run (`cost/*`), one read whatever the number of trials."""
     budget = space.budget_seconds()
-    return budget is not None and sweep_cost(client, tracking.experiment_id, tracking.parent_run_id)[budget[0]] >= budget[1]
+    return budget is not None and client.get_run(tracking.parent_run_id).data.metrics.get(budget[0], 0.0) >= budget[1]
 
 
 FAKE_TRIAL_ENV = "HASHTUNE_TEST_TRIAL"
@@ -149,37 +165,37 @@ FAKE_TRIAL_ENV = "HASHTUNE_TEST_TRIAL"
 training, so the schedule, MLflow and resume machinery run for real on known arm means in a second."""
 
 
-def _fake_trial(spec: str, variant: str, flat: dict[str, Any], epochs: int) -> None:
+def _fake_trial(spec: str, variant: str, flat: dict[str, Any], epochs: int, extra: dict[str, str]) -> None:
     import importlib
 
     from ray import tune
 
     module, function = spec.split(":")
     metrics = getattr(importlib.import_module(module), function)(variant, flat)
-    tune.report(metrics | {"epoch": epochs, "final": 1.0})
+    tune.report(metrics | {"epoch": epochs, "final": 1.0} | extra)
 
 
 def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking) -> None:
-    """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it."""
+    """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it.
+
+    Tune may run it in a process an earlier trial used (`reuse_actors`): nothing here or in `fit` keeps
+    state between trials but the imports and the environment read once per process.
+    """
     from ray import tune
 
     variant, flat = resolver(trial_config)
     config = config_from_dict(flat)
-    client, run = _recorded_run(tracking, tune.get_context().get_trial_id(), resolver.point_id(trial_config))
-    if space.workers == 0:  # bit-identical reruns need the same intra-op thread count (and CPU)
-        torch_threads = pin_threads(space.cpus_per_trial)
-        if run is not None:
-            from mlflow.entities import RunTag
-
-            client.log_batch(run.info.run_id, tags=[RunTag(key, value) for key, value in environment_tags(torch_threads).items()])
+    client, run = _recorded_run(tracking, tune.get_context().get_trial_id())
+    # bit-identical reruns need the same intra-op thread count (and CPU): pinned, and said with the first report
+    extra = environment_tags(pin_threads(space.cpus_per_trial)) if space.workers == 0 else {}
     if run is not None and run.data.tags.get(COMPLETED_TAG) == "1":
         _replay(client, run, config)
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
         # a new trial, launched after the sweep spent its budget: not trained (Tune wants the metric and ASHA the epoch)
         tune.report({"budget/skipped": 1.0, space.metric: float("nan"), "epoch": 0})
     elif os.environ.get(FAKE_TRIAL_ENV):
-        _fake_trial(os.environ[FAKE_TRIAL_ENV], variant, flat, config.train.epochs)
+        _fake_trial(os.environ[FAKE_TRIAL_ENV], variant, flat, config.train.epochs, extra)
     elif space.workers == 0:
-        _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None)
+        _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None, extra)
     else:
         _fit_with_ray_train(config, space=space, storage=storage)
