@@ -1,7 +1,7 @@
 """What one launch of a sweep costs, measured from outside the code under test (bench_scale's probes).
 
-* `count_mlflow_calls(role)`: every outermost call of MLflow's SQLAlchemy tracking store, with its seconds,
-  appended as a line to the file `$BENCH_MLFLOW_LOG` (the driver calls it; `count_mlflow_calls_in_trial` is
+* `count_mlflow_calls(role)`: every outermost call of MLflow's SQLAlchemy tracking store, with its seconds
+  and the runs it returned, appended as a line to the file `$BENCH_MLFLOW_LOG` (the driver calls it; `count_mlflow_calls_in_trial` is
   Ray's `worker_process_setup_hook`, so trial processes count theirs too).
 * `ray_process_cpu()`: CPU seconds of this machine's Ray processes, trial processes (`ray::...`) apart from
   Ray's daemons (raylet, GCS, dashboard and agents), to difference around a launch.
@@ -39,13 +39,15 @@ def count_mlflow_calls(role: str) -> None:
         def wrapper(*args, **kwargs):
             outer = getattr(depth, "n", 0) == 0  # a store method calling another is one request
             depth.n = getattr(depth, "n", 0) + 1
-            start = time.perf_counter()
+            start, result = time.perf_counter(), None
             try:
-                return method(*args, **kwargs)
+                result = method(*args, **kwargs)
+                return result
             finally:
                 depth.n -= 1
-                if outer:
-                    os.write(descriptor, f"{role} {name} {time.perf_counter() - start:.6f}\n".encode())
+                if outer:  # the runs a search returned: a per-trial read must not grow with the sweep
+                    rows = len(result) if isinstance(result, list) else 1
+                    os.write(descriptor, f"{role} {name} {time.perf_counter() - start:.6f} {rows}\n".encode())
         return wrapper
 
     for name, method in inspect.getmembers(SqlAlchemyStore, inspect.isfunction):
@@ -60,17 +62,20 @@ def count_mlflow_calls_in_trial() -> None:
 
 
 def read_mlflow_log(path) -> dict[str, dict[str, float]]:
-    """`{role: {"calls": n, "seconds": s, "<method>": n, ...}}` from a `$BENCH_MLFLOW_LOG` file."""
+    """`{role: {"calls": n, "seconds": s, "most_rows": r, "<method>": n, ...}}` from a `$BENCH_MLFLOW_LOG` file
+    (`most_rows`: the most runs one search returned)."""
     counts: dict[str, dict[str, float]] = {}
     if not os.path.exists(path):
         return counts
     with open(path) as log:
         for line in log:
-            role, name, seconds = line.split()
-            entry = counts.setdefault(role, {"calls": 0, "seconds": 0.0})
+            role, name, seconds, rows = line.split()
+            entry = counts.setdefault(role, {"calls": 0, "seconds": 0.0, "most_rows": 0})
             entry["calls"] += 1
             entry["seconds"] += float(seconds)
             entry[name] = entry.get(name, 0) + 1
+            if name.startswith("search"):
+                entry["most_rows"] = max(entry["most_rows"], int(rows))
     return counts
 
 

@@ -16,7 +16,8 @@ import torch
 
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config
-from hashtune.train.distributed import fit_distributed, init_ray
+from hashtune.train.distributed import fit_distributed
+from hashtune.train.local_ray import init_ray
 from hashtune.train.trainer import fit
 
 

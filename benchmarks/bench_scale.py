@@ -311,7 +311,8 @@ def _summed(launches: list[dict]) -> dict:
     for launch in launches:
         for role, counts in launch["mlflow"].items():
             for key, value in counts.items():
-                calls.setdefault(role, {})[key] = calls.setdefault(role, {}).get(key, 0) + value
+                held = calls.setdefault(role, {}).get(key, 0)
+                calls[role][key] = max(held, value) if key == "most_rows" else held + value
     first = launches[0]["suggest_first_s"] if launches else []
     return summed | {"mlflow": calls, "suggest_first_s": first, "suggest_last_s": launches[-1]["suggest_last_s"] if launches else []}
 
@@ -357,12 +358,13 @@ def breakdown_rows(records: dict[Row, dict]) -> list[list]:
     for row, record in records.items():
         driver, trial = record["mlflow"].get("driver", {}), record["mlflow"].get("trial", {})
         calls = ", ".join(f"{name} {count / row.trials:.1f}" for name, count in sorted(driver.items(), key=lambda item: -item[1])
-                          if name not in ("calls", "seconds") and count / row.trials >= 0.05)
+                          if name not in ("calls", "seconds", "most_rows") and count / row.trials >= 0.05)
         rows.append([
             row.label, f"{row.trials:,}", row.arm, f"{1000 * _per_trial(record, 'wall_s'):.0f}",
             f"{1000 * driver.get('seconds', 0.0) / row.trials:.1f}", f"{1000 * trial.get('seconds', 0.0) / row.trials:.1f}",
             f"{1000 * record['suggest_s'] / row.trials:.1f}", f"{1000 * record['state_save_s'] / row.trials:.1f} ({record['state_saves']} saves)",
-            f"{record['trial_processes']}", f"{1000 * _per_trial(record, 'trial_cpu_s'):.0f}", calls or "-",
+            f"{record['trial_processes']}", f"{1000 * _per_trial(record, 'trial_cpu_s'):.0f}",
+            f"{driver.get('most_rows', 0)} / {trial.get('most_rows', 0)}", calls or "-",
         ])
     return rows
 
@@ -410,7 +412,7 @@ def write_scale_report(args: argparse.Namespace, records: dict[Row, dict], plann
         "the driver's time is Tune's event loop and waiting for trial processes):\n\n"
         + markdown_table(["trials", "N", "stack", "wall ms / trial", "MLflow in the driver ms", "MLflow in the trial ms",
                           "Optuna suggest ms", "Tune state saves ms", "trial processes started", "trial-process CPU ms",
-                          "driver MLflow calls / trial"], breakdown_rows(records))
+                          "most runs one search read (driver / trials)", "driver MLflow calls / trial"], breakdown_rows(records))
         + ("\n\nOn the finished hashtune stores (local instant rows): `python -m hashtune.sweep --resume` of the finished sweep "
            "(Tune's state read back, nothing launched, the study rebuilt), `python -m hashtune.report`, and the export's best-run "
            "lookup (`best_finished_run` on an open client), each timed:\n\n"

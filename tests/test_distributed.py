@@ -20,7 +20,7 @@ from hashtune.train.steps import sharded_loader
 from hashtune.train.trainer import build_model, evaluate
 from ray_helpers import local_ray, train_workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 SMALL = ["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.batch_size=50", "train.lr=5e-3", "train.warmup_epochs=1"]
 

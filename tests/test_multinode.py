@@ -11,7 +11,7 @@ from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
 from ray_helpers import train_workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
 from ray_helpers import short_temp_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BUCKET = "hashtune-test"
 TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=2", "train.eval_every=1"]

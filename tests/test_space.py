@@ -131,7 +131,7 @@ def test_the_best_trial_is_chosen_on_the_weights_that_are_reported():
     """The last epoch's val/mAP can rank trials differently from the best-val weights that test/mAP measures."""
     from types import SimpleNamespace
 
-    from hashtune.sweep.driver import summarize
+    from hashtune.sweep.summary import summarize
 
     class NoRuns:  # an MLflow client whose store holds no runs
         def search_runs(self, *args, **kwargs):
@@ -158,7 +158,8 @@ def test_a_resumed_sweep_continues_its_wall_clock_budget(tmp_path):
     from mlflow import MlflowClient
 
     from hashtune.sweep.stores import TrialTracking
-    from hashtune.sweep.tuner import ELAPSED_METRIC, sweep_stopper
+    from hashtune.sweep.summary import ELAPSED_METRIC
+    from hashtune.sweep.tuner import sweep_stopper
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = client.create_experiment("clock")

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from hashtune.sweep.cli import main as sweep_main
 from ray_helpers import end_session_processes, short_temp_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 TINY = "  train.eval_every: 1\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"
 
@@ -239,7 +239,7 @@ def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driv
     import psutil
     import ray
 
-    from hashtune.train.distributed import init_ray
+    from hashtune.train.local_ray import init_ray
 
     assert init_ray(num_cpus=1)
     try:
@@ -271,3 +271,23 @@ def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tm
     assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--resume"]) == 0
     assert "continuing with the budget sweep 'budget' started with: 0.0001 CPU-hours" in capsys.readouterr().out
     assert sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget")) == statuses
+
+
+def test_no_store_read_of_a_trial_grows_with_the_sweep(tmp_path):
+    """An instant TPE + ASHA sweep of 8 trials, launched as `benchmarks/bench_scale.py` launches a row: no MLflow
+    store call of the driver or of a trial's process returns more than one run, and a trial makes one call in its
+    process (its run, found by its trial id). A step that re-read the store per trial (an O(N^2) sweep) would fail it."""
+    from benchmarks import bench_scale
+
+    row = bench_scale.Row("instant", "hashtune", 8)
+    (tmp_path / "space.yaml").write_text(bench_scale.space_yaml(row))
+    launch = [sys.executable, "-m", "benchmarks.bench_scale", "--launch", json.dumps({"scenario": "instant", "arm": "hashtune", "trials": 8}),
+              "--folder", str(tmp_path)]
+    subprocess.run(launch, check=True, capture_output=True, timeout=300)
+    (measured,) = [json.loads(line) for line in (tmp_path / "launches.jsonl").read_text().splitlines()]
+    driver, trials = measured["mlflow"]["driver"], measured["mlflow"]["trial"]
+    assert measured["complete"] and measured["suggestions"] == 8 and driver["create_run"] == 1 + 8
+    assert driver["most_rows"] <= 1 and trials["most_rows"] <= 1, measured["mlflow"]
+    assert trials["search_runs"] == 8 and trials["calls"] <= 8 + measured["trial_processes"]  # MLflow's first call in a process
+    finished = [r for r in _children(tmp_path, row.slug) if r.data.tags["hashtune.status"] == "finished"]
+    assert len(finished) == 8 and all(r.data.tags["hashtune.torch_threads"] == "1" for r in finished)

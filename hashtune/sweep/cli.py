@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hashtune.train.distributed import LocalRayError  # torch and Ray: not for --help
+    from hashtune.train.local_ray import LocalRayError  # Ray: not for --help
 
     try:
         base = load_config(overrides=args.overrides)

@@ -16,12 +16,12 @@ from ray.tune import Stopper
 
 from hashtune.config import Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import Domain, SearchSpace
+from hashtune.sweep.summary import ELAPSED_METRIC
 from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
 from hashtune.train.bits import is_feasible
 
-__all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE", "reuse_trial_processes", "SweepStopper", "sweep_stopper", "ELAPSED_METRIC"]
+__all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE", "reuse_trial_processes", "SweepStopper", "sweep_stopper"]
 
-ELAPSED_METRIC = "sweep/elapsed_s"
 
 
 class OptunaSpace:

@@ -16,34 +16,23 @@ with a `RayTrainRuntime`. The epoch loop, model, losses and metrics are the sing
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from hashtune.config import Config, config_from_dict, to_flat_dict
 from hashtune.train.checkpoint import copy_run_folder
+from hashtune.train.local_ray import init_ray, shutdown_ray
 from hashtune.train.outputs import read_metrics
 from hashtune.train.runtime import DistributedRuntime
 from hashtune.train.trainer import fit
 
 __all__ = [
-    "RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "LocalRayError", "check_local_ray_temp_dir", "init_ray", "shutdown_ray",
-    "build_torch_trainer", "fit_distributed",
+    "RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "build_torch_trainer", "fit_distributed",
 ]
-
-# The longest Unix socket a local Ray 2.60 makes under its temp dir: session folder (pid up to 7 digits) + the
-# longest dashboard module socket (MetricsHead: the one that failed on CI under pytest-102).
-_LONGEST_SOCKET = "/session_2026-01-01_00-00-00_000000_4194304/sockets/dash_MetricsHead"
-_MAX_SOCKET_PATH = 107  # Linux AF_UNIX limit (108 bytes with the terminating NUL), as Ray checks it
-
-
-class LocalRayError(ValueError):
-    """A local Ray cannot start here (one line, naming the setting to change)."""
 
 
 class RayTrainRuntime(DistributedRuntime):
@@ -94,75 +83,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         fit(config, runtime=runtime, run_dir=run_dir, resume_from=resume_from)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
-    """Connect to `address`, or start a local Ray whose dashboard listens on 127.0.0.1 only.
-
-    Train V2 needs the dashboard's State API to clean up placement groups. Returns whether this call
-    started Ray (the caller then shuts it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        check_local_ray_temp_dir()
-        with _daemons_block_sigterm():
-            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-    return True
-
-
-def shutdown_ray() -> None:
-    """`ray.shutdown()` for a Ray that `init_ray` started, without Ray's graceful phase for its daemons.
-
-    Ray sends each daemon SIGTERM and waits up to 1 s before SIGKILL; a local Ray's daemons block SIGTERM
-    (`_daemons_block_sigterm`), so those waits added about 3 s to every sweep's end for nothing (4.3 s against
-    1.4 s for a stock `ray.init()`, measured here 2026-12-02). They get SIGKILL at once, as after the wait.
-    """
-    import ray
-
-    node = ray._private.worker._global_node
-    if node is not None:
-        kill_all = node.kill_all_processes
-        node.kill_all_processes = lambda **options: kill_all(**(options | {"allow_graceful": False}))
-    ray.shutdown()
-
-
-def check_local_ray_temp_dir() -> None:
-    """Refuse a Ray temp dir (RAY_TMPDIR, else TMPDIR, else /tmp) too long for the sockets Ray makes under it.
-
-    Past the limit Ray starts the GCS and raylet but its dashboard dies on the first module socket
-    ("Module ... failed to start. Received EOF from pipe"), and Train V2 needs the dashboard.
-    """
-    from ray._common.utils import get_default_ray_temp_dir
-
-    ray_dir = get_default_ray_temp_dir()
-    longest = len((ray_dir + _LONGEST_SOCKET).encode())
-    if longest > _MAX_SOCKET_PATH:
-        room = _MAX_SOCKET_PATH - len(_LONGEST_SOCKET.encode()) - len("/ray")
-        raise LocalRayError(f"Ray's temp dir {ray_dir!r} is too long for its Unix sockets ({longest} > {_MAX_SOCKET_PATH} bytes): "
-                            f"set RAY_TMPDIR to a folder of at most {room} characters, e.g. RAY_TMPDIR=/tmp")
-
-
-@contextlib.contextmanager
-def _daemons_block_sigterm() -> Iterator[None]:
-    """Start the local Ray's daemons with SIGTERM blocked, as Ray itself starts them with SIGINT blocked.
-
-    They share the driver's process group, so a SIGTERM to the group (a terminal's `kill -TERM -PGID`,
-    a scheduler's preemption) would end the raylet too, and the driver's core worker then exits at once
-    (status 1, "connection to the plasma store is failed") before the sweep can stop and say how to
-    resume. Blocked, the signal reaches the driver alone; the daemons still die with it (Ray's
-    PR_SET_PDEATHSIG) and `shutdown_ray()` ends them (SIGKILL, their SIGTERM being blocked). The mask is
-    inherited across fork and exec and this thread's own is restored on return.
-    """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def build_torch_trainer(
