@@ -1,30 +1,29 @@
-"""End-to-end sweeps on local Ray (127.0.0.1, temp dirs): MLflow runs, failures, resume, TorchTrainer + ASHA."""
+"""End-to-end sweeps in this process on one local Ray (127.0.0.1, temp dirs): MLflow runs, failures, budgets, TorchTrainer + ASHA.
+
+The drivers killed and signalled, and a sweep counted call by call, run in their own processes: `test_sweep_processes.py`.
+"""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from hashtune.sweep.cli import main as sweep_main
-from ray_helpers import end_session_processes, short_temp_dir
+from ray_helpers import local_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 TINY = "  train.eval_every: 1\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"
 
 
-@pytest.fixture(autouse=True)
-def ray_temp_dir(monkeypatch, tmp_path_factory):
-    temp_dir = short_temp_dir()
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    yield temp_dir
-    end_session_processes(temp_dir)  # whatever a killed or timed-out driver left behind
+@pytest.fixture(scope="module", autouse=True)
+def shared_ray():
+    """One local Ray for the module's sweeps (`init_ray` finds it started and leaves it running): a start each saved."""
+    with local_ray(num_cpus=2):
+        yield
 
 
 def _client(results: Path) -> MlflowClient:
@@ -111,104 +110,6 @@ def test_failing_trial_is_failed_in_tune_and_mlflow_while_others_finish(tmp_path
     assert "Trial runs: 2 failed, 1 finished." in (tmp_path / "failing" / "README.md").read_text()  # the study counts them
 
 
-def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results), *extra]
-
-
-def _start_and_signal_after_trials(space: Path, results: Path, signum: int, trials: int, *extra: str) -> subprocess.Popen:
-    """Start a sweep and signal its process group once `trials` trials' MLflow runs read FINISHED (polled, no sleeps).
-
-    The store is read only after Tune wrote that many final results, when the driver has long created it: a
-    reader opening a SQLite store that is being created would race MLflow's schema migration.
-    """
-    driver = subprocess.Popen(_sweep_command(space, results, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    deadline = time.time() + 400
-    while time.time() < deadline and sum('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")) < trials:
-        time.sleep(0.2)
-    while time.time() < deadline and len(_finished_runs(results, space.stem)) < trials:
-        time.sleep(0.2)
-    os.killpg(driver.pid, signum)  # the driver and the local Ray it started, like a terminal's Ctrl-C
-    return driver
-
-
-def _finished_runs(results: Path, experiment: str) -> list:
-    try:
-        return [r for r in _children(results, experiment) if r.info.status == "FINISHED"]
-    except Exception:  # noqa: BLE001 - the store or the experiment does not exist yet
-        return []
-
-
-def _steps(results: Path, run, key: str = "train/loss") -> list[int]:
-    return [m.step for m in _client(results).get_metric_history(run.info.run_id, key)]
-
-
-def test_driver_killed_after_a_run_closed_resumes_without_rerunning_or_duplicating(tmp_path):
-    """The race of a driver killed between a trial's MLflow run closing and Tune saving that fact, made certain
-    by a test-only switch that kills the driver's process group at exactly that point."""
-    from hashtune.sweep.mlflow_logger import FAULT_ENV
-
-    space = tmp_path / "resume.yaml"
-    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n")
-    killed = subprocess.run(_sweep_command(space, tmp_path), capture_output=True, text=True, timeout=400,
-                            env=os.environ | {FAULT_ENV: "kill-driver-after-run-closed"}, start_new_session=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    end_session_processes(os.environ["RAY_TMPDIR"])  # its Ray agents outlive it (see ray_helpers); a crash ends them
-    finished_before = {r.data.tags["hashtune.trial_id"]: r for r in _finished_runs(tmp_path, "resume")}
-    assert len(finished_before) == 1, "the switch kills the driver right after the first run closes"
-    (trial_id, first), = finished_before.items()
-    resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    children = _children(tmp_path, "resume")
-    assert len(children) == 3 and len({r.data.tags["hashtune.trial_id"] for r in children}) == 3
-    assert all(r.info.status == "FINISHED" and r.data.tags["hashtune.status"] == "finished" for r in children)
-    again = next(r for r in children if r.data.tags["hashtune.trial_id"] == trial_id)
-    assert again.data.tags.get("hashtune.replayed") == "1", "the finished trial was trained again instead of replayed"
-    for run in children:  # every (metric, step) logged once
-        assert _steps(tmp_path, run) == [1, 2, 3]
-        assert _steps(tmp_path, run, "test/mAP") == [3]
-    assert again.data.metrics["test/mAP"] == first.data.metrics["test/mAP"]
-    assert "Trial runs: 3 finished." in (tmp_path / "resume" / "README.md").read_text()  # the study counts each run once
-    for trial in (tmp_path / "ray" / "resume").glob("trial_*"):  # the best checkpoint and the latest, no more
-        assert len(list(trial.glob("checkpoint_*"))) <= 2
-
-
-def _parent(results: Path, experiment: str):
-    client = _client(results)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return next(r for r in runs if r.data.tags.get("hashtune.role") == "sweep")
-
-
-def test_ctrl_c_then_sigterm_to_the_process_group_each_save_the_sweep_and_resume_runs_nothing_twice(tmp_path):
-    """A sweep interrupted twice, by a terminal's Ctrl-C and then, resumed, by a SIGTERM to its process group
-    (what a scheduler or `kill -- -PGID` sends): each exits with its shell status and a one-line resume hint."""
-    space = tmp_path / "stop.yaml"  # four trials, one at a time: each signal leaves two not yet finished
-    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n" + TINY + "params:\n  model.k_groups: {grid: [1, 2, 3, 4]}\n")
-    driver = _start_and_signal_after_trials(space, tmp_path, signal.SIGINT, 1)
-    _, stderr = driver.communicate(timeout=180)
-    assert driver.returncode == 130, stderr[-2000:]
-    assert "--name stop --resume" in stderr.strip().splitlines()[-1]
-    parent = _parent(tmp_path, "stop")
-    assert parent.info.status == "KILLED" and parent.data.tags["hashtune.status"] == "interrupted"
-    children = _children(tmp_path, "stop")
-    assert all(r.info.status != "RUNNING" for r in children) and any(r.data.tags["hashtune.status"] == "finished" for r in children)
-
-    driver = _start_and_signal_after_trials(space, tmp_path, signal.SIGTERM, 2, "--resume")
-    _, stderr = driver.communicate(timeout=180)
-    end_session_processes(os.environ["RAY_TMPDIR"])
-    assert driver.returncode == 143, stderr[-2000:]
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("hashtune.sweep: sweep 'stop' interrupted by SIGTERM") and "--name stop --resume" in last
-    assert _parent(tmp_path, "stop").info.status == "KILLED" and all(r.info.status != "RUNNING" for r in _children(tmp_path, "stop"))
-
-    resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    children = _children(tmp_path, "stop")
-    assert len(children) == 4 and all(r.data.tags["hashtune.status"] == "finished" for r in children)
-    for run in children:  # every epoch logged once over the three launches
-        assert _steps(tmp_path, run) == [1, 2, 3]
-
-
 def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
     space = tmp_path / "asha.yaml"
     # a learning arm first, then one that cannot learn (lr 1e-9): ASHA's first rung (cutoff: the first arm's value,
@@ -225,32 +126,6 @@ def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["hashtune.status"] for r in children} <= {"finished", "stopped_early"}
     assert {r.data.tags["hashtune.variant"]: r.data.tags["hashtune.status"] for r in children}["frozen"] == "stopped_early"
-
-
-def _blocks_sigterm(pid: int) -> bool:
-    blocked = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigBlk:"))
-    return bool(int(blocked.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-
-
-def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driver():
-    """What hashtune can choose: the HTTP dashboard (Train V2's State API) binds 127.0.0.1. Ray 2.60's gRPC
-    servers bind every interface whatever init() is told (see results/reliability.md). The raylet and GCS
-    block SIGTERM (a group SIGTERM would otherwise end the raylet and, with it, the driver, status 1)."""
-    import psutil
-    import ray
-
-    from hashtune.train.local_ray import init_ray
-
-    assert init_ray(num_cpus=1)
-    try:
-        port = int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
-        listeners = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
-        assert listeners and {c.laddr.ip for c in listeners} == {"127.0.0.1"}
-        daemons = {p.name(): p.pid for p in psutil.Process().children(recursive=True) if p.name() in ("raylet", "gcs_server")}
-        assert daemons.keys() == {"raylet", "gcs_server"} and all(_blocks_sigterm(pid) for pid in daemons.values())
-        assert not _blocks_sigterm(os.getpid())  # the driver's own mask is restored
-    finally:
-        ray.shutdown()
 
 
 def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tmp_path, capsys):
@@ -271,23 +146,3 @@ def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tm
     assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--resume"]) == 0
     assert "continuing with the budget sweep 'budget' started with: 0.0001 CPU-hours" in capsys.readouterr().out
     assert sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget")) == statuses
-
-
-def test_no_store_read_of_a_trial_grows_with_the_sweep(tmp_path):
-    """An instant TPE + ASHA sweep of 8 trials, launched as `benchmarks/bench_scale.py` launches a row: no MLflow
-    store call of the driver or of a trial's process returns more than one run, and a trial makes one call in its
-    process (its run, found by its trial id). A step that re-read the store per trial (an O(N^2) sweep) would fail it."""
-    from benchmarks import bench_scale
-
-    row = bench_scale.Row("instant", "hashtune", 8)
-    (tmp_path / "space.yaml").write_text(bench_scale.space_yaml(row))
-    launch = [sys.executable, "-m", "benchmarks.bench_scale", "--launch", json.dumps({"scenario": "instant", "arm": "hashtune", "trials": 8}),
-              "--folder", str(tmp_path)]
-    subprocess.run(launch, check=True, capture_output=True, timeout=300)
-    (measured,) = [json.loads(line) for line in (tmp_path / "launches.jsonl").read_text().splitlines()]
-    driver, trials = measured["mlflow"]["driver"], measured["mlflow"]["trial"]
-    assert measured["complete"] and measured["suggestions"] == 8 and driver["create_run"] == 1 + 8
-    assert driver["most_rows"] <= 1 and trials["most_rows"] <= 1, measured["mlflow"]
-    assert trials["search_runs"] == 8 and trials["calls"] <= 8 + measured["trial_processes"]  # MLflow's first call in a process
-    finished = [r for r in _children(tmp_path, row.slug) if r.data.tags["hashtune.status"] == "finished"]
-    assert len(finished) == 8 and all(r.data.tags["hashtune.torch_threads"] == "1" for r in finished)
