@@ -17,7 +17,7 @@ import torch
 from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
-from hashtune.train.local_ray import init_ray
+from hashtune.train.local_ray import init_ray, shutdown_ray
 from hashtune.train.trainer import fit
 
 
@@ -58,9 +58,7 @@ def main(argv=None) -> None:
                 rows.append(_row("Ray Train", workers, cpus, metrics, wall, plain, plain_wall))
         finally:
             if started:
-                import ray
-
-                ray.shutdown()
+                shutdown_ray()
     torch.set_num_threads(2)
     header = ["path", "workers", "CPUs/worker", "train images/s", "ratio to plain (same threads)", "wall s", "extra wall s (start-up)", "test/mAP"]
     extra = f" --extra {' '.join(args.extra)}" if args.extra else ""

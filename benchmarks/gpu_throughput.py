@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     device = resolve_device(bf16.train.device)
     rates = {"plain loop, fp32": measure(fp32, LocalRuntime(device), images=args.images, epochs=args.epochs),
              "plain loop, bf16 autocast": measure(bf16, LocalRuntime(device), images=args.images, epochs=args.epochs)}
-    from hashtune.train.local_ray import init_ray
+    from hashtune.train.local_ray import init_ray, shutdown_ray
 
     started = init_ray(num_cpus=None)
     try:
@@ -120,9 +120,7 @@ def main(argv=None) -> None:
                                                                                 gpus=1.0 if device.type == "cuda" else 0.0)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     size = f"{bf16.model.backbone}, {bf16.model.img_size} px, depth {bf16.model.depth}"
     baseline = rates["plain loop, fp32"]

@@ -24,9 +24,18 @@ def test_digits_baselines_table(tmp_path):
     assert images == {"hashtune symmetric (defaults, 300 epochs)": "500", "hashtune asymmetric (300 epochs)": "500"}  # equal work per epoch
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module's Ray benchmarks (their `init_ray` finds it started and leaves it running)."""
+    from ray_helpers import local_ray
+
+    with local_ray(num_cpus=2):
+        yield
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_ray_benchmarks_at_tiny_size(tmp_path):
+def test_ray_benchmarks_at_tiny_size(tmp_path, ray_session):
     from benchmarks import bench_ray_overhead, gpu_throughput
 
     tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
@@ -40,7 +49,7 @@ def test_ray_benchmarks_at_tiny_size(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_search_benchmark_at_tiny_size(tmp_path):
+def test_search_benchmark_at_tiny_size(tmp_path, ray_session):
     from benchmarks import bench_search
 
     tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]

@@ -59,6 +59,15 @@ def s3():
                 os.environ[key] = value
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_session(s3):
+    """One local Ray for both tests, started once the AWS_* variables point at the S3 server (its workers inherit them)."""
+    from ray_helpers import local_ray
+
+    with local_ray(num_cpus=2):
+        yield
+
+
 def _keys(client, prefix: str) -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
