@@ -1,7 +1,7 @@
 """A 2-node Ray cluster simulated on one host: a 2-worker run placed on both nodes (SPREAD)."""
 
+import os
 import shutil
-import tempfile
 
 import pytest
 import ray
@@ -9,21 +9,23 @@ from ray.cluster_utils import Cluster
 
 from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
-from ray_helpers import train_workers
+from ray_helpers import short_temp_dir, train_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture
-def two_node_cluster():
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "temp_dir": temp_dir},
-    )
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+def two_node_cluster(monkeypatch):
+    temp_dir = short_temp_dir("rc")
+    # Cluster writes the head's address into Ray's default temp dir (RAY_TMPDIR/ray), which a fresh machine lacks:
+    # point it into this test's folder, which exists
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    cluster = Cluster(initialize_head=False)
+    try:  # a head that started but failed later is shut down too: left running, it hangs the next test's Ray
+        cluster.add_node(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", temp_dir=temp_dir)
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
         yield cluster
     finally:
         ray.shutdown()
