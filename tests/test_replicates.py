@@ -166,8 +166,9 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
         end_session_processes(str(ray_dir))
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         experiment_id = client.get_experiment_by_name("rep").experiment_id
+        # the kill follows the first run's close; the other trial's final result may have marked its run completed too
         closed = [r.info.run_name.split(" [")[0] for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.completed") == "1"]
-        assert len(closed) == 1
+        assert 1 <= len(closed) <= 2
         resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300, env=env)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
     finally:
@@ -178,7 +179,8 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     assert sorted(labels) == sorted([f"{v} seed={s}" for v in ("full", "noisy") for s in range(6)] + [f"{v} seed={s}" for v in ("w/o Q", "same") for s in range(3)])
     assert all(r.data.tags["hashtune.status"] == "finished" for r in runs)
     executions = (tmp_path / "executions.log").read_text().split("\n")
-    assert executions.count(closed[0]) == 1, "the seed whose run closed before the kill ran again"
+    for label in closed:
+        assert executions.count(label) == 1, f"{label}, whose run completed before the kill, ran again"
     lines = resumed.stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line == "{")  # the summary, after Tune's tables
     summary = json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
