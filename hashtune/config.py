@@ -201,6 +201,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {type(value).__name__} {value!r}")
 
 
+MAX_BITS = 255
+"""The longest code the exact mAP kernels rank (`hashtune.ranking` packs a distance into 8 bits)."""
+MINIMUM = {"train.batch_size": (2, "the pair losses compare the images of a batch with each other")}
+MAXIMUM = {"model.bits": (MAX_BITS, "the exact mAP kernels rank Hamming distances of at most 255")}
+
+
 def _check_value(key: str, value: Any) -> None:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}")
@@ -212,6 +218,10 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: expected a positive number, got {value!r}")
     if key in NON_NEGATIVE and not value >= 0:
         raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
+    if key in MINIMUM and value < MINIMUM[key][0]:
+        raise ConfigError(f"{key}: expected at least {MINIMUM[key][0]} ({MINIMUM[key][1]}), got {value!r}")
+    if key in MAXIMUM and value > MAXIMUM[key][0]:
+        raise ConfigError(f"{key}: expected at most {MAXIMUM[key][0]} ({MAXIMUM[key][1]}), got {value!r}")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -290,6 +300,7 @@ def config_from_params(params: dict[str, str]) -> Config:
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`["model.bits=64", "train.lr=1e-3"]` -> typed values (YAML 1.2 scalars: `null`, `true`, `1e-3`)."""
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
@@ -300,7 +311,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {pair!r}: {error}") from None
         if isinstance(value, str) and _looks_numeric(text):
             value = float(text)  # inf, nan: refused as non-finite with the key named
-        overrides[key.strip()] = value
+        if key.strip() in given:  # the last would win silently
+            raise ConfigError(f"override key {key.strip()!r} is given twice, as {given[key.strip()]!r} and {pair!r}; give it once")
+        overrides[key.strip()], given[key.strip()] = value, pair
     return overrides
 
 

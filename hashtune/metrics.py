@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from hashtune.config import MAX_BITS
 from hashtune.ranking import rank_multi_label, rank_single_label
 
 # numba's default OpenMP layer shares libgomp with torch: its first parallel region resets torch's
@@ -180,7 +181,7 @@ def _tie_averaged_ap(counts, relevant_counts, topk: int, harmonic):
 
 
 TIES = ("index", "average")
-MAX_BITS, MAX_DATABASE = 255, 1 << 23
+MAX_DATABASE = 1 << 23
 
 
 def _average_precisions(statistics, topk: int, n_db: int, ties: str) -> np.ndarray:

@@ -7,7 +7,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-__all__ = ["RESULTS_DIR", "SPACES_PACKAGE", "shipped_spaces", "check_name"]
+__all__ = ["MAX_NAME", "RESULTS_DIR", "SPACES_PACKAGE", "shipped_spaces", "check_name"]
 
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -24,8 +24,16 @@ def shipped_spaces() -> dict[str, Traversable]:
     return {entry.name.removesuffix(".yaml"): entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
+MAX_NAME = 100
+"""The longest sweep name: it names folders and files (`<name>.journal`, `<name>.lock`, Tune's trial folders
+below it), which a file system limits to 255 bytes."""
+
+
 def check_name(name: str, what: str) -> str:
-    """`name` if it is safe as a folder name (letters, digits, `.`, `_`, `-`; not `.` or `..`), else ValueError."""
+    """`name` if it is safe as a folder name (letters, digits, `.`, `_`, `-`; not `.` or `..`; at most
+    `MAX_NAME` characters), else ValueError."""
     if not NAME.fullmatch(name or "") or set(name) == {"."}:
         raise ValueError(f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (it names folders); e.g. ablations-2")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME} (it names folders and files)")
     return name

@@ -1,10 +1,12 @@
 """YAML as hashtune reads it (config files, search spaces, `key=value` overrides).
 
-Two departures from PyYAML's `safe_load`, both so that a file means what it looks like:
+Three departures from PyYAML's `safe_load`, so that a file means what it looks like and costs what it weighs:
 
 * a key given twice in one mapping is an error (PyYAML keeps the last silently: a second variant named
   `w/o Q` would replace the first);
-* numbers follow YAML 1.2: `1e-3`, `1.0e12` and `1E5` are floats (PyYAML's YAML 1.1 reads them as strings).
+* numbers follow YAML 1.2: `1e-3`, `1.0e12` and `1E5` are floats (PyYAML's YAML 1.1 reads them as strings);
+* aliases (`*name`) are refused: nested ones expand exponentially ("billion laughs": a few hundred bytes
+  that take gigabytes), and no config or space needs them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ class YamlError(ValueError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    pass
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YamlError(f"alias *{event.anchor} on line {event.start_mark.line + 1}: aliases are not accepted; write the value out")
+        return super().compose_node(parent, index)
 
 
 _StrictLoader.yaml_implicit_resolvers = {

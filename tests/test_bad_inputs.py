@@ -52,7 +52,19 @@ TRAIN_CASES = {
     "unreadable image": (_listfile_unreadable_image, "cannot read image"),
     "pretrained weights of another architecture": (_wrong_architecture, "does not fit vit_tiny_patch16_224"),
     "infeasible K for the bits": (lambda tmp: ["model.bits=16", "model.k_groups=4"], "bits=16 with k_groups=4"),
+    "codes longer than the mAP kernels rank": (lambda tmp: ["model.bits=1024"], "model.bits: expected at most 255 (the exact mAP kernels"),
+    "a batch of one image (no pairs)": (lambda tmp: ["train.batch_size=1"], "train.batch_size: expected at least 2 (the pair losses"),
+    "a key given twice": (lambda tmp: ["model.bits=16", "model.bits=32"],
+                          "override key 'model.bits' is given twice, as 'model.bits=16' and 'model.bits=32'; give it once"),
+    "YAML aliases in a config file (billion laughs)": (
+        lambda tmp: ["--config", str(_write(tmp / "laughs.yaml", 'a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n'))],
+        "alias *a on line 2: aliases are not accepted"),
 }
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
 
 
 def _one_error_line(capsys, prefix: str) -> str:
@@ -85,6 +97,14 @@ SWEEP_CASES = {
     "--budget that is not a mapping": (lambda tmp: ["--space", "smoke", "--budget", "2"], "--budget must be a mapping like '{cpu_hours: 2}'"),
     "--budget of two resources": (lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, gpu_hours: 1}"],
                                   "--budget: budget needs exactly one of cpu_hours, gpu_hours"),
+    "--budget with a key twice": (lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, cpu_hours: 2}"],
+                                  "--budget: key 'cpu_hours' appears twice in one mapping"),
+    "--max-concurrent 0": (lambda tmp: ["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent must be at least 1, got 0"),
+    "--max-concurrent -1": (lambda tmp: ["--space", "smoke", "--max-concurrent", "-1"], "--max-concurrent must be at least 1, got -1"),
+    "a key given twice on the command line": (lambda tmp: ["--space", "smoke", "model.bits=16", "model.bits=32"],
+                                              "override key 'model.bits' is given twice"),
+    "--name too long for a file name": (lambda tmp: ["--space", "smoke", "--name", "a" * 300],
+                                        "is 300 characters long; at most 100 (it names folders and files)"),
 }
 
 
@@ -109,7 +129,8 @@ TRAIN_OVERRIDE_CASES = {
 def test_train_refuses_inconsistent_config_before_writing(case, tmp_path, capsys):
     overrides, message = TRAIN_OVERRIDE_CASES[case]
     out = tmp_path / "run"
-    assert train_main(["--out", str(out), "--no-progress", *TINY, *overrides]) == 2
+    given = {pair.split("=")[0] for pair in overrides}  # a key may be given once: the case's value replaces TINY's
+    assert train_main(["--out", str(out), "--no-progress", *[pair for pair in TINY if pair.split("=")[0] not in given], *overrides]) == 2
     assert message in _one_error_line(capsys, "hashtune.train: error:")
     assert not out.exists()
 
@@ -145,6 +166,14 @@ SPACE_TEXT_CASES = {
     "a variant infeasible where others run": (
         "fixed: {model.bits: 16}\nvariants:\n  full: {model.k_groups: 4}\n  w/o P: {model.dual_stream: false}\n",
         "variant 'full' has an infeasible model.bits/model.k_groups allocation at 'seed=0'"),
+    "a seed listed twice": ("seeds: [0, 0]\nvariants: {full: {}}\n", "seeds [0] appear more than once in [0, 0]"),
+    "a grid value listed twice": ("params: {model.k_groups: {grid: [1, 2, 1]}}\n", "params.model.k_groups: grid lists 1 more than once"),
+    "a grid of 2.6e10 points (counted, not expanded)": (
+        "params:\n" + "".join(f"  {key}: {{grid: [{', '.join(str(round(0.01 * (i + 1), 2)) for i in range(20))}]}}\n" for key in (
+            "loss.gamma", "loss.quant_weight", "loss.cls_weight", "loss.gamma_a", "train.lr", "train.weight_decay", "train.grad_clip",
+            "model.drop_path_rate")),
+        "the grid has 25,600,000,000 points (1 x 1 x 20 x 20 x 20 x 20 x 20 x 20 x 20 x 20"),
+    "YAML aliases (billion laughs)": ('a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n', "alias *a on line 2: aliases are not accepted"),
 }
 
 
@@ -213,3 +242,10 @@ def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused_before_ray_starts(t
     assert train_main(["--out", str(tmp_path / "run"), "--workers", "1", "--no-progress", *TINY]) == 2
     assert "is too long for its Unix sockets" in _one_error_line(capsys, "hashtune.train: error:")
     assert not results.exists() and not long_dir.exists()
+
+
+def test_budget_on_the_command_line_reads_numbers_as_a_space_file_does():
+    from hashtune.sweep.cli import _with_budget
+    from hashtune.sweep.space import load_space
+
+    assert _with_budget(load_space("smoke"), "{cpu_hours: 1e-3}").budget["hours"] == 0.001  # YAML 1.1 read a string

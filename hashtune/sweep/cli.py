@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from hashtune.train.local_ray import LocalRayError  # Ray: not for --help
 
     try:
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise SpaceError(f"--max-concurrent must be at least 1, got {args.max_concurrent} (leave it out for the space's max_concurrent)")
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
         base, space, provenance = _tuned(args, base, space)
@@ -92,12 +94,12 @@ def _with_budget(space: SearchSpace, text: str | None) -> SearchSpace:
     """The space with `--budget`'s mapping as its budget (checked as a space's `budget:` is)."""
     if text is None:
         return space
-    import yaml
+    from hashtune.strict_yaml import YamlError, read_yaml
 
     try:
-        mapping = yaml.safe_load(text)
-    except yaml.YAMLError:
-        mapping = None
+        mapping = read_yaml(text)  # as a space file is read: `1e-3` is a number, a key given twice is refused
+    except YamlError as error:
+        raise SpaceError(f"--budget: {error}") from None
     if not isinstance(mapping, dict):
         raise SpaceError(f"--budget must be a mapping like '{{cpu_hours: 2}}' or '{{gpu_hours: 8, hard: true}}', got {text!r}")
     return dataclasses.replace(space, budget=parse_budget("--budget", mapping))

@@ -191,6 +191,9 @@ def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) ->
             raise SpaceError(f"{where}: params.{key}: a grid space takes choice or grid domains, not {kind}")
     if kind == "grid" and search != "grid":
         raise SpaceError(f"{where}: params.{key}: grid domains need search: grid (use choice with {search})")
+    repeated = [value for index, value in enumerate(values) if value in values[:index]]
+    if kind in ("choice", "grid") and repeated:
+        raise SpaceError(f"{where}: params.{key}: {kind} lists {repeated[0]!r} more than once in {values!r}; list each value once")
     for value in values:
         _check_overrides(f"{where}: params.{key}", base, {key: value})
     when = spec.get("when")
@@ -220,6 +223,9 @@ def _parse_seeds(where: str, seeds: Any, search: str) -> tuple:
         raise SpaceError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
     if search != "grid" and len(seeds) != 1:
         raise SpaceError(f"{where}: a {search} search takes one seed, got {seeds}; replicate chosen configs with a grid space")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise SpaceError(f"{where}: seeds {repeated} appear more than once in {seeds}; each seed is one replicate, list it once")
     return tuple(seeds)
 
 
@@ -292,9 +298,26 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         budget=parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
         replicates=parse_replicates(where, tree), sampler=parse_sampler(where, tree.get("sampler"), search),
     )
+    _check_grid_size(where, space)
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)
     return space
+
+
+MAX_GRID_POINTS = 10_000
+"""The most points a grid space may have (the most trials `benchmarks/bench_scale.py` measures a sweep at)."""
+
+
+def _check_grid_size(where: str, space: SearchSpace) -> None:
+    """Refuse a grid too large to run, counted from its dimensions (expanding 2.6e10 points would fill memory)."""
+    if space.search != "grid":
+        return
+    seeds = space.replicates.seeds if space.replicates else space.seeds
+    dimensions = [len(space.variants) or 1, len(seeds)] + [len(domain.values) for domain in space.params.values()]
+    points = math.prod(dimensions)
+    if points > MAX_GRID_POINTS:
+        raise SpaceError(f"{where}: the grid has {points:,} points ({' x '.join(map(str, dimensions))}: variants, seeds, then each "
+                         f"param's values); at most {MAX_GRID_POINTS:,}: use search: tpe or random with num_samples instead")
 
 
 def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
