@@ -1,6 +1,7 @@
 """Export a finished run as a bundle and retrieve with it: same codes in a fresh process, exact --eval, one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,54 @@ def test_search_radius_and_add(bundle):
     retriever.add(database[:2] ^ 0xFF, ids=[10_001, 10_002])
     assert len(retriever) == size + 2
     assert retriever.search(database[:1] ^ 0xFF, k=1).ids[0, 0] == 10_001
+
+
+def test_a_refused_add_leaves_the_database_as_it_was():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (20, 4), dtype=np.uint8)
+    retriever = Retriever.from_codes(codes, 32, labels=np.eye(20, 3, dtype=np.uint8))
+    queries = codes[:3] ^ 1
+    before = retriever.search(queries, k=5)
+    refused = {
+        "an id already in the database": ([5, 100], None, "id 5 is already in the database"),
+        "an id twice in one call": ([5000, 5000], None, "id 5000 is given twice in one add"),
+        "fewer ids than codes": ([100], None, "got 2 images but 1 ids"),
+        "labels of the wrong width": ([100, 101], np.zeros((2, 5)), "labels must have shape (2, 3) for 2 ids, got (2, 5)"),
+        "an id that is neither int nor str": ([1.5, 101], None, "an id is an int or a str, got float 1.5"),
+    }
+    for case, (ids, labels, message) in refused.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            retriever.add(codes[:2] ^ 0xFF, ids=ids, labels=labels)
+        after = retriever.search(queries, k=5)
+        assert len(retriever) == 20 and len(retriever.ids) == 20 and len(retriever.labels) == 20, case
+        assert np.array_equal(after.ids, before.ids) and np.array_equal(after.distances, before.distances), case
+    retriever.add(codes[:2] ^ 0xFF, ids=["a", "b"])  # the README's example: string ids beside integer ones
+    found = retriever.search(codes[:1] ^ 0xFF, k=1)
+    assert len(retriever) == 22 and found.ids[0, 0] == "a" and retriever.ids[:20].tolist() == list(range(20))
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few dozen bytes that claims `width` x `height` (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(bundle, tmp_path, capsys):
+    folder, _ = bundle
+    huge = _png_header_only(tmp_path / "huge.png", 12_000, 12_000)  # decoded before the limit: +593 MB
+    assert retrieve_main(["--bundle", str(folder), "--image", str(huge)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "is 12000 x 12000 = 144,000,000 pixels; at most 40,000,000 are decoded" in line
+    bomb = _png_header_only(tmp_path / "bomb.png", 30_000, 30_000)  # PIL's own refusal comes first: one line too
+    assert retrieve_main(["--bundle", str(folder), "--image", str(bomb)]) == 2
+    assert "is refused before decoding" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_cli_json_shape(bundle, tmp_path, capsys):
@@ -264,6 +313,27 @@ def test_each_index_type_round_trips_through_a_bundle(bundle, tmp_path, kind):
     assert approximate.search(queries, k=5).ids.shape == (20, 5)
     assert tie_aware_recall(approximate.search(queries, k=5).distances, flat.search(queries, k=5).distances) >= 0.9
     assert evaluate_bundle(folder) == evaluate_bundle(bundle[0])  # --eval reads the stored codes, not the index
+
+
+def test_more_ivf_lists_than_database_codes_are_refused_before_encoding(bundle, tmp_path, capsys):
+    folder = tmp_path / "ivf"
+    assert export_main(["--run-dir", str(bundle[0].parent / "run"), "--out", str(folder), "--index", "ivf", "--nlist", "100000"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("hashtune.export: error: --nlist 100,000 exceeds the 1,297 database codes") and "give at most 33" in line
+    assert not folder.exists()
+
+
+def test_a_run_id_of_another_experiment_is_refused(tmp_path):
+    from mlflow import MlflowClient
+
+    from hashtune.retrieval.export import ExportError, best_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("ablations")
+    run = client.create_run(client.create_experiment("tune"))
+    assert best_run(client, "tune", run_id=run.info.run_id).info.run_id == run.info.run_id
+    with pytest.raises(ExportError, match=f"--run-id {run.info.run_id} belongs to experiment 'tune', not 'ablations'; give --experiment tune"):
+        best_run(client, "ablations", run_id=run.info.run_id)
 
 
 def test_an_index_file_that_disagrees_with_its_manifest_is_refused(bundle, tmp_path):

@@ -32,7 +32,7 @@ from hashtune.data.datasets import native_size
 from hashtune.metrics import pack_codes, retrieval_metrics
 from hashtune.paths import RESULTS_DIR
 from hashtune.retrieval.bundle import BundleError, write_manifest
-from hashtune.retrieval.index import INDEX_TYPES, build_index, index_params
+from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
 from hashtune.tracking import best_finished_run, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from hashtune.train.outputs import read_metrics
@@ -62,9 +62,14 @@ def best_run(client, experiment: str, metric: str = "val/best_mAP", run_id: str 
     require_val_metric(metric)
     if run_id:
         try:
-            return client.get_run(run_id)
+            run = client.get_run(run_id)
         except Exception:  # noqa: BLE001 - MLflow raises several types for an unknown id
             raise ExportError(f"no MLflow run with id {run_id!r} at {client.tracking_uri}") from None
+        found = client.get_experiment_by_name(experiment)
+        if found is None or run.info.experiment_id != found.experiment_id:  # the manifest would name the wrong experiment
+            actual = client.get_experiment(run.info.experiment_id).name
+            raise ExportError(f"--run-id {run_id} belongs to experiment {actual!r}, not {experiment!r}; give --experiment {actual}")
+        return run
     try:
         return best_finished_run(client, experiment, metric)
     except LookupError as error:
@@ -112,6 +117,11 @@ def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | 
     config = config_from_dict(state["config"])
     splits = Splits.from_arrays(state["splits"])
     data = build_data(config, splits)
+    if index == "ivf":  # before minutes of encoding
+        try:
+            check_nlist(index_spec["nlist"], len(data.database))
+        except ValueError as error:
+            raise ExportError(str(error)) from None
     model = build_model(config, data)
     model.load_state_dict(state["best"]["model"] if state.get("best") else state["model"])
     encoder = HashEncoder(model).eval()

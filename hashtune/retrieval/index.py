@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["INDEX_TYPES", "build_index", "index_type", "index_params"]
+__all__ = ["INDEX_TYPES", "build_index", "check_nlist", "index_type", "index_params"]
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 DEFAULTS = {"flat": {}, "ivf": {"nlist": None, "nprobe": 32}, "hnsw": {"m": 32, "ef_search": 64, "ef_construction": 64}}
@@ -35,6 +35,13 @@ def index_params(kind: str, **given: Any) -> dict[str, Any]:
     return params
 
 
+def check_nlist(nlist: int | None, database_size: int) -> None:
+    """Refuse more IVF lists than database codes (faiss's k-means needs a code per list; 39 per list trains well)."""
+    if nlist is not None and nlist > database_size:
+        raise ValueError(f"--nlist {nlist:,} exceeds the {database_size:,} database codes: an inverted list needs codes to train on; "
+                         f"give at most {max(1, database_size // 39):,} (39 codes per list) or leave it out for about 4 sqrt(n)")
+
+
 def build_index(codes: np.ndarray, kind: str = "flat", params: dict[str, Any] | None = None):
     """A faiss binary index of `kind` over packed uint8 codes (n, bytes); IVF lists default to about 4 sqrt(n)."""
     import faiss
@@ -45,6 +52,7 @@ def build_index(codes: np.ndarray, kind: str = "flat", params: dict[str, Any] | 
     if kind == "flat":
         index = faiss.IndexBinaryFlat(d)
     elif kind == "ivf":
+        check_nlist(params["nlist"], len(codes))
         nlist = params["nlist"] or max(1, min(len(codes) // 39, int(4 * np.sqrt(len(codes))), MAX_NLIST))  # faiss wants >= 39 per list
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
         index.cp.niter, index.cp.max_points_per_centroid = TRAIN_ITERATIONS, TRAIN_POINTS_PER_LIST

@@ -41,6 +41,16 @@ def _pil_to_array(image: Image.Image, channels: int) -> np.ndarray:
     return np.asarray(image.convert("L" if channels == 1 else "RGB"))  # 8-bit: exactly as training reads it
 
 
+MAX_IMAGE_PIXELS = 40_000_000
+"""The largest image file decoded (a 6,000 x 6,000 photo is 36 M): a few-KB PNG may claim 30,000 x 30,000."""
+
+
+def _check_pixels(image, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image {image} is {width} x {height} = {width * height:,} pixels; at most {MAX_IMAGE_PIXELS:,} are decoded "
+                         "(resize it first)")
+
+
 def image_to_tensor(image, channels: int) -> torch.Tensor:
     """An image file, PIL image or (H, W[, C]) array -> (channels, H, W): uint8 as is, deeper images in [0, 1].
 
@@ -50,8 +60,11 @@ def image_to_tensor(image, channels: int) -> torch.Tensor:
     """
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as opened:
+            with Image.open(image) as opened:  # reads the header only: the size is known before decoding
+                _check_pixels(image, *opened.size)
                 array = _pil_to_array(opened, channels)
+        except Image.DecompressionBombError as error:  # PIL's own refusal, past twice its limit: a size in the message
+            raise ValueError(f"image {image} is refused before decoding: {error}") from None
         except (OSError, UnidentifiedImageError) as error:
             raise ValueError(f"cannot read image {image}: {error}") from None
     else:
@@ -202,14 +215,47 @@ class Retriever:
         return results
 
     def add(self, images, ids: Sequence, labels: np.ndarray | None = None) -> None:
-        """Encode and append images (or packed codes) to the database, in memory."""
+        """Encode and append images (or packed codes) to the database, in memory; all or nothing.
+
+        `ids` (an int or a str each, none already in the database nor given twice) and `labels` (one row per
+        image, the database's label width) are checked before any code is added: a refused call leaves the
+        database as it was. Ids of another type than the database's are kept as given (an object array).
+        """
+        new_ids = self._checked_new_ids(ids)
+        width = self.labels.shape[1]
+        labels = np.zeros((len(new_ids), width), np.uint8) if labels is None else np.asarray(labels, np.uint8)
+        if labels.shape != (len(new_ids), width):
+            raise ValueError(f"labels must have shape ({len(new_ids)}, {width}) for {len(new_ids)} ids, got {labels.shape}")
         codes = self._codes(images)
-        if len(ids) != len(codes):
-            raise ValueError(f"got {len(codes)} images but {len(ids)} ids")
-        labels = np.zeros((len(codes), self.labels.shape[1]), np.uint8) if labels is None else np.asarray(labels, np.uint8)
+        if len(codes) != len(new_ids):
+            raise ValueError(f"got {len(codes)} images but {len(new_ids)} ids")
         self.index.add(codes)
-        self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=self.ids.dtype if self.ids.dtype.kind != "U" else str)])
+        self.ids = _joined_ids(self.ids, new_ids)
         self.labels = np.concatenate([self.labels, labels])
+
+    def _checked_new_ids(self, ids: Sequence) -> list:
+        new_ids = [value.item() if isinstance(value, np.generic) else value for value in ids]
+        wrong = next((value for value in new_ids if isinstance(value, bool) or not isinstance(value, (int, str))), None)
+        if wrong is not None:
+            raise ValueError(f"an id is an int or a str, got {type(wrong).__name__} {wrong!r}")
+        repeated = next((value for index, value in enumerate(new_ids) if value in new_ids[:index]), None)
+        if repeated is not None:
+            raise ValueError(f"id {repeated!r} is given twice in one add; ids name database items one each")
+        taken = set(self.ids.tolist())
+        clash = next((value for value in new_ids if value in taken), None)
+        if clash is not None:
+            raise ValueError(f"id {clash!r} is already in the database; give ids not yet used")
+        return new_ids
+
+
+def _joined_ids(database_ids: np.ndarray, new_ids: list) -> np.ndarray:
+    """The database ids with `new_ids` appended: ints stay int64 and strings str; a mix becomes an object array."""
+    if not new_ids:
+        return database_ids
+    added = np.asarray(new_ids)
+    if len(database_ids) and added.dtype.kind != database_ids.dtype.kind:
+        return np.concatenate([database_ids.astype(object), added.astype(object)])
+    return np.concatenate([database_ids, added])
 
 
 def evaluate_bundle(bundle: str | Path) -> float:
