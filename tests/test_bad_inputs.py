@@ -249,3 +249,20 @@ def test_budget_on_the_command_line_reads_numbers_as_a_space_file_does():
     from hashtune.sweep.space import load_space
 
     assert _with_budget(load_space("smoke"), "{cpu_hours: 1e-3}").budget["hours"] == 0.001  # YAML 1.1 read a string
+
+
+def test_resume_refuses_tune_state_and_an_mlflow_store_of_different_sweeps(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    storage = tmp_path / "ray"
+    (storage / "smoke").mkdir(parents=True)
+    (storage / "smoke" / "tuner.pkl").write_bytes(b"")  # what Tune.can_restore looks for: Tune's state of a sweep 'smoke'
+    elsewhere = tmp_path / "elsewhere"
+    argv = ["--space", "smoke", "--resume", "--results-dir", str(elsewhere), "--storage", str(storage)]
+    assert sweep_main(argv) == 2  # an empty MLflow store: every trial would run again, untracked
+    line = _one_error_line(capsys, "hashtune.sweep: error:")
+    assert f"Tune's state of sweep 'smoke' is at {storage}/smoke, but the MLflow store sqlite:///{elsewhere}/mlflow.db holds no run" in line
+    client = MlflowClient(f"sqlite:///{elsewhere / 'mlflow.db'}")  # a store whose sweep 'smoke' kept its Tune state elsewhere
+    client.create_run(client.create_experiment("smoke"), tags={"hashtune.role": "sweep", "hashtune.storage": "/other/smoke"})
+    assert sweep_main(argv) == 2
+    assert f"has sweep 'smoke' with its Tune state at /other/smoke, not at {storage}/smoke" in _one_error_line(capsys, "hashtune.sweep: error:")

@@ -44,6 +44,16 @@ def _find_parent(client, experiment_id: str, stores: SweepStores):
     return runs[0] if runs else None
 
 
+def _mismatched_stores(client, experiment, stores: SweepStores, uri: str) -> str:
+    """Why `--resume` cannot pair Tune's state with the MLflow store (it would run every trial again, untracked)."""
+    started = find_runs(client, experiment.experiment_id, f"tags.`{TAG}role` = 'sweep'") if experiment else []
+    if started:
+        return (f"--resume: the MLflow store {uri} has sweep {stores.name!r} with its Tune state at {started[0].data.tags.get(f'{TAG}storage')}, "
+                f"not at {stores.experiment_path}; give the --storage (or --results-dir) it started with")
+    return (f"--resume: Tune's state of sweep {stores.name!r} is at {stores.experiment_path}, but the MLflow store {uri} holds no run of "
+            "it; give the --mlflow-uri (or --results-dir) it started with")
+
+
 def _started_budget(space: SearchSpace, saved: dict[str, Any] | None) -> SearchSpace:
     """A resumed sweep given no budget (neither its space nor `--budget`) keeps the one it started with."""
     started = ((saved or {}).get("space") or {}).get("budget")
@@ -144,6 +154,8 @@ def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stor
     client = MlflowClient(uri)
     existing = client.get_experiment_by_name(stores.name)
     parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
+    if resume and parent is None:
+        raise SweepError(_mismatched_stores(client, existing, stores, uri))
     saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
     budgeted = _started_budget(space, saved)
     record = space_record(budgeted, base) | ({"base": provenance} if provenance else {})
