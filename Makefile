@@ -1,4 +1,4 @@
-# The README's two commands: `make sweep` (the main job) and `make test` (import layers, then pytest).
+# The README's two commands: `make sweep` (the main job) and `make test` (ruff, import layers, then pytest).
 # Each creates .venv with plain pip when it is missing or older than pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
@@ -17,5 +17,7 @@ sweep: $(STAMP)
 	$(BIN)/python -m hashtune.sweep --space ablations --resume auto $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(ARGS)

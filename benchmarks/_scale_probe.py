@@ -1,7 +1,8 @@
 """What one launch of a sweep costs, measured from outside the code under test (bench_scale's probes).
 
 * `count_mlflow_calls(role)`: every outermost call of MLflow's SQLAlchemy tracking store, with its seconds
-  and the runs it returned, appended as a line to the file `$BENCH_MLFLOW_LOG` (the driver calls it; `count_mlflow_calls_in_trial` is
+  and the runs it returned, appended as a line to the file `$BENCH_MLFLOW_LOG` (the driver calls it;
+  `count_mlflow_calls_in_trial` is
   Ray's `worker_process_setup_hook`, so trial processes count theirs too).
 * `ray_process_cpu()`: CPU seconds of this machine's Ray processes, trial processes (`ray::...`) apart from
   Ray's daemons (raylet, GCS, dashboard and agents), to difference around a launch.
@@ -17,7 +18,15 @@ import os
 import threading
 import time
 
-__all__ = ["MLFLOW_LOG_ENV", "count_mlflow_calls", "count_mlflow_calls_in_trial", "read_mlflow_log", "ray_process_cpu", "cpu_delta", "time_calls"]
+__all__ = [
+    "MLFLOW_LOG_ENV",
+    "count_mlflow_calls",
+    "count_mlflow_calls_in_trial",
+    "read_mlflow_log",
+    "ray_process_cpu",
+    "cpu_delta",
+    "time_calls",
+]
 
 MLFLOW_LOG_ENV = "BENCH_MLFLOW_LOG"
 NOT_REQUESTS = {"shut_down_async_logging", "flush_async_logging"}
@@ -25,7 +34,8 @@ NOT_REQUESTS = {"shut_down_async_logging", "flush_async_logging"}
 
 
 def count_mlflow_calls(role: str) -> None:
-    """Count this process's MLflow store calls into `$BENCH_MLFLOW_LOG` as `role method seconds` lines (once per process)."""
+    """Count this process's MLflow store calls into `$BENCH_MLFLOW_LOG` as `role method seconds` lines (once per
+    process)."""
     path = os.environ.get(MLFLOW_LOG_ENV)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -48,6 +58,7 @@ def count_mlflow_calls(role: str) -> None:
                 if outer:  # the runs a search returned: a per-trial read must not grow with the sweep
                     rows = len(result) if isinstance(result, list) else 1
                     os.write(descriptor, f"{role} {name} {time.perf_counter() - start:.6f} {rows}\n".encode())
+
         return wrapper
 
     for name, method in inspect.getmembers(SqlAlchemyStore, inspect.isfunction):

@@ -16,7 +16,10 @@ __all__ = ["markdown_table", "write_report"]
 
 def write_report(path: str | Path, title: str, command: str, table: str, notes: str = "") -> None:
     """Print the table and write it with the command, date and machine that produced it."""
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}, torch {torch.__version__}"
+    python = sys.version.split()[0]
+    machine = (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {python}, torch {torch.__version__}"
+    )
     text = f"# {title}\n\nCommand: `{command}`\n\nDate: {date.today()}; machine: {machine}\n\n{table.rstrip()}\n"
     if notes:
         text += f"\n{notes}\n"

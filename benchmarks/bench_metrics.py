@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 
+import numba
 import numpy as np
 
 from benchmarks._table import markdown_table, write_report
-import numba
-
 from hashtune.metrics import _prepare, mean_average_precision
 from hashtune.ranking import distance_histograms
 
@@ -94,7 +93,9 @@ def _interleaved(data, prepared, bits: int, threads: int, topk, repeats: int = 5
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the paper-sized problems (tests use 0.01)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the paper-sized problems (tests use 0.01)"
+    )
     parser.add_argument("--out", default="results/bench_metrics.md")
     args = parser.parse_args(argv)
     cases = [
@@ -114,19 +115,48 @@ def main(argv=None) -> None:
         fast, fast_s, limit_s = _interleaved(data, prepared, bits, threads, topk)
         slow, slow_s = timed(argsort_map_loop, *data, topk or n_db)
         agree = abs(fast - slow) < 1e-9
-        rows.append([name, f"{n_query:,} x {n_db:,}", bits, f"{fast:.6f}", f"{fast_s:.3f}", f"{limit_s:.3f}", f"{fast_s / limit_s:.2f}x",
-                     f"{slow_s:.3f}", f"{slow_s / fast_s:.1f}x", agree])
+        rows.append(
+            [
+                name,
+                f"{n_query:,} x {n_db:,}",
+                bits,
+                f"{fast:.6f}",
+                f"{fast_s:.3f}",
+                f"{limit_s:.3f}",
+                f"{fast_s / limit_s:.2f}x",
+                f"{slow_s:.3f}",
+                f"{slow_s / fast_s:.1f}x",
+                agree,
+            ]
+        )
         if not agree:
             raise SystemExit(f"{name}: kernel mAP {fast!r} != argsort loop {slow!r}")
     table = markdown_table(
-        ["problem", "queries x database", "bits", "mAP", "hashtune s (best of 5)", "limit s (best of 5)", "hashtune / limit",
-         "argsort loop s", "speed-up over the loop", "agree to 1e-9"], rows
+        [
+            "problem",
+            "queries x database",
+            "bits",
+            "mAP",
+            "hashtune s (best of 5)",
+            "limit s (best of 5)",
+            "hashtune / limit",
+            "argsort loop s",
+            "speed-up over the loop",
+            "agree to 1e-9",
+        ],
+        rows,
     )
     command = "python -m benchmarks.bench_metrics" + (f" --scale {args.scale}" if args.scale != 1.0 else "")
-    verdicts = [f"- {row[0]}: {row[6]} the limit (target <= 2x: {'met' if float(row[6][:-1]) <= 2 else 'not met'}), "
-                f"{row[8]} the argsort loop (target >= 50x: {'met' if float(row[8][:-1]) >= 50 else 'not met'})" for row in rows]
-    notes = ("The limit is timed with the kernels' own one-word fast path (query word in a register, the database's words "
-             "streamed from one contiguous column), so the ratio measures ranking work, not code generation.\n\n" + "\n".join(verdicts))
+    verdicts = [
+        f"- {row[0]}: {row[6]} the limit (target <= 2x: {'met' if float(row[6][:-1]) <= 2 else 'not met'}), "
+        f"{row[8]} the argsort loop (target >= 50x: {'met' if float(row[8][:-1]) >= 50 else 'not met'})"
+        for row in rows
+    ]
+    notes = (
+        "The limit is timed with the kernels' own one-word fast path (query word in a register, the database's words "
+        "streamed from one contiguous column), so the ratio measures ranking work, not code generation.\n\n"
+        + "\n".join(verdicts)
+    )
     write_report(args.out, "mAP kernel vs per-query argsort loop", command, table, notes)
 
 

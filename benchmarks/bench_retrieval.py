@@ -51,14 +51,18 @@ def interleaved_medians(functions: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def clustered_codes(n: int, bits: int, centres: int = 4000, flip: float = 0.05, seed: int = 0, chunk: int = 1_000_000) -> np.ndarray:
+def clustered_codes(
+    n: int, bits: int, centres: int = 4000, flip: float = 0.05, seed: int = 0, chunk: int = 1_000_000
+) -> np.ndarray:
     """Packed codes around `centres` random centres, each bit flipped with probability `flip` (built in chunks)."""
     rng = np.random.default_rng(seed)
     centre_codes = rng.integers(0, 256, (centres, bits // 8), dtype=np.uint8)
     out = np.empty((n, bits // 8), dtype=np.uint8)
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
-        out[start:start + size] = centre_codes[rng.integers(0, centres, size)] ^ np.packbits(rng.random((size, bits)) < flip, axis=1)
+        out[start : start + size] = centre_codes[rng.integers(0, centres, size)] ^ np.packbits(
+            rng.random((size, bits)) < flip, axis=1
+        )
     return out
 
 
@@ -67,7 +71,9 @@ def tie_aware_recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float((found <= exact[:, -1:]).mean())
 
 
-def approximate_rows(size: int, bits: int, n_queries: int, indexes: list[str], hnsw_max: int, repeats: int) -> list[list]:
+def approximate_rows(
+    size: int, bits: int, n_queries: int, indexes: list[str], hnsw_max: int, repeats: int
+) -> list[list]:
     """One row per index type at `size` clustered codes (flat first: it is the exact reference)."""
     database, queries = clustered_codes(size, bits), clustered_codes(n_queries, bits, seed=1)
     rows, exact = [], {}
@@ -79,10 +85,21 @@ def approximate_rows(size: int, bits: int, n_queries: int, indexes: list[str], h
         build_s = time.perf_counter() - start
         found = {k: retriever.search(queries, k).distances for k in (10, 100)}
         exact = exact or found
-        seconds = interleaved_medians({"search": lambda: retriever.search(queries, 10).ids}, repeats)["search"]
+        seconds = interleaved_medians({"search": lambda index=retriever: index.search(queries, 10).ids}, repeats)[
+            "search"
+        ]
         bytes_per_code = len(faiss.serialize_index_binary(retriever.index)) / size
-        rows.append([f"{size:,}", kind, f"{n_queries / seconds:,.0f}", f"{tie_aware_recall(found[10], exact[10]):.3f}",
-                     f"{tie_aware_recall(found[100], exact[100]):.3f}", f"{build_s:.1f}", f"{bytes_per_code:.1f}"])
+        rows.append(
+            [
+                f"{size:,}",
+                kind,
+                f"{n_queries / seconds:,.0f}",
+                f"{tie_aware_recall(found[10], exact[10]):.3f}",
+                f"{tie_aware_recall(found[100], exact[100]):.3f}",
+                f"{build_s:.1f}",
+                f"{bytes_per_code:.1f}",
+            ]
+        )
         del retriever
     flat_qps = float(rows[0][2].replace(",", ""))
     for row in rows:
@@ -97,9 +114,15 @@ def main(argv=None) -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--approx-sizes", type=int, nargs="*", default=[10_000_000], help="clustered databases for flat vs ivf vs hnsw")
-    parser.add_argument("--indexes", nargs="+", default=["ivf", "hnsw"], help="approximate index types to compare with flat")
-    parser.add_argument("--hnsw-max", type=int, default=10_000_000, help="skip hnsw above this size (its build is the slowest)")
+    parser.add_argument(
+        "--approx-sizes", type=int, nargs="*", default=[10_000_000], help="clustered databases for flat vs ivf vs hnsw"
+    )
+    parser.add_argument(
+        "--indexes", nargs="+", default=["ivf", "hnsw"], help="approximate index types to compare with flat"
+    )
+    parser.add_argument(
+        "--hnsw-max", type=int, default=10_000_000, help="skip hnsw above this size (its build is the slowest)"
+    )
     parser.add_argument("--out", default="results/bench_retrieval.md")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -115,32 +138,78 @@ def main(argv=None) -> None:
             ours = retriever.search(queries, k)
             scan_d, _ = numpy_scan(database, queries, k)
             agree = np.array_equal(faiss_d, ours.distances) and np.array_equal(faiss_d, scan_d)
-            seconds = interleaved_medians({
-                "faiss": lambda: index.search(queries, k),
-                "hashtune": lambda: retriever.search(queries, k).ids,  # ids are what a caller always reads
-            }, args.repeats)
-            seconds |= interleaved_medians({"numpy": lambda: numpy_scan(database, queries, k)}, max(1, args.repeats // 5))
+            seconds = interleaved_medians(
+                {
+                    "faiss": lambda: index.search(queries, k),
+                    "hashtune": lambda: retriever.search(queries, k).ids,  # ids are what a caller always reads
+                },
+                args.repeats,
+            )
+            seconds |= interleaved_medians(
+                {"numpy": lambda: numpy_scan(database, queries, k)}, max(1, args.repeats // 5)
+            )
             qps = {name: args.queries / value for name, value in seconds.items()}
-            rows.append([
-                f"{size:,}", k, f"{qps['hashtune']:,.0f}", f"{qps['faiss']:,.0f}", f"{qps['numpy']:,.0f}",
-                f"{seconds['hashtune'] / seconds['faiss'] - 1:+.1%}", f"{qps['faiss'] / qps['numpy']:.1f}x", agree,
-            ])
-    header = ["database", "k", "hashtune q/s", "faiss q/s", "numpy scan q/s", "hashtune overhead vs faiss", "faiss vs numpy", "distances agree"]
+            rows.append(
+                [
+                    f"{size:,}",
+                    k,
+                    f"{qps['hashtune']:,.0f}",
+                    f"{qps['faiss']:,.0f}",
+                    f"{qps['numpy']:,.0f}",
+                    f"{seconds['hashtune'] / seconds['faiss'] - 1:+.1%}",
+                    f"{qps['faiss'] / qps['numpy']:.1f}x",
+                    agree,
+                ]
+            )
+    header = [
+        "database",
+        "k",
+        "hashtune q/s",
+        "faiss q/s",
+        "numpy scan q/s",
+        "hashtune overhead vs faiss",
+        "faiss vs numpy",
+        "distances agree",
+    ]
     notes = (
         f"{args.queries} queries of {args.bits} bits, median of {args.repeats} runs, faiss {faiss.__version__} with "
         f"{faiss.omp_get_max_threads()} OpenMP threads. hashtune's search is faiss's `IndexBinaryFlat.search` plus "
-        "mapping rows to ids (timed, as every caller reads them; labels are looked up only when read). Target: overhead under 10%."
+        "mapping rows to ids (timed, as every caller reads them; labels are looked up only when read). Target: "
+        "overhead under 10%."
     )
-    approx = [row for size in args.approx_sizes for row in approximate_rows(size, args.bits, args.queries, args.indexes, args.hnsw_max,
-                                                                             max(3, args.repeats // 4))]
+    approx = [
+        row
+        for size in args.approx_sizes
+        for row in approximate_rows(
+            size, args.bits, args.queries, args.indexes, args.hnsw_max, max(3, args.repeats // 4)
+        )
+    ]
     if approx:
-        approx_header = ["clustered codes", "index", "q/s (k=10)", "recall@10", "recall@100", "build s", "bytes per code", "q/s vs flat"]
-        notes += ("\n\n## Past brute force\n\n" + markdown_table(approx_header, approx) +
-                  f"\n{args.queries} queries; index parameters are the bundle defaults (`hashtune.retrieval.index`: ivf nlist about "
-                  "4 sqrt(n), at most 4,096 and 39+ codes per list, k-means on 64 codes per list for 10 iterations, nprobe 32; hnsw m 32, "
-                  "ef_search 64). Recall is tie-aware.")
-    command = (f"python -m benchmarks.bench_retrieval --sizes {' '.join(map(str, args.sizes))} --ks {' '.join(map(str, args.ks))} "
-               f"--queries {args.queries} --approx-sizes {' '.join(map(str, args.approx_sizes))} --indexes {' '.join(args.indexes)}")
+        approx_header = [
+            "clustered codes",
+            "index",
+            "q/s (k=10)",
+            "recall@10",
+            "recall@100",
+            "build s",
+            "bytes per code",
+            "q/s vs flat",
+        ]
+        notes += (
+            "\n\n## Past brute force\n\n"
+            + markdown_table(approx_header, approx)
+            + f"\n{args.queries} queries; index parameters are the bundle defaults (`hashtune.retrieval.index`: ivf "
+            "nlist about "
+            "4 sqrt(n), at most 4,096 and 39+ codes per list, k-means on 64 codes per list for 10 iterations, nprobe "
+            "32; hnsw m 32, "
+            "ef_search 64). Recall is tie-aware."
+        )
+    command = (
+        f"python -m benchmarks.bench_retrieval --sizes {' '.join(map(str, args.sizes))} --ks "
+        f"{' '.join(map(str, args.ks))} "
+        f"--queries {args.queries} --approx-sizes {' '.join(map(str, args.approx_sizes))} --indexes "
+        f"{' '.join(args.indexes)}"
+    )
     write_report(args.out, "Hamming search throughput", command, markdown_table(header, rows), notes)
 
 

@@ -54,7 +54,12 @@ RAY_TMPDIR = "/tmp/bench_scale_ray"
 
 def instant_value(lr: float, gamma: float, quant_weight: float) -> float:
     """The instant objective: 1 at (lr 3e-3, gamma 5, lambda 0.1), lower away from it."""
-    return 1.0 - (math.log10(lr) + 2.5) ** 2 / 10 - (math.log10(gamma) - 0.7) ** 2 / 5 - (math.log10(quant_weight) + 1) ** 2 / 20
+    return (
+        1.0
+        - (math.log10(lr) + 2.5) ** 2 / 10
+        - (math.log10(gamma) - 0.7) ** 2 / 5
+        - (math.log10(quant_weight) + 1) ** 2 / 20
+    )
 
 
 def instant(variant: str, flat: dict) -> dict[str, float]:
@@ -89,8 +94,17 @@ class Row:
 def space_yaml(row: Row) -> str:
     """hashtune's space for a row (the stock stack is given the same domains, sampler seed and ASHA)."""
     fixed = {"train.epochs": INSTANT_EPOCHS} if row.scenario == "instant" else TINY
-    lines = ["search: tpe", "metric: val/best_mAP", "mode: max", f"num_samples: {row.trials}", f"max_concurrent: {row.concurrency}",
-             "cpus_per_trial: 1", "seeds: [0]", "scheduler: {type: asha, grace_period: 1, reduction_factor: 3}", "fixed:"]
+    lines = [
+        "search: tpe",
+        "metric: val/best_mAP",
+        "mode: max",
+        f"num_samples: {row.trials}",
+        f"max_concurrent: {row.concurrency}",
+        "cpus_per_trial: 1",
+        "seeds: [0]",
+        "scheduler: {type: asha, grace_period: 1, reduction_factor: 3}",
+        "fixed:",
+    ]
     lines += [f"  {key}: {value}" for key, value in fixed.items()] + ["params:"]
     lines += [f"  {key}: {{loguniform: [{low!r}, {high!r}]}}" for key, (low, high) in PARAMS.items()]
     return "\n".join(lines) + "\n"
@@ -107,11 +121,20 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.search.optuna import OptunaSearch
 
-    from benchmarks._scale_probe import MLFLOW_LOG_ENV, count_mlflow_calls, cpu_delta, ray_process_cpu, read_mlflow_log, time_calls
+    from benchmarks._scale_probe import (
+        MLFLOW_LOG_ENV,
+        count_mlflow_calls,
+        cpu_delta,
+        ray_process_cpu,
+        read_mlflow_log,
+        time_calls,
+    )
 
     launch = len(_launches(folder))
     log = folder / f"mlflow_calls-{launch}.log"
-    env = {MLFLOW_LOG_ENV: str(log)} | ({"HASHTUNE_TEST_TRIAL": "benchmarks.bench_scale:instant"} if row.scenario == "instant" else {})
+    env = {MLFLOW_LOG_ENV: str(log)} | (
+        {"HASHTUNE_TEST_TRIAL": "benchmarks.bench_scale:instant"} if row.scenario == "instant" else {}
+    )
     os.environ.update(env)
     count_mlflow_calls("driver")
     suggestions = time_calls(OptunaSearch, "suggest", keep=lambda result: isinstance(result, dict))
@@ -121,11 +144,16 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
     # the hook runs before Ray puts the driver's folder on a worker's path: give it the project's
     project = str(Path(__file__).resolve().parent.parent)
     path = {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))}
-    runtime_env = {"worker_process_setup_hook": "benchmarks._scale_probe.count_mlflow_calls_in_trial", "env_vars": env | path}
+    runtime_env = {
+        "worker_process_setup_hook": "benchmarks._scale_probe.count_mlflow_calls_in_trial",
+        "env_vars": env | path,
+    }
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, runtime_env=runtime_env)
+        ray.init(
+            num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, runtime_env=runtime_env
+        )
     try:
         complete = (_hashtune_sweep if row.arm == "hashtune" else _stock_sweep)(row, folder, address)
     except KeyboardInterrupt:  # a second Ctrl-C while the sweep was stopping: what ran is still measured
@@ -136,10 +164,19 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
     after = resource.getrusage(resource.RUSAGE_SELF)
     calls = read_mlflow_log(log)
     return {
-        "complete": complete, "wall_s": wall, "driver_cpu_s": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
-        "trial_cpu_s": processes["trial"], "daemon_cpu_s": processes["daemon"], "trial_processes": processes["trial_processes"],
-        "mlflow": calls, "suggest_first_s": suggestions[:20], "suggest_last_s": suggestions[-20:], "suggestions": len(suggestions),
-        "suggest_s": sum(suggestions), "state_saves": len(saves), "state_save_s": sum(saves),
+        "complete": complete,
+        "wall_s": wall,
+        "driver_cpu_s": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
+        "trial_cpu_s": processes["trial"],
+        "daemon_cpu_s": processes["daemon"],
+        "trial_processes": processes["trial_processes"],
+        "mlflow": calls,
+        "suggest_first_s": suggestions[:20],
+        "suggest_last_s": suggestions[-20:],
+        "suggestions": len(suggestions),
+        "suggest_s": sum(suggestions),
+        "state_saves": len(saves),
+        "state_save_s": sum(saves),
     }
 
 
@@ -178,14 +215,29 @@ def _stock_sweep(row: Row, folder: Path, address: str | None) -> bool:
     results = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric="val/best_mAP", mode="max", num_samples=row.trials, max_concurrent_trials=row.concurrency, reuse_actors=True,
-            search_alg=OptunaSearch(space=space, metric="val/best_mAP", mode="max", sampler=optuna.samplers.TPESampler(seed=0)),
+            metric="val/best_mAP",
+            mode="max",
+            num_samples=row.trials,
+            max_concurrent_trials=row.concurrency,
+            reuse_actors=True,
+            search_alg=OptunaSearch(
+                space=space, metric="val/best_mAP", mode="max", sampler=optuna.samplers.TPESampler(seed=0)
+            ),
             scheduler=ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=1, reduction_factor=3),
         ),
-        run_config=tune.RunConfig(name=row.slug, storage_path=str(folder / "ray"), callbacks=[
-            MLflowLoggerCallback(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", experiment_name=row.slug, save_artifact=False)]),
+        run_config=tune.RunConfig(
+            name=row.slug,
+            storage_path=str(folder / "ray"),
+            callbacks=[
+                MLflowLoggerCallback(
+                    tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", experiment_name=row.slug, save_artifact=False
+                )
+            ],
+        ),
     ).fit()
-    return len(results) == row.trials and results.num_terminated + results.num_errors == row.trials  # Ctrl-C returns early
+    return (
+        len(results) == row.trials and results.num_terminated + results.num_errors == row.trials
+    )  # Ctrl-C returns early
 
 
 def _stock_instant(config: dict) -> None:
@@ -235,15 +287,21 @@ def _store_figures(row: Row, folder: Path) -> dict:
     experiment = client.get_experiment_by_name(row.slug)
     runs = [run for run in find_runs(client, experiment.experiment_id) if run.data.tags.get("hashtune.role") != "sweep"]
     ends = sorted(run.info.end_time for run in runs if run.info.end_time)
-    finished = sum(run.info.status == "FINISHED" and run.data.tags.get("hashtune.status", "finished") == "finished" for run in runs)
+    finished = sum(
+        run.info.status == "FINISHED" and run.data.tags.get("hashtune.status", "finished") == "finished" for run in runs
+    )
     if finished != row.trials:
         raise RuntimeError(f"bench_scale: {row.slug}: {finished} of {row.trials} trials finished (see {folder})")
     low, high = int(0.1 * len(ends)), int(0.9 * len(ends)) - 1
     steady = (ends[high] - ends[low]) / 1000.0 / (high - low) if high > low else float("nan")
     optuna = folder / "optuna" / f"{row.slug}.journal"
-    return {"runs": len(runs), "steady_s": steady, "tune_bytes": _folder_bytes(folder / "ray" / row.slug),
-            "mlflow_bytes": _folder_bytes(folder / "mlflow.db") + _folder_bytes(folder / "mlartifacts"),
-            "optuna_bytes": optuna.stat().st_size if optuna.is_file() else None}
+    return {
+        "runs": len(runs),
+        "steady_s": steady,
+        "tune_bytes": _folder_bytes(folder / "ray" / row.slug),
+        "mlflow_bytes": _folder_bytes(folder / "mlflow.db") + _folder_bytes(folder / "mlartifacts"),
+        "optuna_bytes": optuna.stat().st_size if optuna.is_file() else None,
+    }
 
 
 def _timed(command: list[str], env: dict) -> float:
@@ -262,10 +320,33 @@ def _post_timings(row: Row, folder: Path) -> dict:
 
     env = {"HASHTUNE_TEST_TRIAL": "benchmarks.bench_scale:instant", "RAY_TMPDIR": RAY_TMPDIR}
     python = [sys.executable, "-m"]
-    resume = _timed(python + ["hashtune.sweep", "--space", str(folder / "space.yaml"), "--name", row.slug, "--results-dir", str(folder),
-                              "--resume"], env)
-    report = _timed(python + ["hashtune.report", "--experiment", row.slug, "--mlflow-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                              "--out", str(folder / "report")], env)
+    resume = _timed(
+        python
+        + [
+            "hashtune.sweep",
+            "--space",
+            str(folder / "space.yaml"),
+            "--name",
+            row.slug,
+            "--results-dir",
+            str(folder),
+            "--resume",
+        ],
+        env,
+    )
+    report = _timed(
+        python
+        + [
+            "hashtune.report",
+            "--experiment",
+            row.slug,
+            "--mlflow-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--out",
+            str(folder / "report"),
+        ],
+        env,
+    )
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     start = time.perf_counter()
     best_finished_run(client, row.slug, "val/best_mAP")
@@ -279,7 +360,15 @@ def run_row(row: Row, folder: Path, address: str | None) -> dict:
         return json.loads(record_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(space_yaml(row))
-    command = [sys.executable, "-m", "benchmarks.bench_scale", "--launch", json.dumps(asdict(row)), "--folder", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_scale",
+        "--launch",
+        json.dumps(asdict(row)),
+        "--folder",
+        str(folder),
+    ]
     if not _run_child(command + (["--address", address] if address else [])):
         raise KeyboardInterrupt
     launches = _launches(folder)
@@ -305,8 +394,20 @@ def _run_child(command: list[str]) -> bool:
 
 
 def _summed(launches: list[dict]) -> dict:
-    summed = {key: sum(launch[key] for launch in launches) for key in
-              ("wall_s", "driver_cpu_s", "trial_cpu_s", "daemon_cpu_s", "trial_processes", "suggest_s", "suggestions", "state_saves", "state_save_s")}
+    summed = {
+        key: sum(launch[key] for launch in launches)
+        for key in (
+            "wall_s",
+            "driver_cpu_s",
+            "trial_cpu_s",
+            "daemon_cpu_s",
+            "trial_processes",
+            "suggest_s",
+            "suggestions",
+            "state_saves",
+            "state_save_s",
+        )
+    }
     calls: dict[str, dict[str, float]] = {}
     for launch in launches:
         for role, counts in launch["mlflow"].items():
@@ -314,7 +415,11 @@ def _summed(launches: list[dict]) -> dict:
                 held = calls.setdefault(role, {}).get(key, 0)
                 calls[role][key] = max(held, value) if key == "most_rows" else held + value
     first = launches[0]["suggest_first_s"] if launches else []
-    return summed | {"mlflow": calls, "suggest_first_s": first, "suggest_last_s": launches[-1]["suggest_last_s"] if launches else []}
+    return summed | {
+        "mlflow": calls,
+        "suggest_first_s": first,
+        "suggest_last_s": launches[-1]["suggest_last_s"] if launches else [],
+    }
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
@@ -341,14 +446,25 @@ def main_rows(records: dict[Row, dict]) -> list[list]:
     for row, record in records.items():
         stock = records.get(Row(row.scenario, "stock", row.trials, row.nodes))
         ratio = f"{_per_trial(record, 'wall_s') / _per_trial(stock, 'wall_s'):.2f}x" if stock else "-"
-        rows.append([
-            row.label, f"{row.trials:,}", row.arm + (" (resumed)" if record["launches"] > 1 else ""), f"{record['wall_s']:.0f}",
-            f"{_per_trial(record, 'wall_s'):.3f}", ratio, f"{record['steady_s']:.3f}", f"{_per_trial(record, 'driver_cpu_s'):.3f}",
-            f"{_per_trial(record, 'trial_cpu_s'):.3f}", f"{_per_trial(record, 'daemon_cpu_s'):.3f}",
-            f"{_calls_per_trial(record, 'driver'):.1f} + {_calls_per_trial(record, 'trial'):.1f}",
-            f"{_ms(record['suggest_first_s'])} / {_ms(record['suggest_last_s'])}", f"{record['tune_bytes'] / 1e6:.1f}",
-            f"{_mb(record['mlflow_bytes'])}", _mb(record["optuna_bytes"]),
-        ])
+        rows.append(
+            [
+                row.label,
+                f"{row.trials:,}",
+                row.arm + (" (resumed)" if record["launches"] > 1 else ""),
+                f"{record['wall_s']:.0f}",
+                f"{_per_trial(record, 'wall_s'):.3f}",
+                ratio,
+                f"{record['steady_s']:.3f}",
+                f"{_per_trial(record, 'driver_cpu_s'):.3f}",
+                f"{_per_trial(record, 'trial_cpu_s'):.3f}",
+                f"{_per_trial(record, 'daemon_cpu_s'):.3f}",
+                f"{_calls_per_trial(record, 'driver'):.1f} + {_calls_per_trial(record, 'trial'):.1f}",
+                f"{_ms(record['suggest_first_s'])} / {_ms(record['suggest_last_s'])}",
+                f"{record['tune_bytes'] / 1e6:.1f}",
+                f"{_mb(record['mlflow_bytes'])}",
+                _mb(record["optuna_bytes"]),
+            ]
+        )
     return rows
 
 
@@ -357,15 +473,27 @@ def breakdown_rows(records: dict[Row, dict]) -> list[list]:
     rows = []
     for row, record in records.items():
         driver, trial = record["mlflow"].get("driver", {}), record["mlflow"].get("trial", {})
-        calls = ", ".join(f"{name} {count / row.trials:.1f}" for name, count in sorted(driver.items(), key=lambda item: -item[1])
-                          if name not in ("calls", "seconds", "most_rows") and count / row.trials >= 0.05)
-        rows.append([
-            row.label, f"{row.trials:,}", row.arm, f"{1000 * _per_trial(record, 'wall_s'):.0f}",
-            f"{1000 * driver.get('seconds', 0.0) / row.trials:.1f}", f"{1000 * trial.get('seconds', 0.0) / row.trials:.1f}",
-            f"{1000 * record['suggest_s'] / row.trials:.1f}", f"{1000 * record['state_save_s'] / row.trials:.1f} ({record['state_saves']} saves)",
-            f"{record['trial_processes']}", f"{1000 * _per_trial(record, 'trial_cpu_s'):.0f}",
-            f"{driver.get('most_rows', 0)} / {trial.get('most_rows', 0)}", calls or "-",
-        ])
+        calls = ", ".join(
+            f"{name} {count / row.trials:.1f}"
+            for name, count in sorted(driver.items(), key=lambda item: -item[1])
+            if name not in ("calls", "seconds", "most_rows") and count / row.trials >= 0.05
+        )
+        rows.append(
+            [
+                row.label,
+                f"{row.trials:,}",
+                row.arm,
+                f"{1000 * _per_trial(record, 'wall_s'):.0f}",
+                f"{1000 * driver.get('seconds', 0.0) / row.trials:.1f}",
+                f"{1000 * trial.get('seconds', 0.0) / row.trials:.1f}",
+                f"{1000 * record['suggest_s'] / row.trials:.1f}",
+                f"{1000 * record['state_save_s'] / row.trials:.1f} ({record['state_saves']} saves)",
+                f"{record['trial_processes']}",
+                f"{1000 * _per_trial(record, 'trial_cpu_s'):.0f}",
+                f"{driver.get('most_rows', 0)} / {trial.get('most_rows', 0)}",
+                calls or "-",
+            ]
+        )
     return rows
 
 
@@ -380,60 +508,140 @@ def target_lines(records: dict[Row, dict]) -> list[str]:
         ours, stock = wall(scenario, "hashtune", trials), wall(scenario, "stock", trials)
         if ours and stock:
             met = ours / stock <= TARGET_STOCK
-            lines.append(f"{Row(scenario, 'hashtune', trials).label} at N = {trials:,}: hashtune {ours:.3f} s per trial, {ours / stock:.2f}x the "
-                         f"stock stack's {stock:.3f} s (target <= {TARGET_STOCK}x): **{'met' if met else 'not met'}**")
+            lines.append(
+                f"{Row(scenario, 'hashtune', trials).label} at N = {trials:,}: hashtune {ours:.3f} s per trial, "
+                f"{ours / stock:.2f}x the "
+                f"stock stack's {stock:.3f} s (target <= {TARGET_STOCK}x): **{'met' if met else 'not met'}**"
+            )
     small, large = wall("instant", "hashtune", 100), wall("instant", "hashtune", 10000)
     if small and large:
-        lines.append(f"growth: hashtune's wall per instant trial at N = 10,000 is {large / small:.2f}x that at N = 100 ({large:.3f} against "
-                     f"{small:.3f} s; target <= {TARGET_FLAT}x): **{'met' if large / small <= TARGET_FLAT else 'not met'}**")
+        lines.append(
+            f"growth: hashtune's wall per instant trial at N = 10,000 is {large / small:.2f}x that at N = 100 "
+            f"({large:.3f} against "
+            f"{small:.3f} s; target <= {TARGET_FLAT}x): **{'met' if large / small <= TARGET_FLAT else 'not met'}**"
+        )
     big = records.get(Row("instant", "hashtune", 10000))
     if big and "report_s" in big:
-        for key, what in (("report_s", "`python -m hashtune.report` of 10,000 runs"), ("resume_s", "`--resume` of the finished 10,000-trial sweep")):
-            lines.append(f"{what}: {big[key]:.1f} s (target <= {TARGET_SECONDS:.0f} s): **{'met' if big[key] <= TARGET_SECONDS else 'not met'}**")
+        for key, what in (
+            ("report_s", "`python -m hashtune.report` of 10,000 runs"),
+            ("resume_s", "`--resume` of the finished 10,000-trial sweep"),
+        ):
+            lines.append(
+                f"{what}: {big[key]:.1f} s (target <= {TARGET_SECONDS:.0f} s): "
+                f"**{'met' if big[key] <= TARGET_SECONDS else 'not met'}**"
+            )
     return lines
 
 
 def write_scale_report(args: argparse.Namespace, records: dict[Row, dict], planned: list[Row]) -> None:
-    header = ["trials", "N", "stack", "wall s", "wall s / trial", "vs stock", "steady s / trial", "driver CPU s / trial",
-              "trial-process CPU s / trial", "Ray daemons CPU s / trial", "MLflow calls / trial (driver + trials)",
-              "Optuna suggest ms (first / last 20)", "Tune state MB", "MLflow store MB", "Optuna store MB"]
-    post = [[f"{row.trials:,}", f"{record['resume_s']:.1f}", f"{record['report_s']:.1f}", f"{1000 * record['lookup_s']:.0f}"]
-            for row, record in records.items() if "resume_s" in record]
-    partial = "" if len(records) == len(planned) else f"**Partial: {len(records)} of {len(planned)} rows done; the same command continues.** "
+    header = [
+        "trials",
+        "N",
+        "stack",
+        "wall s",
+        "wall s / trial",
+        "vs stock",
+        "steady s / trial",
+        "driver CPU s / trial",
+        "trial-process CPU s / trial",
+        "Ray daemons CPU s / trial",
+        "MLflow calls / trial (driver + trials)",
+        "Optuna suggest ms (first / last 20)",
+        "Tune state MB",
+        "MLflow store MB",
+        "Optuna store MB",
+    ]
+    post = [
+        [
+            f"{row.trials:,}",
+            f"{record['resume_s']:.1f}",
+            f"{record['report_s']:.1f}",
+            f"{1000 * record['lookup_s']:.0f}",
+        ]
+        for row, record in records.items()
+        if "resume_s" in record
+    ]
+    partial = (
+        ""
+        if len(records) == len(planned)
+        else f"**Partial: {len(records)} of {len(planned)} rows done; the same command continues.** "
+    )
     notes = (
-        f"{partial}Each row is one sweep in its own process, rows one after the other in one benchmark run on this machine; "
-        "TPE (seed 0) + ASHA (grace 1, reduction 3) over three log-uniform parameters, 2 trials at a time (8 on the 8-node cluster), "
-        "1 CPU per trial. 'wall s' runs from Ray's start to its shutdown (Ray's start-up and shutdown, about 8 s, are in every row); "
-        "'steady s / trial' is the spacing of the trials' MLflow end times between the 10th and the 90th percentile, the cost of one "
-        "more trial. CPU: the driver process, the Ray worker processes that ran trials, and Ray's daemons (raylet, GCS, dashboard, "
-        "agents). MLflow calls: every outermost call of MLflow's SQLAlchemy store, in the driver and in the trial processes.\n\n"
-        + "Targets:\n\n" + "\n".join(f"- {line}" for line in target_lines(records) or ["(no row pair finished yet)"])
-        + "\n\nWhere a trial's time goes (per trial; MLflow and Optuna are wall time in the process that calls them, the rest of "
+        f"{partial}Each row is one sweep in its own process, rows one after the other in one benchmark run on this "
+        "machine; "
+        "TPE (seed 0) + ASHA (grace 1, reduction 3) over three log-uniform parameters, 2 trials at a time (8 on the "
+        "8-node cluster), "
+        "1 CPU per trial. 'wall s' runs from Ray's start to its shutdown (Ray's start-up and shutdown, about 8 s, are "
+        "in every row); "
+        "'steady s / trial' is the spacing of the trials' MLflow end times between the 10th and the 90th percentile, "
+        "the cost of one "
+        "more trial. CPU: the driver process, the Ray worker processes that ran trials, and Ray's daemons (raylet, "
+        "GCS, dashboard, "
+        "agents). MLflow calls: every outermost call of MLflow's SQLAlchemy store, in the driver and in the trial "
+        "processes.\n\n"
+        + "Targets:\n\n"
+        + "\n".join(f"- {line}" for line in target_lines(records) or ["(no row pair finished yet)"])
+        + "\n\nWhere a trial's time goes (per trial; MLflow and Optuna are wall time in the process that calls them, "
+        "the rest of "
         "the driver's time is Tune's event loop and waiting for trial processes):\n\n"
-        + markdown_table(["trials", "N", "stack", "wall ms / trial", "MLflow in the driver ms", "MLflow in the trial ms",
-                          "Optuna suggest ms", "Tune state saves ms", "trial processes started", "trial-process CPU ms",
-                          "most runs one search read (driver / trials)", "driver MLflow calls / trial"], breakdown_rows(records))
-        + ("\n\nOn the finished hashtune stores (local instant rows): `python -m hashtune.sweep --resume` of the finished sweep "
-           "(Tune's state read back, nothing launched, the study rebuilt), `python -m hashtune.report`, and the export's best-run "
-           "lookup (`best_finished_run` on an open client), each timed:\n\n"
-           + markdown_table(["N", "--resume s", "hashtune.report s", "best-run lookup ms"], post) if post else "")
+        + markdown_table(
+            [
+                "trials",
+                "N",
+                "stack",
+                "wall ms / trial",
+                "MLflow in the driver ms",
+                "MLflow in the trial ms",
+                "Optuna suggest ms",
+                "Tune state saves ms",
+                "trial processes started",
+                "trial-process CPU ms",
+                "most runs one search read (driver / trials)",
+                "driver MLflow calls / trial",
+            ],
+            breakdown_rows(records),
+        )
+        + (
+            "\n\nOn the finished hashtune stores (local instant rows): `python -m hashtune.sweep --resume` of the "
+            "finished sweep "
+            "(Tune's state read back, nothing launched, the study rebuilt), `python -m hashtune.report`, and the "
+            "export's best-run "
+            "lookup (`best_finished_run` on an open client), each timed:\n\n"
+            + markdown_table(["N", "--resume s", "hashtune.report s", "best-run lookup ms"], post)
+            if post
+            else ""
+        )
     )
     command = "python -m benchmarks.bench_scale" + "".join(
-        f" --{flag} {' '.join(map(str, values))}" for flag, values in
-        (("trials", args.trials), ("real-trials", [args.real_trials]), ("cluster-trials", [args.cluster_trials]),
-         ("stock-max-trials", [args.stock_max_trials] if args.stock_max_trials is not None else [])) if values)
-    write_report(args.out, "What a trial costs the platform: hashtune against the stock Ray Tune + Optuna + MLflow stack", command,
-                 markdown_table(header, main_rows(records)), notes)
+        f" --{flag} {' '.join(map(str, values))}"
+        for flag, values in (
+            ("trials", args.trials),
+            ("real-trials", [args.real_trials]),
+            ("cluster-trials", [args.cluster_trials]),
+            ("stock-max-trials", [args.stock_max_trials] if args.stock_max_trials is not None else []),
+        )
+        if values
+    )
+    write_report(
+        args.out,
+        "What a trial costs the platform: hashtune against the stock Ray Tune + Optuna + MLflow stack",
+        command,
+        markdown_table(header, main_rows(records)),
+        notes,
+    )
 
 
 def planned_rows(args: argparse.Namespace) -> list[Row]:
     """Shortest first, so a stopped benchmark has its cheap rows: each size's hashtune row, then the stock one."""
+
     def arms(trials: int) -> tuple[str, ...]:
         return ARMS if args.stock_max_trials is None or trials <= args.stock_max_trials else ("hashtune",)
 
     rows = [Row("instant", arm, n) for n in sorted(args.trials) if n < 10000 for arm in arms(n)]
     rows += [Row("real", arm, args.real_trials) for arm in arms(args.real_trials) if args.real_trials]
-    rows += [Row("instant", arm, args.cluster_trials, nodes=8) for arm in arms(args.cluster_trials) if args.cluster_trials]
+    rows += [
+        Row("instant", arm, args.cluster_trials, nodes=8) for arm in arms(args.cluster_trials) if args.cluster_trials
+    ]
     return rows + [Row("instant", arm, n) for n in sorted(args.trials) if n >= 10000 for arm in arms(n)]
 
 
@@ -447,7 +655,11 @@ def run_benchmark(args: argparse.Namespace, keep: Path) -> None:
                 cluster = cluster or _start_cluster(row.nodes)
                 address = cluster.address
             records[row] = run_row(row, keep / row.slug, address)
-            print(f"bench_scale: {row.label}, N={row.trials}, {row.arm}: {_per_trial(records[row], 'wall_s'):.3f} s per trial", flush=True)
+            print(
+                f"bench_scale: {row.label}, N={row.trials}, {row.arm}: {_per_trial(records[row], 'wall_s'):.3f} s per "
+                "trial",
+                flush=True,
+            )
             write_scale_report(args, records, planned)
     finally:
         if cluster is not None:
@@ -459,7 +671,9 @@ def _start_cluster(nodes: int):
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_TMPDIR"] = RAY_TMPDIR
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
+    )
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
@@ -468,12 +682,24 @@ def _start_cluster(nodes: int):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, nargs="*", default=[100, 1000, 10000], help="instant-trial sweep sizes (local)")
+    parser.add_argument(
+        "--trials", type=int, nargs="*", default=[100, 1000, 10000], help="instant-trial sweep sizes (local)"
+    )
     parser.add_argument("--real-trials", type=int, default=100, help="real tiny trials per stack (0: none)")
-    parser.add_argument("--cluster-trials", type=int, default=1000, help="instant trials on the simulated 8-node cluster (0: none)")
-    parser.add_argument("--stock-max-trials", type=int, help="run the stock stack's rows only up to this N (no target compares the "
-                        "stock stack beyond N = 1,000; the 10,000-trial stock row alone takes about 50 minutes here)")
-    parser.add_argument("--keep", type=Path, help="keep every row's stores here and continue what is there (default: a temporary folder)")
+    parser.add_argument(
+        "--cluster-trials", type=int, default=1000, help="instant trials on the simulated 8-node cluster (0: none)"
+    )
+    parser.add_argument(
+        "--stock-max-trials",
+        type=int,
+        help="run the stock stack's rows only up to this N (no target compares the "
+        "stock stack beyond N = 1,000; the 10,000-trial stock row alone takes about 50 minutes here)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep every row's stores here and continue what is there (default: a temporary folder)",
+    )
     parser.add_argument("--out", default="results/bench_scale.md")
     parser.add_argument("--launch", help=argparse.SUPPRESS)  # internal: one launch of a row, in a child process
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -496,8 +722,15 @@ def main(argv=None) -> None:
                 run_benchmark(args, Path(scratch))
     except KeyboardInterrupt:
         again = f"python -m benchmarks.bench_scale {shlex.join(sys.argv[1:] if argv is None else argv)}"
-        print("bench_scale: stopped; " + (f"finished rows are kept. Continue with: {again}" if args.keep
-                                           else "nothing was kept (give --keep DIR to make a run that can be continued)"), file=sys.stderr)
+        print(
+            "bench_scale: stopped; "
+            + (
+                f"finished rows are kept. Continue with: {again}"
+                if args.keep
+                else "nothing was kept (give --keep DIR to make a run that can be continued)"
+            ),
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
 
 

@@ -50,11 +50,15 @@ ARMS = {  # label -> (space, changes to it)
 }
 TARGET_MAP, TARGET_COST = 0.94, 0.5
 DELTA = 0.02  # mAP differences within ±DELTA count as equivalent (the studies' margin)
-WALL, RESUMED = "bench/wall_s", "bench/resumed"  # on a run's parent once it finished: its launch's wall seconds; resumed?
+WALL, RESUMED = (
+    "bench/wall_s",
+    "bench/resumed",
+)  # on a run's parent once it finished: its launch's wall seconds; resumed?
 
 
-def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", train: bool = True,
-            resume_line: str | None = None) -> dict | None:
+def run_arm(
+    name: str, space, base, results_dir: Path, resume: str = "never", train: bool = True, resume_line: str | None = None
+) -> dict | None:
     """Run one sweep, or continue it (`resume` as the sweep's `--resume`), and read its trials back from MLflow.
 
     A sweep that already finished in `results_dir` (its parent run holds `bench/wall_s`) is only read back;
@@ -70,8 +74,15 @@ def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", tr
         if not train:
             return None
         args = argparse.Namespace(
-            name=name, space=space.name, resume=resume, address=None, mlflow_uri=None, storage=None, max_concurrent=None,
-            results_dir=results_dir, overrides=[],
+            name=name,
+            space=space.name,
+            resume=resume,
+            address=None,
+            mlflow_uri=None,
+            storage=None,
+            max_concurrent=None,
+            results_dir=results_dir,
+            overrides=[],
         )
         start = time.perf_counter()
         parent_run_id = run_sweep(args, base, space, resume_line=resume_line)["parent_run_id"]
@@ -82,17 +93,21 @@ def run_arm(name: str, space, base, results_dir: Path, resume: str = "never", tr
     finished = [run for run in trials if run.data.tags.get(f"{TAG}status") == "finished"]
     best = max(finished, key=lambda run: run.data.metrics[SELECTION])
     return {
-        "trials": len(trials), "finished": len(finished),
+        "trials": len(trials),
+        "finished": len(finished),
         "stopped": sum(run.data.tags.get(f"{TAG}status") == "stopped_early" for run in trials),
-        "best_val": best.data.metrics[SELECTION], "best_test": best.data.metrics["test/mAP"],
+        "best_val": best.data.metrics[SELECTION],
+        "best_test": best.data.metrics["test/mAP"],
         "best_params": {key: _sampled(best.data.params, key, domain) for key, domain in space.params.items()},
         "cpu_s": sum(run.data.metrics.get("cost/cpu_seconds", 0.0) for run in trials),
-        "wall_s": parent.data.metrics[WALL], "resumed": parent.data.tags.get(RESUMED) == "True",
+        "wall_s": parent.data.metrics[WALL],
+        "resumed": parent.data.tags.get(RESUMED) == "True",
     }
 
 
 def _sampled(params: dict[str, str], key: str, domain) -> str:
-    """The run's value of a searched key, or "-" where its `when:` did not hold (the key kept its default, unsearched)."""
+    """The run's value of a searched key, or "-" where its `when:` did not hold (the key kept its default,
+    unsearched)."""
     active = domain.when is None or all(params.get(other) == str(value) for other, value in domain.when.items())
     return params[key] if active else "-"
 
@@ -112,7 +127,9 @@ def arm_space(label: str, base, trials: int, fixed_overrides: list[str], seed: i
     scheduler = dict(changes.get("scheduler", space.scheduler))
     if scheduler["type"] == "asha":
         scheduler["grace_period"] = min(scheduler.get("grace_period", 1), epochs)
-    return dataclasses.replace(space, **(changes | {"num_samples": trials, "fixed": fixed, "scheduler": scheduler, "seeds": (seed,)}))
+    return dataclasses.replace(
+        space, **(changes | {"num_samples": trials, "fixed": fixed, "scheduler": scheduler, "seeds": (seed,)})
+    )
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -126,11 +143,23 @@ def summary_rows(runs: dict[str, list[dict]]) -> tuple[list[list], list[str]]:
     for label, per_seed in runs.items():
         tests, cpus = [run["best_test"] for run in per_seed], [run["cpu_s"] for run in per_seed]
         ratio = np.mean(cpus) / random_cpu
-        rows.append([label, len(per_seed), f"{np.mean([r['finished'] for r in per_seed]):.1f}", f"{np.mean([r['stopped'] for r in per_seed]):.1f}",
-                     _spread([run["best_val"] for run in per_seed], 3), _spread(tests, 3), _spread(cpus, 0), f"{ratio:.2f}x"])
+        rows.append(
+            [
+                label,
+                len(per_seed),
+                f"{np.mean([r['finished'] for r in per_seed]):.1f}",
+                f"{np.mean([r['stopped'] for r in per_seed]):.1f}",
+                _spread([run["best_val"] for run in per_seed], 3),
+                _spread(tests, 3),
+                _spread(cpus, 0),
+                f"{ratio:.2f}x",
+            ]
+        )
         met = np.mean(tests) >= TARGET_MAP and ratio <= TARGET_COST
-        verdicts.append(f"{label}: mean best test mAP {np.mean(tests):.3f} at {ratio:.2f}x random's CPU-seconds: target "
-                        f"{'met' if met else 'not met'}")
+        verdicts.append(
+            f"{label}: mean best test mAP {np.mean(tests):.3f} at {ratio:.2f}x random's CPU-seconds: target "
+            f"{'met' if met else 'not met'}"
+        )
     return rows, verdicts
 
 
@@ -150,26 +179,45 @@ def paired_with_random(runs: dict[str, list[dict]], delta: float = DELTA) -> lis
         ratios = [run["cpu_s"] / other["cpu_s"] for run, other in paired]
         ci = verdict.difference
         interval = "" if np.isnan(ci.half_width) else f", 95% CI [{ci.low:+.3f}, {ci.high:+.3f}]"
-        power = "" if np.isnan(verdict.mde) else (
-            f"; {verdict.n} seeds detect a difference of {verdict.mde:.3f} with 80% power"
-            + (f", a ±{delta} interval needs {verdict.seeds_for_delta} seeds" if verdict.seeds_for_delta else ""))
-        lines.append(f"{label} - random, paired over seeds {[run['seed'] for run, _ in paired]}: best test mAP {ci.mean:+.3f}"
-                     f"{interval}: **{verdict.verdict}**{power}; CPU-seconds {np.mean(ratios):.2f}x random's "
-                     f"({min(ratios):.2f}-{max(ratios):.2f}x per seed)")
+        power = (
+            ""
+            if np.isnan(verdict.mde)
+            else (
+                f"; {verdict.n} seeds detect a difference of {verdict.mde:.3f} with 80% power"
+                + (f", a ±{delta} interval needs {verdict.seeds_for_delta} seeds" if verdict.seeds_for_delta else "")
+            )
+        )
+        lines.append(
+            f"{label} - random, paired over seeds {[run['seed'] for run, _ in paired]}: best test mAP {ci.mean:+.3f}"
+            f"{interval}: **{verdict.verdict}**{power}; CPU-seconds {np.mean(ratios):.2f}x random's "
+            f"({min(ratios):.2f}-{max(ratios):.2f}x per seed)"
+        )
     return lines
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24, help="trial budget of each run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler (and split/training) seeds per arm")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler (and split/training) seeds per arm"
+    )
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--extra", nargs="*", default=[], help="config overrides for every trial (tests shrink the model)")
-    parser.add_argument("--fixed", nargs="*", default=[], help="space `fixed:` overrides, key=value (tests shorten epochs)")
-    parser.add_argument("--keep", type=Path, help="keep the MLflow store and Ray results here, and continue what is there "
-                        "(default: a temporary folder)")
-    parser.add_argument("--report-only", action="store_true", help="with --keep: write the report of the seeds finished there, "
-                        "train nothing")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="config overrides for every trial (tests shrink the model)"
+    )
+    parser.add_argument(
+        "--fixed", nargs="*", default=[], help="space `fixed:` overrides, key=value (tests shorten epochs)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the MLflow store and Ray results here, and continue what is there (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --keep: write the report of the seeds finished there, train nothing",
+    )
     parser.add_argument("--out", default="results/bench_search.md")
     args = parser.parse_args(argv)
     if args.report_only and not args.keep:
@@ -179,7 +227,9 @@ def main(argv=None) -> None:
     args.resume_line = resume_line(args.keep, sys.argv[1:] if argv is None else argv)
     try:
         run_benchmark(args)
-    except SweepInterrupted as stop:  # Ctrl-C or SIGTERM: what finished is kept (with --keep); the same command continues
+    except (
+        SweepInterrupted
+    ) as stop:  # Ctrl-C or SIGTERM: what finished is kept (with --keep); the same command continues
         print(f"bench_search: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
 
@@ -187,7 +237,9 @@ def main(argv=None) -> None:
 def resume_line(keep: Path | None, argv: list[str]) -> str:
     """What an interrupted arm says: the benchmark's own command continues it (its store is kept), or nothing does."""
     if keep is None:
-        return "the benchmark kept nothing (its store was temporary): give --keep DIR to make a run that can be continued"
+        return (
+            "the benchmark kept nothing (its store was temporary): give --keep DIR to make a run that can be continued"
+        )
     return f"nothing finished is lost. Continue it with: python -m benchmarks.bench_search {shlex.join(argv)}"
 
 
@@ -202,10 +254,21 @@ def run_benchmark(args: argparse.Namespace) -> None:
             for label in args.arms:
                 space = arm_space(label, base, args.trials, args.fixed, seed)
                 slug = "-".join(label.replace(",", "").replace("+", "").split()[:2]).lower()
-                run = run_arm(f"bench-{slug}-seed{seed}", space, base, results_dir, resume="auto" if args.keep else "never",
-                              train=not args.report_only, resume_line=args.resume_line)
+                run = run_arm(
+                    f"bench-{slug}-seed{seed}",
+                    space,
+                    base,
+                    results_dir,
+                    resume="auto" if args.keep else "never",
+                    train=not args.report_only,
+                    resume_line=args.resume_line,
+                )
                 if run is not None:
-                    print(f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} CPU-s", flush=True)
+                    print(
+                        f"bench_search: {label}, seed {seed}: best test/mAP {run['best_test']:.3f}, {run['cpu_s']:.0f} "
+                        "CPU-s",
+                        flush=True,
+                    )
                     done[label] = run | {"seed": seed}
             if len(done) < len(args.arms):
                 break  # --report-only: this seed is not finished in every arm
@@ -220,25 +283,65 @@ def write_bench_report(args: argparse.Namespace, runs: dict[str, list[dict]]) ->
     """The report for the seeds every arm has finished (all of them once the benchmark is done)."""
     done = [run["seed"] for run in next(iter(runs.values()))]
     rows, verdicts = summary_rows(runs)
-    header = ["arm", "seeds", "finished (mean)", "stopped by ASHA (mean)", "best val/best_mAP", "test/mAP of best", "CPU-seconds",
-              "CPU vs random"]
-    per_seed = [[label, run["seed"], f"{run['best_test']:.3f}", f"{run['cpu_s']:.0f}", f"{run['wall_s']:.0f}" + (" (resumed)" if run["resumed"] else ""),
-                 ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run["best_params"].items())] for label, arm in runs.items() for run in arm]
-    progress = "" if done == args.seeds else f"**Partial: seeds {done} of {args.seeds} done; the benchmark continues with --keep.** "
+    header = [
+        "arm",
+        "seeds",
+        "finished (mean)",
+        "stopped by ASHA (mean)",
+        "best val/best_mAP",
+        "test/mAP of best",
+        "CPU-seconds",
+        "CPU vs random",
+    ]
+    per_seed = [
+        [
+            label,
+            run["seed"],
+            f"{run['best_test']:.3f}",
+            f"{run['cpu_s']:.0f}",
+            f"{run['wall_s']:.0f}" + (" (resumed)" if run["resumed"] else ""),
+            ", ".join(f"{k.split('.')[-1]}={v}" for k, v in run["best_params"].items()),
+        ]
+        for label, arm in runs.items()
+        for run in arm
+    ]
+    progress = (
+        ""
+        if done == args.seeds
+        else f"**Partial: seeds {done} of {args.seeds} done; the benchmark continues with --keep.** "
+    )
     notes = (
-        f"{progress}{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent trials of 1 CPU; "
-        "cells are the mean (min-max) over seeds. CPU-seconds are every trial process's own CPU time, summed over the run: "
+        f"{progress}{args.trials} trials per run, seeds {args.seeds} (sampler, split and training seed), 2 concurrent "
+        "trials of 1 CPU; "
+        "cells are the mean (min-max) over seeds. CPU-seconds are every trial process's own CPU time, summed over the "
+        "run: "
         f"the fair cost measure (wall time depends on what else ran). Target: mean best test mAP >= {TARGET_MAP} at <= "
-        f"{TARGET_COST}x random search's CPU-seconds.\n\n" + "\n".join(f"- {v}" for v in verdicts)
-        + "\n\nEach searcher against random search, paired by seed (same split and training seed; verdicts as in the studies: "
-        f"holds / reversed / equivalent within ±{DELTA} / inconclusive):\n\n" + "\n".join(f"- {line}" for line in paired_with_random(runs))
+        f"{TARGET_COST}x random search's CPU-seconds.\n\n"
+        + "\n".join(f"- {v}" for v in verdicts)
+        + "\n\nEach searcher against random search, paired by seed (same split and training seed; verdicts as in the "
+        "studies: "
+        f"holds / reversed / equivalent within ±{DELTA} / inconclusive):\n\n"
+        + "\n".join(f"- {line}" for line in paired_with_random(runs))
         + "\n\nPer run:\n\n"
         + markdown_table(["arm", "seed", "test/mAP of best", "CPU-seconds", "wall s", "best configuration"], per_seed)
     )
-    extra = "".join(f" --{flag} {' '.join(map(str, values))}" for flag, values in
-                    (("trials", [args.trials]), ("seeds", args.seeds), ("extra", args.extra), ("fixed", args.fixed)) if values)
-    write_report(args.out, "Search efficiency on digits (32 bits)", f"python -m benchmarks.bench_search{extra}",
-                 markdown_table(header, rows), notes)
+    extra = "".join(
+        f" --{flag} {' '.join(map(str, values))}"
+        for flag, values in (
+            ("trials", [args.trials]),
+            ("seeds", args.seeds),
+            ("extra", args.extra),
+            ("fixed", args.fixed),
+        )
+        if values
+    )
+    write_report(
+        args.out,
+        "Search efficiency on digits (32 bits)",
+        f"python -m benchmarks.bench_search{extra}",
+        markdown_table(header, rows),
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ from hashtune.metrics import mean_average_precision
 from hashtune.train.bits import max_k_groups
 from hashtune.train.trainer import fit
 
-STRATEGIES = {"hashtune symmetric (defaults, 300 epochs)": [], "hashtune asymmetric (300 epochs)": ["train.strategy=asymmetric"]}
+STRATEGIES = {
+    "hashtune symmetric (defaults, 300 epochs)": [],
+    "hashtune asymmetric (300 epochs)": ["train.strategy=asymmetric"],
+}
 
 
 def baseline_map(method: type, bits: int, seed: int) -> float:
@@ -33,12 +36,18 @@ def baseline_map(method: type, bits: int, seed: int) -> float:
     pixels = source.pixels.reshape(len(source), -1).astype(np.float64) / 255.0
     model = method(bits=bits, seed=seed).fit(pixels[splits.train])
     query, database = splits.test_query, splits.database
-    return mean_average_precision(model.encode(pixels[query]), model.encode(pixels[database]), source.labels[query], source.labels[database])
+    return mean_average_precision(
+        model.encode(pixels[query]), model.encode(pixels[database]), source.labels[query], source.labels[database]
+    )
 
 
 def hashtune_map(overrides: list[str], bits: int, seed: int) -> tuple[float, float, float]:
     """(test/mAP, wall seconds, training images forwarded) of one run."""
-    config = _feasible_k(load_config(overrides=[*overrides, f"model.bits={bits}", f"data.seed={seed}", f"train.seed={seed}", "train.device=cpu"]))
+    config = _feasible_k(
+        load_config(
+            overrides=[*overrides, f"model.bits={bits}", f"data.seed={seed}", f"train.seed={seed}", "train.device=cpu"]
+        )
+    )
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         metrics = fit(config, run_dir=run_dir)
@@ -54,7 +63,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--extra", nargs="*", default=[], help="config overrides for the hashtune rows (tests: train.epochs=1)")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="config overrides for the hashtune rows (tests: train.epochs=1)"
+    )
     parser.add_argument("--out", default="results/digits_baselines.md")
     args = parser.parse_args(argv)
     rows = []
@@ -71,11 +82,18 @@ def main(argv=None) -> None:
     notes = (
         f"Seeds {args.seeds} (each seed is both the split seed and the training seed); mean ± std of test/mAP "
         "(test queries vs database, mAP over the whole database). hashtune runs the default K, or the largest K "
-        "below it that the code length holds (local heads of >= 4 bits: K=2 at 16 bits). Reference anchors measured on this machine: "
+        "below it that the code length holds (local heads of >= 4 bits: K=2 at 16 bits). Reference anchors measured on "
+        "this machine: "
         "LSH 0.355 / 0.486 / 0.571, ITQ 0.612 / 0.647 / 0.681 at 16 / 32 / 64 bits."
     )
     extra = f" --extra {' '.join(args.extra)}" if args.extra else ""
-    write_report(args.out, "Digits baselines", f"python -m benchmarks.digits_baselines{extra}", markdown_table(header, rows), notes)
+    write_report(
+        args.out,
+        "Digits baselines",
+        f"python -m benchmarks.digits_baselines{extra}",
+        markdown_table(header, rows),
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ class LSH:
     def __init__(self, *, bits: int, seed: int = 0) -> None:
         self.bits, self.seed = bits, seed
 
-    def fit(self, features: np.ndarray) -> "LSH":
+    def fit(self, features: np.ndarray) -> LSH:
         self.mean_ = features.mean(axis=0)
         self.projection_ = np.random.default_rng(self.seed).standard_normal((features.shape[1], self.bits))
         return self
@@ -39,9 +39,11 @@ class ITQ:
     def __init__(self, *, bits: int, iterations: int = 50, seed: int = 0) -> None:
         self.bits, self.iterations, self.seed = bits, iterations, seed
 
-    def fit(self, features: np.ndarray) -> "ITQ":
+    def fit(self, features: np.ndarray) -> ITQ:
         if self.bits > min(features.shape):
-            raise ValueError(f"ITQ with bits={self.bits} needs at least that many features and images, got {features.shape}")
+            raise ValueError(
+                f"ITQ with bits={self.bits} needs at least that many features and images, got {features.shape}"
+            )
         self.pca_ = PCA(n_components=self.bits, random_state=self.seed).fit(features)
         projected = self.pca_.transform(features)
         rotation, _ = np.linalg.qr(np.random.default_rng(self.seed).standard_normal((self.bits, self.bits)))

@@ -40,7 +40,7 @@ def _ray_validated(raw: dict[str, Any], where: str) -> dict[str, Any]:
     try:
         prepared = prepare_config(copy.deepcopy(raw))
         validate_config(prepared)
-    except Exception as error:  # noqa: BLE001 - Ray raises ValueError, jsonschema errors, KeyError...
+    except Exception as error:
         raise ClusterConfigError(f"{where}: Ray rejects it: {str(error).splitlines()[0][:300]}") from None
     return prepared
 
@@ -51,18 +51,27 @@ def _check_aws(raw: dict[str, Any], where: str, text: str) -> None:
     for name, node_type in node_types.items():
         unknown = set(node_type.get("node_config", {})) - valid_keys
         if unknown:
-            raise ClusterConfigError(f"{where}: available_node_types.{name}.node_config has unknown EC2 field(s) {sorted(unknown)}")
+            raise ClusterConfigError(
+                f"{where}: available_node_types.{name}.node_config has unknown EC2 field(s) {sorted(unknown)}"
+            )
         resources = node_type.get("resources")
         if not isinstance(resources, dict) or "CPU" not in resources or "GPU" not in resources:
-            raise ClusterConfigError(f"{where}: available_node_types.{name} needs explicit resources with CPU and GPU counts")
+            raise ClusterConfigError(
+                f"{where}: available_node_types.{name} needs explicit resources with CPU and GPU counts"
+            )
     head = node_types.get(raw.get("head_node_type"), {})
     if head.get("resources", {}).get("GPU", 0) != 0:
-        raise ClusterConfigError(f"{where}: the head node type {raw.get('head_node_type')!r} must have GPU: 0 (DDP workers belong on GPU nodes)")
+        raise ClusterConfigError(
+            f"{where}: the head node type {raw.get('head_node_type')!r} must have GPU: 0 (DDP workers belong on GPU "
+            "nodes)"
+        )
     if not any(t.get("resources", {}).get("GPU", 0) > 0 for t in node_types.values()):
         raise ClusterConfigError(f"{where}: no worker node type with GPUs; add one with resources: {{GPU: N}}")
     storages = re.findall(r"--storage\s+(\S+)", text)
     if not storages or not all(s.startswith("s3://") for s in storages):
-        raise ClusterConfigError(f"{where}: documented sweeps must use shared --storage s3://..., found {storages or 'none'}")
+        raise ClusterConfigError(
+            f"{where}: documented sweeps must use shared --storage s3://..., found {storages or 'none'}"
+        )
 
 
 def check_cluster_file(path: str | Path) -> dict[str, Any]:

@@ -53,7 +53,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    """Dataset and protocol: `digits` (embedded), `cifar10`, `cifar10-1`, `cifar10-2` (DeepHash-pytorch's), `listfile`."""
+    """Dataset and protocol: `digits` (embedded), `cifar10`, `cifar10-1`, `cifar10-2` (DeepHash-pytorch's),
+    `listfile`."""
     root: str = ""
     """Folder of the CIFAR-10 batches or of the list files (unused for digits)."""
     seed: int = 0
@@ -145,7 +146,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def replace(self, overrides: dict[str, Any]) -> "Config":
+    def replace(self, overrides: dict[str, Any]) -> Config:
         """A new config with dotted overrides applied (and validated); this one is unchanged."""
         return apply_overrides(self, overrides)
 
@@ -161,15 +162,15 @@ CHOICES: dict[str, tuple] = {
     "eval.database_codes": ("encoder", "learned"),
     "eval.ties": ("index", "average"),
 }
-POSITIVE = {
-    "model.bits", "model.k_groups", "model.img_size", "model.patch_size", "model.depth", "model.embed_dim",
-    "model.num_heads", "loss.gamma", "train.lr", "train.batch_size", "train.epochs", "train.eval_every",
-    "train.asym_sample_size", "train.asym_inner_epochs", "eval.topk", "eval.precision_at",
-}
-NON_NEGATIVE = {
-    "loss.quant_weight", "loss.cls_weight", "loss.gamma_a", "train.weight_decay", "train.warmup_epochs",
-    "train.grad_clip", "data.num_workers", "model.drop_path_rate", "data.val_per_class",
-}
+POSITIVE = set(
+    "model.bits model.k_groups model.img_size model.patch_size model.depth model.embed_dim model.num_heads loss.gamma "
+    "train.lr train.batch_size train.epochs train.eval_every train.asym_sample_size train.asym_inner_epochs eval.topk "
+    "eval.precision_at".split()
+)
+NON_NEGATIVE = set(
+    "loss.quant_weight loss.cls_weight loss.gamma_a train.weight_decay train.warmup_epochs train.grad_clip "
+    "data.num_workers model.drop_path_rate data.val_per_class".split()
+)
 
 
 def _sections() -> dict[str, type]:
@@ -188,7 +189,11 @@ def _type_name(annotation: Any) -> str:
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats, nothing else is converted."""
-    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    allowed = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
     if value is None and type(None) in allowed:
         return None
     for kind in allowed:
@@ -235,10 +240,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _valid_keys() -> list[str]:
-    return [f"{section}.{name}" for section, cls in _sections().items() for name in _field_types(cls)]
-
-
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """Apply dotted (or nested) overrides to `config`, validating every key, type and value."""
     values = to_flat_dict(config)
@@ -260,7 +261,9 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     config = Config(**sections)
     _check_model_shape(config.model)
     if config.eval.database_codes == "learned" and config.train.strategy != "asymmetric":
-        raise ConfigError("eval.database_codes='learned' needs train.strategy=asymmetric (only it learns database codes); use encoder")
+        raise ConfigError(
+            "eval.database_codes='learned' needs train.strategy=asymmetric (only it learns database codes); use encoder"
+        )
     return config
 
 
@@ -268,18 +271,24 @@ def _check_model_shape(model: ModelConfig) -> None:
     """Cross-field rules of the ViT: heads divide the width, patches tile the image, K groups fit the patches."""
     if model.embed_dim is not None and model.num_heads is not None and model.embed_dim % model.num_heads:
         heads = [h for h in range(1, model.embed_dim + 1) if model.embed_dim % h == 0 and h <= 16]
-        raise ConfigError(f"model.embed_dim={model.embed_dim} is not divisible by model.num_heads={model.num_heads}; "
-                          f"use num_heads in {heads} or an embed_dim that is a multiple of {model.num_heads}")
+        raise ConfigError(
+            f"model.embed_dim={model.embed_dim} is not divisible by model.num_heads={model.num_heads}; "
+            f"use num_heads in {heads} or an embed_dim that is a multiple of {model.num_heads}"
+        )
     if model.img_size is None or model.patch_size is None:
         return
     if model.img_size % model.patch_size:
         sizes = [p for p in range(1, model.img_size + 1) if model.img_size % p == 0]
-        raise ConfigError(f"model.patch_size={model.patch_size} does not tile model.img_size={model.img_size}; "
-                          f"use a patch_size in {sizes}")
+        raise ConfigError(
+            f"model.patch_size={model.patch_size} does not tile model.img_size={model.img_size}; "
+            f"use a patch_size in {sizes}"
+        )
     patches = (model.img_size // model.patch_size) ** 2
     if model.dual_stream and model.k_groups > patches:
-        raise ConfigError(f"model.k_groups={model.k_groups} exceeds the {patches} patch tokens of a {model.img_size}px image "
-                          f"in {model.patch_size}px patches; use k_groups <= {patches} or a smaller patch_size")
+        raise ConfigError(
+            f"model.k_groups={model.k_groups} exceeds the {patches} patch tokens of a {model.img_size}px image "
+            f"in {model.patch_size}px patches; use k_groups <= {patches} or a smaller patch_size"
+        )
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
@@ -312,7 +321,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if isinstance(value, str) and _looks_numeric(text):
             value = float(text)  # inf, nan: refused as non-finite with the key named
         if key.strip() in given:  # the last would win silently
-            raise ConfigError(f"override key {key.strip()!r} is given twice, as {given[key.strip()]!r} and {pair!r}; give it once")
+            raise ConfigError(
+                f"override key {key.strip()!r} is given twice, as {given[key.strip()]!r} and {pair!r}; give it once"
+            )
         overrides[key.strip()], given[key.strip()] = value, pair
     return overrides
 
@@ -363,5 +374,7 @@ def save_config(config: Config, path: str | Path) -> None:
 def require_val_metric(metric: str) -> str:
     """`metric` if it is a validation metric (`val/...`); selection and early stopping never see test data."""
     if not isinstance(metric, str) or metric.split("/")[0] != "val":
-        raise ConfigError(f"metric {metric!r} would select on non-validation data; use a val/* metric such as val/best_mAP")
+        raise ConfigError(
+            f"metric {metric!r} would select on non-validation data; use a val/* metric such as val/best_mAP"
+        )
     return metric

@@ -109,7 +109,8 @@ def _prepare(query_codes, db_codes, query_labels, db_labels) -> dict:
     query_codes, db_codes = _as_numpy(query_codes), _as_numpy(db_codes)
     if query_codes.ndim != 2 or db_codes.ndim != 2 or query_codes.shape[1] != db_codes.shape[1]:
         raise ValueError(
-            f"query and database codes must be (n, bits) with the same bits, got {query_codes.shape} and {db_codes.shape}"
+            f"query and database codes must be (n, bits) with the same bits, got {query_codes.shape} and "
+            f"{db_codes.shape}"
         )
     query_labels, db_labels = _as_numpy(query_labels), _as_numpy(db_labels)
     if len(query_labels) != len(query_codes) or len(db_labels) != len(db_codes):
@@ -117,13 +118,22 @@ def _prepare(query_codes, db_codes, query_labels, db_labels) -> dict:
             f"got {len(query_labels)} query labels for {len(query_codes)} query codes and "
             f"{len(db_labels)} database labels for {len(db_codes)} database codes"
         )
-    prepared = {"query_words": _words(pack_codes(query_codes)), "db_words": _words(pack_codes(db_codes)), "bits": query_codes.shape[1]}
+    prepared = {
+        "query_words": _words(pack_codes(query_codes)),
+        "db_words": _words(pack_codes(db_codes)),
+        "bits": query_codes.shape[1],
+    }
     query_class, db_class = _class_ids(query_labels), _class_ids(db_labels)
     if query_class is not None and db_class is not None:
         n_classes = int(max(query_class.max(initial=0), db_class.max(initial=0))) + 1
         return prepared | {"query_class": query_class, "db_class": db_class, "n_classes": n_classes}
-    num_classes = int(max(query_labels.max(initial=0), db_labels.max(initial=0))) + 1 if query_labels.ndim == 1 else None
-    return prepared | {"query_labels": _words(pack_labels(query_labels, num_classes)), "db_labels": _words(pack_labels(db_labels, num_classes))}
+    num_classes = (
+        int(max(query_labels.max(initial=0), db_labels.max(initial=0))) + 1 if query_labels.ndim == 1 else None
+    )
+    return prepared | {
+        "query_labels": _words(pack_labels(query_labels, num_classes)),
+        "db_labels": _words(pack_labels(db_labels, num_classes)),
+    }
 
 
 @numba.njit(cache=True)
@@ -152,7 +162,11 @@ def _cut_group_ap(before: int, relevant_before: int, expected_sum: float, n: int
         if relevant_before + m == 0:
             continue
         weight = math.exp(_log_choose(r, m) + _log_choose(n - r, k - m) - _log_choose(n, k))
-        total += weight * (expected_sum + _group_precision_sum(before, relevant_before, k, float(m), harmonic)) / (relevant_before + m)
+        total += (
+            weight
+            * (expected_sum + _group_precision_sum(before, relevant_before, k, float(m), harmonic))
+            / (relevant_before + m)
+        )
     return total
 
 
@@ -199,8 +213,10 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
     words, db_words, bits = prepared["query_words"], prepared["db_words"], prepared["bits"]
     n_db = db_words.shape[0]
     if bits > MAX_BITS or n_db >= MAX_DATABASE:  # the kernels pack (place, distance) into an int32
-        raise ValueError(f"mAP takes codes of at most {MAX_BITS} bits and databases under {MAX_DATABASE:,} items, "
-                         f"got {bits} bits and {n_db:,} items")
+        raise ValueError(
+            f"mAP takes codes of at most {MAX_BITS} bits and databases under {MAX_DATABASE:,} items, "
+            f"got {bits} bits and {n_db:,} items"
+        )
     if topk is not None and topk < 1:
         raise ValueError(f"topk={topk} must be a positive number of items or None for the whole database")
     topk = n_db if topk is None else min(int(topk), n_db)
@@ -208,10 +224,21 @@ def _run(query_codes, db_codes, query_labels, db_labels, topk, cutoffs=()):
     threads = max(1, min(numba.config.NUMBA_NUM_THREADS, _torch_threads()))  # the process's CPU share, as for torch
     numba.set_num_threads(threads)
     if "query_class" in prepared:
-        statistics = rank_single_label(words, db_words, prepared["query_class"], prepared["db_class"], prepared["n_classes"], bits, topk,
-                                       cutoff_array, threads)
+        statistics = rank_single_label(
+            words,
+            db_words,
+            prepared["query_class"],
+            prepared["db_class"],
+            prepared["n_classes"],
+            bits,
+            topk,
+            cutoff_array,
+            threads,
+        )
     else:
-        statistics = rank_multi_label(words, db_words, prepared["query_labels"], prepared["db_labels"], bits, topk, cutoff_array, threads)
+        statistics = rank_multi_label(
+            words, db_words, prepared["query_labels"], prepared["db_labels"], bits, topk, cutoff_array, threads
+        )
     return statistics, topk, n_db
 
 
@@ -221,13 +248,17 @@ def _torch_threads() -> int:
     return torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
 
 
-def average_precisions(query_codes, db_codes, query_labels, db_labels, topk: int | None = None, ties: str = "index") -> np.ndarray:
+def average_precisions(
+    query_codes, db_codes, query_labels, db_labels, topk: int | None = None, ties: str = "index"
+) -> np.ndarray:
     """AP@topk of every query (see the module docstring for the exact definition and `ties`)."""
     statistics, topk, n_db = _run(query_codes, db_codes, query_labels, db_labels, topk)
     return _average_precisions(statistics, topk, n_db, ties)
 
 
-def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk: int | None = None, ties: str = "index") -> float:
+def mean_average_precision(
+    query_codes, db_codes, query_labels, db_labels, topk: int | None = None, ties: str = "index"
+) -> float:
     """mAP@topk over all queries; `topk=None` ranks the whole database.
 
     Args:

@@ -33,7 +33,11 @@ def check_name(name: str, what: str) -> str:
     """`name` if it is safe as a folder name (letters, digits, `.`, `_`, `-`; not `.` or `..`; at most
     `MAX_NAME` characters), else ValueError."""
     if not NAME.fullmatch(name or "") or set(name) == {"."}:
-        raise ValueError(f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (it names folders); e.g. ablations-2")
+        raise ValueError(
+            f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (it names folders); e.g. ablations-2"
+        )
     if len(name) > MAX_NAME:
-        raise ValueError(f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME} (it names folders and files)")
+        raise ValueError(
+            f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME} (it names folders and files)"
+        )
     return name

@@ -43,7 +43,23 @@ def _distance(query_words, q, db_words, j, n_words):
 
 
 @numba.njit(inline="always")
-def _rank_relevant(q, places, relevant, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch, values, inverse):
+def _rank_relevant(
+    q,
+    places,
+    relevant,
+    count,
+    bits,
+    topk,
+    reach,
+    cutoffs,
+    ap,
+    hits_at,
+    counts,
+    relevant_counts,
+    scratch,
+    values,
+    inverse,
+):
     """`_rank` for the relevant items listed by database index: their values are gathered once into `values`."""
     relevant_count = scratch[0]
     relevant_count[:] = 0
@@ -52,11 +68,43 @@ def _rank_relevant(q, places, relevant, count, bits, topk, reach, cutoffs, ap, h
         value = places[relevant[i]]
         values[i] = value
         relevant_count[value & 255] += 1
-    _rank(q, values, n_relevant, relevant_count, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch, inverse)
+    _rank(
+        q,
+        values,
+        n_relevant,
+        relevant_count,
+        count,
+        bits,
+        topk,
+        reach,
+        cutoffs,
+        ap,
+        hits_at,
+        counts,
+        relevant_counts,
+        scratch,
+        inverse,
+    )
 
 
 @numba.njit(inline="always")
-def _rank(q, values, n_values, relevant_count, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch, inverse):
+def _rank(
+    q,
+    values,
+    n_values,
+    relevant_count,
+    count,
+    bits,
+    topk,
+    reach,
+    cutoffs,
+    ap,
+    hits_at,
+    counts,
+    relevant_counts,
+    scratch,
+    inverse,
+):
     """AP@topk and hits@cutoffs of query q from its histograms and its relevant items' `place << 8 | d`, in index order.
 
     Only items that can rank before `reach` (the largest of topk and the cutoffs) are ranked: past the bucket
@@ -108,8 +156,12 @@ def _reach(topk, cutoffs):
 
 
 def _outputs(n_query: int, bits: int, n_cutoffs: int):
-    return (np.zeros(n_query), np.zeros((n_query, n_cutoffs), dtype=np.int64), np.zeros((n_query, bits + 1), dtype=np.int64),
-            np.zeros((n_query, bits + 1), dtype=np.int64))
+    return (
+        np.zeros(n_query),
+        np.zeros((n_query, n_cutoffs), dtype=np.int64),
+        np.zeros((n_query, bits + 1), dtype=np.int64),
+        np.zeros((n_query, bits + 1), dtype=np.int64),
+    )
 
 
 @numba.njit(parallel=True, cache=True)
@@ -122,7 +174,11 @@ def _single_label(query_words, db_words, query_class, members, member_offsets, b
     n_pairs = (n_query + 1) // 2
     chunk = (n_pairs + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
-        places_a, places_b, values = np.empty(n_db, dtype=np.int32), np.empty(n_db, dtype=np.int32), np.empty(n_db, dtype=np.int32)
+        places_a, places_b, values = (
+            np.empty(n_db, dtype=np.int32),
+            np.empty(n_db, dtype=np.int32),
+            np.empty(n_db, dtype=np.int32),
+        )
         count_a, count_b = np.empty(bits + 1, dtype=np.int64), np.empty(bits + 1, dtype=np.int64)
         scratch = np.empty((4, bits + 1), dtype=np.int64)
         for pair in range(t * chunk, min(n_pairs, (t + 1) * chunk)):
@@ -142,15 +198,41 @@ def _single_label(query_words, db_words, query_class, members, member_offsets, b
             for side in range(2 if qb != qa else 1):  # the self-paired last query is ranked once
                 q, places, count = (qa, places_a, count_a) if side == 0 else (qb, places_b, count_b)
                 c = query_class[q]
-                _rank_relevant(q, places, members[member_offsets[c]:member_offsets[c + 1]], count, bits, topk, reach, cutoffs,
-                               ap, hits_at, counts, relevant_counts, scratch, values, inverse)
+                _rank_relevant(
+                    q,
+                    places,
+                    members[member_offsets[c] : member_offsets[c + 1]],
+                    count,
+                    bits,
+                    topk,
+                    reach,
+                    cutoffs,
+                    ap,
+                    hits_at,
+                    counts,
+                    relevant_counts,
+                    scratch,
+                    values,
+                    inverse,
+                )
 
 
 def rank_single_label(query_words, db_words, query_class, db_class, n_classes, bits, topk, cutoffs, n_threads):
     """(AP, hits@cutoffs, histograms, relevant histograms) per query for class-index labels."""
     members, offsets = class_members(db_class, n_classes)
     out = _outputs(query_words.shape[0], bits, cutoffs.shape[0])
-    _single_label(query_words, db_words, np.asarray(query_class, dtype=np.int64), members, offsets, bits, topk, cutoffs, n_threads, out)
+    _single_label(
+        query_words,
+        db_words,
+        np.asarray(query_class, dtype=np.int64),
+        members,
+        offsets,
+        bits,
+        topk,
+        cutoffs,
+        n_threads,
+        out,
+    )
     return out
 
 
@@ -183,7 +265,7 @@ def _multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cut
                 x, labels = query_words[q, 0], query_labels[q, 0]
                 for j in range(n_db):
                     _place(places, n_relevant, count, np.int64(popcount(x ^ first[j])))  # branch-free: the slot is kept
-                    n_relevant += np.int64((labels & first_labels[j]) != 0)             # only if the item is relevant
+                    n_relevant += np.int64((labels & first_labels[j]) != 0)  # only if the item is relevant
             else:
                 for j in range(n_db):
                     shared = np.uint64(0)
@@ -194,8 +276,23 @@ def _multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cut
             relevant_count[:] = 0
             for i in range(n_relevant):
                 relevant_count[places[i] & 255] += 1
-            _rank(q, places, n_relevant, relevant_count, count, bits, topk, reach, cutoffs, ap, hits_at, counts, relevant_counts, scratch,
-                  inverse)
+            _rank(
+                q,
+                places,
+                n_relevant,
+                relevant_count,
+                count,
+                bits,
+                topk,
+                reach,
+                cutoffs,
+                ap,
+                hits_at,
+                counts,
+                relevant_counts,
+                scratch,
+                inverse,
+            )
 
 
 def rank_multi_label(query_words, db_words, query_labels, db_labels, bits, topk, cutoffs, n_threads):

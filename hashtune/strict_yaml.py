@@ -36,7 +36,10 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise YamlError(f"alias *{event.anchor} on line {event.start_mark.line + 1}: aliases are not accepted; write the value out")
+            raise YamlError(
+                f"alias *{event.anchor} on line {event.start_mark.line + 1}: aliases are not accepted; write the value "
+                "out"
+            )
         return super().compose_node(parent, index)
 
 
@@ -52,7 +55,9 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
-            raise YamlError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {key_node.start_mark.line + 1})")
+            raise YamlError(
+                f"key {key!r} appears twice in one mapping (lines {seen[key]} and {key_node.start_mark.line + 1})"
+            )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
@@ -63,6 +68,6 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def read_yaml(text: str) -> Any:
     """Parse `text` strictly (see the module docstring); raises `YamlError` in one line."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
         raise YamlError(f"not valid YAML: {' '.join(str(error).split())[:300]}") from None

@@ -81,8 +81,10 @@ def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as error:  # noqa: BLE001 - any failure to reach the store is the same user error
-        raise ConnectionError(f"MLflow tracking URI {uri!r} is unreachable: {str(error).splitlines()[0][:200]}") from None
+    except Exception as error:
+        raise ConnectionError(
+            f"MLflow tracking URI {uri!r} is unreachable: {str(error).splitlines()[0][:200]}"
+        ) from None
     if create and uri.startswith("sqlite:///"):
         index_tags(Path(uri.removeprefix("sqlite:///")))
     return uri, artifacts
@@ -108,7 +110,9 @@ def get_or_create_experiment(client, name: str, artifact_location: str | None) -
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=f"{artifact_location}/{name}" if artifact_location else None)
+    return client.create_experiment(
+        name, artifact_location=f"{artifact_location}/{name}" if artifact_location else None
+    )
 
 
 def find_runs(client, experiment_id: str, filter_string: str = "") -> list:
@@ -158,8 +162,12 @@ def best_finished_run(client, experiment: str, metric: str):
     if found is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {display_uri(client.tracking_uri)}")
     # the store sorts and returns one run (reading every finished run took 20 s at 10,000 runs here)
-    best = client.search_runs([found.experiment_id], filter_string=f"tags.`{TAG}status` = 'finished' and metrics.`{metric}` > -1e300",
-                              order_by=[f"metrics.`{metric}` DESC"], max_results=1)
+    best = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{TAG}status` = 'finished' and metrics.`{metric}` > -1e300",
+        order_by=[f"metrics.`{metric}` DESC"],
+        max_results=1,
+    )
     if not best:
         raise LookupError(f"experiment {experiment!r} has no finished trial run with {metric}")
     return best[0]
@@ -174,24 +182,39 @@ def sweep_parents(client, experiment: str) -> list:
     return sorted(parents, key=lambda run: -(run.info.start_time or 0))
 
 
-def log_infeasible_points(client, experiment_id: str, parent_run_id: str, space_name: str, points: list[dict], base_flat: dict) -> None:
+def log_infeasible_points(
+    client, experiment_id: str, parent_run_id: str, space_name: str, points: list[dict], base_flat: dict
+) -> None:
     """Grid points whose bit allocation fails: FINISHED child runs tagged infeasible, with params, no metrics."""
-    existing = {run.data.tags.get(f"{TAG}point") for run in find_runs(client, experiment_id, f"tags.`{TAG}status` = 'infeasible'")}
+    existing = {
+        run.data.tags.get(f"{TAG}point")
+        for run in find_runs(client, experiment_id, f"tags.`{TAG}status` = 'infeasible'")
+    }
     for point in points:
         pid = point_id(point["overrides"])
         if pid in existing:
             continue
-        run = client.create_run(experiment_id, run_name=f"infeasible-{pid}", tags={
-            "mlflow.parentRunId": parent_run_id, f"{TAG}space": space_name, f"{TAG}variant": point["variant"],
-            f"{TAG}status": "infeasible", f"{TAG}point": pid, f"{TAG}seed": str(point["overrides"].get("train.seed", "")),
-        })
+        run = client.create_run(
+            experiment_id,
+            run_name=f"infeasible-{pid}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                f"{TAG}space": space_name,
+                f"{TAG}variant": point["variant"],
+                f"{TAG}status": "infeasible",
+                f"{TAG}point": pid,
+                f"{TAG}seed": str(point["overrides"].get("train.seed", "")),
+            },
+        )
         client.log_batch(run.info.run_id, params=flat_params(base_flat | point["overrides"]))
         client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def mark_orphans_killed(client, experiment_id: str, parent_run_id: str) -> int:
     """Child runs left RUNNING by a driver that died: KILLED (a restarted trial sets its run RUNNING again)."""
-    orphans = find_runs(client, experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    orphans = find_runs(
+        client, experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    )
     for run in orphans:
         client.set_tag(run.info.run_id, f"{TAG}status", "killed")
         client.set_terminated(run.info.run_id, "KILLED")

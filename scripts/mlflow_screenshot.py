@@ -40,7 +40,10 @@ def main(argv=None) -> int:
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        print("mlflow_screenshot: error: no chromium on PATH; install Debian's (apt-get install chromium)", file=sys.stderr)
+        print(
+            "mlflow_screenshot: error: no chromium on PATH; install Debian's (apt-get install chromium)",
+            file=sys.stderr,
+        )
         return 2
     client = MlflowClient(args.mlflow_uri)
     experiment = client.get_experiment_by_name(args.experiment)
@@ -51,8 +54,24 @@ def main(argv=None) -> int:
     port = _free_port()
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.mlflow_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            args.mlflow_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -63,11 +82,26 @@ def main(argv=None) -> int:
             except OSError:
                 time.sleep(0.5)
         ids = json.dumps([run.info.run_id for run in runs])
-        url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}"
+        experiments = urllib.parse.quote(json.dumps([experiment.experiment_id]))
+        url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={experiments}"
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={args.size}",
-                        "--virtual-time-budget=20000", f"--screenshot={args.out.absolute()}", url],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--window-size={args.size}",
+                "--virtual-time-budget=20000",
+                f"--screenshot={args.out.absolute()}",
+                url,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=180,
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

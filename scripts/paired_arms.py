@@ -1,6 +1,6 @@
 """Two variants of an experiment compared on any metric, paired by seed: the verdict, mean and 95% CI.
 
-    python scripts/paired_arms.py --experiment defaults_vs_tuned --a tuned --b defaults --metric val/best_mAP
+python scripts/paired_arms.py --experiment defaults_vs_tuned --a tuned --b defaults --metric val/best_mAP
 """
 
 import argparse
@@ -29,11 +29,16 @@ def main() -> None:
     for run in find_runs(client, experiment.experiment_id, f"tags.`{TAG}status` = 'finished'"):
         variant = run.data.tags.get(f"{TAG}variant")
         if variant in values:  # paired by data and training seed, so crossed designs pair like with like
-            values[variant][f"{run.data.params['data.seed']}/{run.data.params['train.seed']}"] = run.data.metrics[args.metric]
+            values[variant][f"{run.data.params['data.seed']}/{run.data.params['train.seed']}"] = run.data.metrics[
+                args.metric
+            ]
     seeds = sorted(set(values[args.a]) & set(values[args.b]))
     verdict = claim_verdict([values[args.a][s] - values[args.b][s] for s in seeds], delta=args.delta)
-    print(f"{args.a} - {args.b} on {args.metric}, paired over data/train seeds {seeds}: {verdict.verdict} "
-          f"({verdict.difference.mean:+.4f}, 95% CI [{verdict.difference.low:+.4f}, {verdict.difference.high:+.4f}], n={verdict.n})")
+    print(
+        f"{args.a} - {args.b} on {args.metric}, paired over data/train seeds {seeds}: {verdict.verdict} "
+        f"({verdict.difference.mean:+.4f}, 95% CI [{verdict.difference.low:+.4f}, {verdict.difference.high:+.4f}], "
+        f"n={verdict.n})"
+    )
 
 
 if __name__ == "__main__":

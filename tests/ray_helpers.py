@@ -20,7 +20,11 @@ def local_ray(num_cpus: int = 2):
     """A local Ray whose dashboard (Train V2's State API) listens on 127.0.0.1 only."""
     temp_dir = short_temp_dir("rt")
     ray.init(
-        num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp_dir, log_to_driver=False,
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _temp_dir=temp_dir,
+        log_to_driver=False,
     )
     try:
         yield
@@ -45,7 +49,6 @@ def end_session_processes(temp_dir: str, timeout: float = 30.0) -> int:
     all; a test that kills a driver ends them itself. Returns how many it ended.
     """
     import signal
-    import time
 
     import psutil
 

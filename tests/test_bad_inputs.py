@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from conftest import write_cifar_folder, write_listfile_folder
-from hashtune.train.model import create_backbone
+
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
+from hashtune.train.model import create_backbone
 
 TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1"]
 
@@ -39,7 +39,12 @@ def _listfile_unreadable_image(tmp_path) -> list[str]:
 
 def _wrong_architecture(tmp_path) -> list[str]:
     path = tmp_path / "other.pth"
-    torch.save(create_backbone("vit_tiny_patch16_224", img_size=8, patch_size=2, depth=1, embed_dim=32, num_heads=2, in_chans=1).state_dict(), path)
+    torch.save(
+        create_backbone(
+            "vit_tiny_patch16_224", img_size=8, patch_size=2, depth=1, embed_dim=32, num_heads=2, in_chans=1
+        ).state_dict(),
+        path,
+    )
     return [f"model.pretrained={path}"]
 
 
@@ -52,13 +57,25 @@ TRAIN_CASES = {
     "unreadable image": (_listfile_unreadable_image, "cannot read image"),
     "pretrained weights of another architecture": (_wrong_architecture, "does not fit vit_tiny_patch16_224"),
     "infeasible K for the bits": (lambda tmp: ["model.bits=16", "model.k_groups=4"], "bits=16 with k_groups=4"),
-    "codes longer than the mAP kernels rank": (lambda tmp: ["model.bits=1024"], "model.bits: expected at most 255 (the exact mAP kernels"),
-    "a batch of one image (no pairs)": (lambda tmp: ["train.batch_size=1"], "train.batch_size: expected at least 2 (the pair losses"),
-    "a key given twice": (lambda tmp: ["model.bits=16", "model.bits=32"],
-                          "override key 'model.bits' is given twice, as 'model.bits=16' and 'model.bits=32'; give it once"),
+    "codes longer than the mAP kernels rank": (
+        lambda tmp: ["model.bits=1024"],
+        "model.bits: expected at most 255 (the exact mAP kernels",
+    ),
+    "a batch of one image (no pairs)": (
+        lambda tmp: ["train.batch_size=1"],
+        "train.batch_size: expected at least 2 (the pair losses",
+    ),
+    "a key given twice": (
+        lambda tmp: ["model.bits=16", "model.bits=32"],
+        "override key 'model.bits' is given twice, as 'model.bits=16' and 'model.bits=32'; give it once",
+    ),
     "YAML aliases in a config file (billion laughs)": (
-        lambda tmp: ["--config", str(_write(tmp / "laughs.yaml", 'a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n'))],
-        "alias *a on line 2: aliases are not accepted"),
+        lambda tmp: [
+            "--config",
+            str(_write(tmp / "laughs.yaml", 'a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n')),
+        ],
+        "alias *a on line 2: aliases are not accepted",
+    ),
 }
 
 
@@ -87,24 +104,51 @@ def test_train_bad_input(case, tmp_path, capsys):
 SWEEP_CASES = {
     "unknown space name": (lambda tmp: ["--space", "nonesuch"], "unknown space 'nonesuch'; shipped spaces:"),
     "malformed YAML": (lambda tmp: ["--space", _space(tmp, "params: [1, 2\n")], "not valid YAML"),
-    "unknown key in a space": (lambda tmp: ["--space", _space(tmp, "params: {model.bitz: {grid: [16]}}\n")], "unknown config key 'model.bitz'"),
+    "unknown key in a space": (
+        lambda tmp: ["--space", _space(tmp, "params: {model.bitz: {grid: [16]}}\n")],
+        "unknown config key 'model.bitz'",
+    ),
     "K/bits infeasible for every point": (
         lambda tmp: ["--space", _space(tmp, "params: {model.k_groups: {grid: [5, 6]}, model.bits: {grid: [16]}}\n")],
-        "every one of the 2 grid points has an infeasible"),
+        "every one of the 2 grid points has an infeasible",
+    ),
     "unknown override key": (lambda tmp: ["--space", "smoke", "optim.lr=3"], "unknown config key 'optim.lr'"),
-    "unreachable MLflow URI": (lambda tmp: ["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"], "MLflow tracking URI 'http://127.0.0.1:9' is unreachable"),
-    "--resume of a sweep that does not exist": (lambda tmp: ["--space", "smoke", "--resume"], "--resume: no sweep named 'smoke'"),
-    "--budget that is not a mapping": (lambda tmp: ["--space", "smoke", "--budget", "2"], "--budget must be a mapping like '{cpu_hours: 2}'"),
-    "--budget of two resources": (lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, gpu_hours: 1}"],
-                                  "--budget: budget needs exactly one of cpu_hours, gpu_hours"),
-    "--budget with a key twice": (lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, cpu_hours: 2}"],
-                                  "--budget: key 'cpu_hours' appears twice in one mapping"),
-    "--max-concurrent 0": (lambda tmp: ["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent must be at least 1, got 0"),
-    "--max-concurrent -1": (lambda tmp: ["--space", "smoke", "--max-concurrent", "-1"], "--max-concurrent must be at least 1, got -1"),
-    "a key given twice on the command line": (lambda tmp: ["--space", "smoke", "model.bits=16", "model.bits=32"],
-                                              "override key 'model.bits' is given twice"),
-    "--name too long for a file name": (lambda tmp: ["--space", "smoke", "--name", "a" * 300],
-                                        "is 300 characters long; at most 100 (it names folders and files)"),
+    "unreachable MLflow URI": (
+        lambda tmp: ["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"],
+        "MLflow tracking URI 'http://127.0.0.1:9' is unreachable",
+    ),
+    "--resume of a sweep that does not exist": (
+        lambda tmp: ["--space", "smoke", "--resume"],
+        "--resume: no sweep named 'smoke'",
+    ),
+    "--budget that is not a mapping": (
+        lambda tmp: ["--space", "smoke", "--budget", "2"],
+        "--budget must be a mapping like '{cpu_hours: 2}'",
+    ),
+    "--budget of two resources": (
+        lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, gpu_hours: 1}"],
+        "--budget: budget needs exactly one of cpu_hours, gpu_hours",
+    ),
+    "--budget with a key twice": (
+        lambda tmp: ["--space", "smoke", "--budget", "{cpu_hours: 1, cpu_hours: 2}"],
+        "--budget: key 'cpu_hours' appears twice in one mapping",
+    ),
+    "--max-concurrent 0": (
+        lambda tmp: ["--space", "smoke", "--max-concurrent", "0"],
+        "--max-concurrent must be at least 1, got 0",
+    ),
+    "--max-concurrent -1": (
+        lambda tmp: ["--space", "smoke", "--max-concurrent", "-1"],
+        "--max-concurrent must be at least 1, got -1",
+    ),
+    "a key given twice on the command line": (
+        lambda tmp: ["--space", "smoke", "model.bits=16", "model.bits=32"],
+        "override key 'model.bits' is given twice",
+    ),
+    "--name too long for a file name": (
+        lambda tmp: ["--space", "smoke", "--name", "a" * 300],
+        "is 300 characters long; at most 100 (it names folders and files)",
+    ),
 }
 
 
@@ -118,9 +162,18 @@ def test_sweep_bad_input(case, tmp_path, capsys):
 
 
 TRAIN_OVERRIDE_CASES = {
-    "heads that do not divide the width": (["model.embed_dim=10", "model.num_heads=3"], "model.embed_dim=10 is not divisible by model.num_heads=3"),
-    "patches larger than the image": (["model.patch_size=16"], "model.patch_size=16 does not tile model.img_size=8; use a patch_size in [1, 2, 4, 8]"),
-    "more groups than patches": (["model.patch_size=4", "model.k_groups=5", "model.bits=64"], "model.k_groups=5 exceeds the 4 patch tokens"),
+    "heads that do not divide the width": (
+        ["model.embed_dim=10", "model.num_heads=3"],
+        "model.embed_dim=10 is not divisible by model.num_heads=3",
+    ),
+    "patches larger than the image": (
+        ["model.patch_size=16"],
+        "model.patch_size=16 does not tile model.img_size=8; use a patch_size in [1, 2, 4, 8]",
+    ),
+    "more groups than patches": (
+        ["model.patch_size=4", "model.k_groups=5", "model.bits=64"],
+        "model.k_groups=5 exceeds the 4 patch tokens",
+    ),
     "an infinite learning rate": (["train.lr=inf"], "train.lr: expected a finite number, got inf"),
 }
 
@@ -130,7 +183,18 @@ def test_train_refuses_inconsistent_config_before_writing(case, tmp_path, capsys
     overrides, message = TRAIN_OVERRIDE_CASES[case]
     out = tmp_path / "run"
     given = {pair.split("=")[0] for pair in overrides}  # a key may be given once: the case's value replaces TINY's
-    assert train_main(["--out", str(out), "--no-progress", *[pair for pair in TINY if pair.split("=")[0] not in given], *overrides]) == 2
+    assert (
+        train_main(
+            [
+                "--out",
+                str(out),
+                "--no-progress",
+                *[pair for pair in TINY if pair.split("=")[0] not in given],
+                *overrides,
+            ]
+        )
+        == 2
+    )
     assert message in _one_error_line(capsys, "hashtune.train: error:")
     assert not out.exists()
 
@@ -156,24 +220,51 @@ def test_train_out_is_never_a_file_nor_another_run(tmp_path, capsys):
 
 
 SPACE_TEXT_CASES = {
-    "mode that is not max or min": ("mode: maximize\nvariants: {full: {}}\n", "mode must be one of max, min, got 'maximize'"),
-    "two variants of one name": ("variants:\n  w/o Q: {loss.quant_weight: 0.0}\n  w/o Q: {loss.cls_weight: 0.0}\n", "key 'w/o Q' appears twice"),
+    "mode that is not max or min": (
+        "mode: maximize\nvariants: {full: {}}\n",
+        "mode must be one of max, min, got 'maximize'",
+    ),
+    "two variants of one name": (
+        "variants:\n  w/o Q: {loss.quant_weight: 0.0}\n  w/o Q: {loss.cls_weight: 0.0}\n",
+        "key 'w/o Q' appears twice",
+    ),
     "variants as a list": ("variants: [full, w/o Q]\n", "variants must be a mapping"),
     "params as a list": ("params: [model.bits]\n", "params must be a mapping"),
     "fixed as a list": ("fixed: [train.epochs]\nvariants: {full: {}}\n", "fixed must be a mapping"),
-    "num_samples that is not a number": ("search: tpe\nnum_samples: lots\nparams: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}\n",
-                                         "num_samples must be an integer >= 1, got 'lots'"),
+    "num_samples that is not a number": (
+        "search: tpe\nnum_samples: lots\nparams: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}\n",
+        "num_samples must be an integer >= 1, got 'lots'",
+    ),
     "a variant infeasible where others run": (
         "fixed: {model.bits: 16}\nvariants:\n  full: {model.k_groups: 4}\n  w/o P: {model.dual_stream: false}\n",
-        "variant 'full' has an infeasible model.bits/model.k_groups allocation at 'seed=0'"),
+        "variant 'full' has an infeasible model.bits/model.k_groups allocation at 'seed=0'",
+    ),
     "a seed listed twice": ("seeds: [0, 0]\nvariants: {full: {}}\n", "seeds [0] appear more than once in [0, 0]"),
-    "a grid value listed twice": ("params: {model.k_groups: {grid: [1, 2, 1]}}\n", "params.model.k_groups: grid lists 1 more than once"),
+    "a grid value listed twice": (
+        "params: {model.k_groups: {grid: [1, 2, 1]}}\n",
+        "params.model.k_groups: grid lists 1 more than once",
+    ),
     "a grid of 2.6e10 points (counted, not expanded)": (
-        "params:\n" + "".join(f"  {key}: {{grid: [{', '.join(str(round(0.01 * (i + 1), 2)) for i in range(20))}]}}\n" for key in (
-            "loss.gamma", "loss.quant_weight", "loss.cls_weight", "loss.gamma_a", "train.lr", "train.weight_decay", "train.grad_clip",
-            "model.drop_path_rate")),
-        "the grid has 25,600,000,000 points (1 x 1 x 20 x 20 x 20 x 20 x 20 x 20 x 20 x 20"),
-    "YAML aliases (billion laughs)": ('a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n', "alias *a on line 2: aliases are not accepted"),
+        "params:\n"
+        + "".join(
+            f"  {key}: {{grid: [{', '.join(str(round(0.01 * (i + 1), 2)) for i in range(20))}]}}\n"
+            for key in (
+                "loss.gamma",
+                "loss.quant_weight",
+                "loss.cls_weight",
+                "loss.gamma_a",
+                "train.lr",
+                "train.weight_decay",
+                "train.grad_clip",
+                "model.drop_path_rate",
+            )
+        ),
+        "the grid has 25,600,000,000 points (1 x 1 x 20 x 20 x 20 x 20 x 20 x 20 x 20 x 20",
+    ),
+    "YAML aliases (billion laughs)": (
+        'a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n',
+        "alias *a on line 2: aliases are not accepted",
+    ),
 }
 
 
@@ -223,12 +314,18 @@ def test_two_drivers_creating_one_new_store_at_once_both_succeed(tmp_path):
         "stores = resolve_stores(args, load_space('smoke')); "
         "[time.sleep(0.01) for _ in iter(lambda: (stores.results_dir / 'go').exists(), True)]; open_tracking(stores)"
     )
-    drivers = [subprocess.Popen([sys.executable, "-c", code, name, str(tmp_path)], stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    drivers = [
+        subprocess.Popen([sys.executable, "-c", code, name, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
     (tmp_path / "go").touch()
     for driver in drivers:
         _, err = driver.communicate(timeout=120)
         assert driver.returncode == 0, err[-2000:]
-    tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")}
+    tables = {
+        row[0]
+        for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")
+    }
     assert "runs" in tables and not any(name.startswith("_alembic_tmp") for name in tables)
 
 
@@ -238,7 +335,10 @@ def test_a_ray_temp_dir_too_long_for_rays_sockets_is_refused_before_ray_starts(t
     results = tmp_path / "results"
     assert sweep_main(["--space", "smoke", "--results-dir", str(results)]) == 2
     line = _one_error_line(capsys, "hashtune.sweep: error:")
-    assert f"Ray's temp dir '{long_dir}/ray' is too long for its Unix sockets" in line and "set RAY_TMPDIR to a folder of at most" in line
+    assert (
+        f"Ray's temp dir '{long_dir}/ray' is too long for its Unix sockets" in line
+        and "set RAY_TMPDIR to a folder of at most" in line
+    )
     assert train_main(["--out", str(tmp_path / "run"), "--workers", "1", "--no-progress", *TINY]) == 2
     assert "is too long for its Unix sockets" in _one_error_line(capsys, "hashtune.train: error:")
     assert not results.exists() and not long_dir.exists()
@@ -256,13 +356,24 @@ def test_resume_refuses_tune_state_and_an_mlflow_store_of_different_sweeps(tmp_p
 
     storage = tmp_path / "ray"
     (storage / "smoke").mkdir(parents=True)
-    (storage / "smoke" / "tuner.pkl").write_bytes(b"")  # what Tune.can_restore looks for: Tune's state of a sweep 'smoke'
+    (storage / "smoke" / "tuner.pkl").write_bytes(
+        b""
+    )  # what Tune.can_restore looks for: Tune's state of a sweep 'smoke'
     elsewhere = tmp_path / "elsewhere"
     argv = ["--space", "smoke", "--resume", "--results-dir", str(elsewhere), "--storage", str(storage)]
     assert sweep_main(argv) == 2  # an empty MLflow store: every trial would run again, untracked
     line = _one_error_line(capsys, "hashtune.sweep: error:")
-    assert f"Tune's state of sweep 'smoke' is at {storage}/smoke, but the MLflow store sqlite:///{elsewhere}/mlflow.db holds no run" in line
-    client = MlflowClient(f"sqlite:///{elsewhere / 'mlflow.db'}")  # a store whose sweep 'smoke' kept its Tune state elsewhere
-    client.create_run(client.create_experiment("smoke"), tags={"hashtune.role": "sweep", "hashtune.storage": "/other/smoke"})
+    assert (
+        f"Tune's state of sweep 'smoke' is at {storage}/smoke, but the MLflow store sqlite:///{elsewhere}/mlflow.db "
+        "holds no run" in line
+    )
+    client = MlflowClient(
+        f"sqlite:///{elsewhere / 'mlflow.db'}"
+    )  # a store whose sweep 'smoke' kept its Tune state elsewhere
+    client.create_run(
+        client.create_experiment("smoke"), tags={"hashtune.role": "sweep", "hashtune.storage": "/other/smoke"}
+    )
     assert sweep_main(argv) == 2
-    assert f"has sweep 'smoke' with its Tune state at /other/smoke, not at {storage}/smoke" in _one_error_line(capsys, "hashtune.sweep: error:")
+    assert f"has sweep 'smoke' with its Tune state at /other/smoke, not at {storage}/smoke" in _one_error_line(
+        capsys, "hashtune.sweep: error:"
+    )

@@ -43,14 +43,25 @@ def _variant(tmp_path, change) -> Path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c["available_node_types"]["gpu_worker"]["node_config"].update(InstanceTyp="g5.xlarge"),
-         r"gpu_worker.node_config has unknown EC2 field\(s\) \['InstanceTyp'\]"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"]["node_config"].update(InstanceTyp="g5.xlarge"),
+            r"gpu_worker.node_config has unknown EC2 field\(s\) \['InstanceTyp'\]",
+        ),
         (lambda c: c["available_node_types"]["head"]["resources"].update(GPU=1), r"must have GPU: 0"),
-        (lambda c: c["available_node_types"]["gpu_worker"].update(resources={}), r"gpu_worker needs explicit resources"),
-        (lambda c: c["available_node_types"]["gpu_worker"].pop("resources"), r"Ray rejects it: 'resources' is a required property"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].update(resources={}),
+            r"gpu_worker needs explicit resources",
+        ),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].pop("resources"),
+            r"Ray rejects it: 'resources' is a required property",
+        ),
         (lambda c: c.update(setup_commands=["echo hi"]), r"setup_commands must install hashtune"),
         (lambda c: c.update(max_workerz=3), r"Ray rejects it"),
-        (lambda c: [c["available_node_types"].pop(n) for n in ("gpu_worker", "gpu_worker_8x")], r"no worker node type with GPUs"),
+        (
+            lambda c: [c["available_node_types"].pop(n) for n in ("gpu_worker", "gpu_worker_8x")],
+            r"no worker node type with GPUs",
+        ),
     ],
 )
 def test_cluster_mistakes_are_one_line(tmp_path, change, message):

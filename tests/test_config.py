@@ -4,7 +4,8 @@ import pytest
 
 from hashtune.config import Config, ConfigError, load_config, parse_overrides, save_config, to_flat_dict
 
-PUBLIC_KEYS = """data.name data.root data.seed model.backbone model.pretrained model.img_size model.patch_size model.depth
+PUBLIC_KEYS = """data.name data.root data.seed model.backbone model.pretrained model.img_size model.patch_size
+model.depth
 model.embed_dim model.bits model.k_groups model.dual_stream loss.prob loss.gamma loss.quant_weight loss.cls_weight
 train.strategy train.optimizer train.lr train.weight_decay train.batch_size train.epochs train.warmup_epochs
 train.eval_every train.seed train.device train.precision eval.topk""".split()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_cifar_folder
 from hashtune.data import Splits, build_retrieval_data, build_splits, load_source
 
 
@@ -157,7 +156,9 @@ def test_cifar10_protocols_as_the_literature_names_them(full_cifar_source, proto
     if protocol == "cifar10-2":
         assert sets["train"] == sets["database"]
     else:
-        assert len(sets["train"] | sets["val_query"] | sets["test_query"] | sets["database"]) == 60_000  # no image left out
+        assert (
+            len(sets["train"] | sets["val_query"] | sets["test_query"] | sets["database"]) == 60_000
+        )  # no image left out
     classes = full_cifar_source.labels.argmax(1)
     assert np.bincount(classes[splits.test_query]).tolist() == [test // 10] * 10
     exact = build_splits(full_cifar_source, seed=0, protocol=protocol, val_per_class=0)

@@ -14,7 +14,14 @@ from hashtune.train.runtime import DistributedRuntime, LocalRuntime
 from hashtune.train.symmetric import symmetric_loss
 from hashtune.train.trainer import build_model
 
-CONFIG = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "model.bits=16", "model.k_groups=2", "train.device=cpu"]
+CONFIG = [
+    "model.depth=1",
+    "model.embed_dim=16",
+    "model.num_heads=2",
+    "model.bits=16",
+    "model.k_groups=2",
+    "train.device=cpu",
+]
 BATCH, WORLD = 12, 2
 
 
@@ -37,7 +44,11 @@ def _one_step(runtime, images: torch.Tensor, labels: torch.Tensor, wrap: bool):
     loss.backward()
     gradients = {name: value.grad.clone() for name, value in model.named_parameters()}
     optimizer.step()
-    return runtime.mean(loss.item()), {name: value.detach().clone() for name, value in model.state_dict().items()}, gradients
+    return (
+        runtime.mean(loss.item()),
+        {name: value.detach().clone() for name, value in model.state_dict().items()},
+        gradients,
+    )
 
 
 def _rank(rank: int, init_file: str, out: str) -> None:

@@ -10,19 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray_helpers import local_ray, train_workers
 
-from hashtune.train.checkpoint import load_checkpoint
 from hashtune.config import config_from_dict, load_config
 from hashtune.data import Splits, build_retrieval_data
+from hashtune.train.checkpoint import load_checkpoint
 from hashtune.train.distributed import fit_distributed
 from hashtune.train.runtime import LocalRuntime
 from hashtune.train.steps import sharded_loader
 from hashtune.train.trainer import build_model, evaluate
-from ray_helpers import local_ray, train_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
-SMALL = ["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.batch_size=50", "train.lr=5e-3", "train.warmup_epochs=1"]
+SMALL = [
+    "model.depth=2",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "train.batch_size=50",
+    "train.lr=5e-3",
+    "train.warmup_epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +42,16 @@ def _single_process_val_map(run_dir: Path) -> float:
     state = load_checkpoint(run_dir)
     config = config_from_dict(state["config"])
     splits = Splits(**{name: tensor.numpy() for name, tensor in state["splits"].items()})
-    data = build_retrieval_data(name=config.data.name, seed=config.data.seed, img_size=config.model.img_size, splits=splits)
+    data = build_retrieval_data(
+        name=config.data.name, seed=config.data.seed, img_size=config.model.img_size, splits=splits
+    )
     model = build_model(config, data)
     model.load_state_dict(state["model"])
     runtime = LocalRuntime(torch.device("cpu"))
-    loaders = [sharded_loader(d, runtime, batch_size=97, shuffle=False, seed=0, num_workers=0) for d in (data.val_query, data.database)]
+    loaders = [
+        sharded_loader(d, runtime, batch_size=97, shuffle=False, seed=0, num_workers=0)
+        for d in (data.val_query, data.database)
+    ]
     return evaluate(model, *loaders, runtime=runtime, config=config).map
 
 
@@ -84,7 +96,9 @@ def test_killed_worker_restores_from_last_checkpoint(ray_session, tmp_path):
     config = load_config(overrides=SMALL + ["train.epochs=30", "train.eval_every=2"])
     storage = tmp_path / "storage"
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_one_worker_after_a_registered_checkpoint, args=(storage, killed, time.time() + 300))
+    killer = threading.Thread(
+        target=_kill_one_worker_after_a_registered_checkpoint, args=(storage, killed, time.time() + 300)
+    )
     killer.start()
     metrics = fit_distributed(config, run_dir=tmp_path / "run", workers=2, storage=str(storage), max_failures=2)
     killer.join()

@@ -1,4 +1,5 @@
-"""Export a finished run as a bundle and retrieve with it: same codes in a fresh process, exact --eval, one-line errors."""
+"""Export a finished run as a bundle and retrieve with it: same codes in a fresh process, exact --eval, one-line
+errors."""
 
 import json
 import re
@@ -10,18 +11,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashtune.metrics import pack_codes, unpack_codes
-from hashtune.retrieval.bundle import BundleError, verify_bundle
 from hashtune.config import load_config
 from hashtune.data import load_source
+from hashtune.metrics import pack_codes, unpack_codes
+from hashtune.retrieval import Retriever, evaluate_bundle
+from hashtune.retrieval.bundle import BundleError, verify_bundle
+from hashtune.retrieval.cli import main as retrieve_main
 from hashtune.retrieval.export import export_bundle
 from hashtune.retrieval.export import main as export_main
 from hashtune.train.checkpoint import load_checkpoint
-from hashtune.retrieval import Retriever, evaluate_bundle
-from hashtune.retrieval.cli import main as retrieve_main
 from hashtune.train.trainer import fit
 
-TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=2", "train.eval_every=1", "model.bits=24"]
+TINY = [
+    "model.depth=1",
+    "model.embed_dim=16",
+    "model.num_heads=2",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "model.bits=24",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +76,9 @@ def test_fresh_process_gives_the_stored_codes_for_the_same_images(bundle, tmp_pa
         "import sys, json; from hashtune.retrieval import Retriever; "
         "r = Retriever.load(sys.argv[1]); print(json.dumps(r.encode(sys.argv[2:]).tolist()))"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(folder), *paths], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(folder), *paths], capture_output=True, text=True, check=True
+    ).stdout
     stored = np.load(folder / "query_codes.npy")[: len(paths)]
     assert np.array_equal(np.array(json.loads(out.strip().splitlines()[-1]), dtype=np.uint8), stored)
 
@@ -102,7 +112,11 @@ def test_a_refused_add_leaves_the_database_as_it_was():
         "an id already in the database": ([5, 100], None, "id 5 is already in the database"),
         "an id twice in one call": ([5000, 5000], None, "id 5000 is given twice in one add"),
         "fewer ids than codes": ([100], None, "got 2 images but 1 ids"),
-        "labels of the wrong width": ([100, 101], np.zeros((2, 5)), "labels must have shape (2, 3) for 2 ids, got (2, 5)"),
+        "labels of the wrong width": (
+            [100, 101],
+            np.zeros((2, 5)),
+            "labels must have shape (2, 3) for 2 ids, got (2, 5)",
+        ),
         "an id that is neither int nor str": ([1.5, 101], None, "an id is an int or a str, got float 1.5"),
     }
     for case, (ids, labels, message) in refused.items():
@@ -125,7 +139,9 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -164,7 +180,11 @@ def test_tampered_or_missing_bundle_is_one_line(bundle, tmp_path, capsys):
     assert retrieve_main(["--bundle", str(copy), "--eval"]) == 2
     assert retrieve_main(["--bundle", str(tmp_path / "nowhere"), "--image", "x.png"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line]
-    assert len(errors) == 2 and "does not match its manifest checksum" in errors[0] and "does not exist: not a hashtune bundle" in errors[1]
+    assert (
+        len(errors) == 2
+        and "does not match its manifest checksum" in errors[0]
+        and "does not exist: not a hashtune bundle" in errors[1]
+    )
 
 
 def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_path, capsys):
@@ -183,20 +203,28 @@ def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_pat
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
-    from ray_helpers import short_temp_dir
-
     from mlflow import MlflowClient
+    from ray_helpers import short_temp_dir
 
     from hashtune.sweep.cli import main as sweep_main
 
     monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
     assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "test/mAP", "--out", str(tmp_path / "b")]) == 2
+    assert (
+        export_main(
+            ["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "test/mAP", "--out", str(tmp_path / "b")]
+        )
+        == 2
+    )
     assert "would select on non-validation data" in capsys.readouterr().err
     assert export_main(["--experiment", "smoke", "--mlflow-uri", uri, "--out", str(tmp_path / "bundle")]) == 0
     client = MlflowClient(uri)
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("hashtune.status") == "finished"]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+        if r.data.tags.get("hashtune.status") == "finished"
+    ]
     best = max(runs, key=lambda run: run.data.metrics["val/best_mAP"])
     manifest = verify_bundle(tmp_path / "bundle")
     assert manifest["provenance"]["mlflow_run_id"] == best.info.run_id
@@ -257,7 +285,10 @@ def test_radius_is_bounded_by_the_code_length(bundle, tmp_path, capsys):
     folder, _ = bundle
     image = _query_pngs(folder, tmp_path, count=1)[0]
     assert retrieve_main(["--bundle", str(folder), "--image", str(image), "--radius", "100000000000"]) == 2
-    assert "radius must be in [0, 24] for 24-bit codes, got 100000000000" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        "radius must be in [0, 24] for 24-bit codes, got 100000000000"
+        in capsys.readouterr().err.strip().splitlines()[-1]
+    )
 
 
 def test_queries_of_any_size_and_bit_depth_are_read_as_training_read_them(bundle, tmp_path):
@@ -271,9 +302,14 @@ def test_queries_of_any_size_and_bit_depth_are_read_as_training_read_them(bundle
         Image.fromarray(pixels).save(sixteen_bit[-1])
     assert Image.open(sixteen_bit[0]).mode.startswith("I")
     assert np.array_equal(retriever.encode(sixteen_bit), retriever.encode(eight_bit))
-    assert np.array_equal(retriever.encode([np.asarray(Image.open(p), dtype=np.float32) / 255 for p in eight_bit]), retriever.encode(eight_bit))
+    assert np.array_equal(
+        retriever.encode([np.asarray(Image.open(p), dtype=np.float32) / 255 for p in eight_bit]),
+        retriever.encode(eight_bit),
+    )
     large, rgb = tmp_path / "large.png", tmp_path / "rgb.png"
-    Image.open(eight_bit[0]).resize((24, 24), Image.NEAREST).save(large)  # any size: resized by the bundle's eval transform
+    Image.open(eight_bit[0]).resize((24, 24), Image.NEAREST).save(
+        large
+    )  # any size: resized by the bundle's eval transform
     Image.open(eight_bit[0]).convert("RGB").save(rgb)  # RGB into a grey model: PIL's luma, as training would read it
     assert retriever.search([large, rgb], k=3).ids.shape == (2, 3)
     assert np.array_equal(retriever.encode([rgb]), retriever.encode(eight_bit[:1]))
@@ -317,9 +353,17 @@ def test_each_index_type_round_trips_through_a_bundle(bundle, tmp_path, kind):
 
 def test_more_ivf_lists_than_database_codes_are_refused_before_encoding(bundle, tmp_path, capsys):
     folder = tmp_path / "ivf"
-    assert export_main(["--run-dir", str(bundle[0].parent / "run"), "--out", str(folder), "--index", "ivf", "--nlist", "100000"]) == 2
+    assert (
+        export_main(
+            ["--run-dir", str(bundle[0].parent / "run"), "--out", str(folder), "--index", "ivf", "--nlist", "100000"]
+        )
+        == 2
+    )
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("hashtune.export: error: --nlist 100,000 exceeds the 1,297 database codes") and "give at most 33" in line
+    assert (
+        line.startswith("hashtune.export: error: --nlist 100,000 exceeds the 1,297 database codes")
+        and "give at most 33" in line
+    )
     assert not folder.exists()
 
 
@@ -332,7 +376,10 @@ def test_a_run_id_of_another_experiment_is_refused(tmp_path):
     client.create_experiment("ablations")
     run = client.create_run(client.create_experiment("tune"))
     assert best_run(client, "tune", run_id=run.info.run_id).info.run_id == run.info.run_id
-    with pytest.raises(ExportError, match=f"--run-id {run.info.run_id} belongs to experiment 'tune', not 'ablations'; give --experiment tune"):
+    with pytest.raises(
+        ExportError,
+        match=f"--run-id {run.info.run_id} belongs to experiment 'tune', not 'ablations'; give --experiment tune",
+    ):
         best_run(client, "ablations", run_id=run.info.run_id)
 
 
@@ -344,6 +391,9 @@ def test_an_index_file_that_disagrees_with_its_manifest_is_refused(bundle, tmp_p
     folder = _copy_bundle(bundle[0], tmp_path)
     other = Retriever.from_codes(np.load(folder / "database_codes.npy"), 24, index="hnsw").index
     faiss.write_index_binary(other, str(folder / "index.faiss"))  # a consistent checksum, the wrong index
-    _rewrite_manifest(folder, lambda files: files.update({"index.faiss": hashlib.sha256((folder / "index.faiss").read_bytes()).hexdigest()}))
+    _rewrite_manifest(
+        folder,
+        lambda files: files.update({"index.faiss": hashlib.sha256((folder / "index.faiss").read_bytes()).hexdigest()}),
+    )
     with pytest.raises(BundleError, match="index.faiss is a hnsw index of .* codes, the manifest says flat"):
         Retriever.load(folder)

@@ -98,7 +98,11 @@ def test_classification_loss_single_and_multi_label():
     multi = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.float64)
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     bce = -np.mean(
-        [y * math.log(sig(x)) + (1 - y) * math.log(1 - sig(x)) for r, t in zip(logits.tolist(), multi.tolist()) for x, y in zip(r, t)]
+        [
+            y * math.log(sig(x)) + (1 - y) * math.log(1 - sig(x))
+            for r, t in zip(logits.tolist(), multi.tolist())
+            for x, y in zip(r, t)
+        ]
     )
     assert losses.classification_loss(logits, multi, multi_label=True).item() == pytest.approx(bce, rel=1e-12)
 

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from hashtune.metrics import average_precisions, mean_average_precision, pack_codes, pack_labels, retrieval_metrics, unpack_codes
+from hashtune.metrics import (
+    average_precisions,
+    mean_average_precision,
+    pack_codes,
+    pack_labels,
+    retrieval_metrics,
+    unpack_codes,
+)
 
 
 def _brute_force_ap(query, database, query_labels, database_labels, topk=None):
@@ -47,7 +54,9 @@ def test_ties_are_broken_by_database_index():
     database = np.array([[1, 1], [1, 1], [-1, -1]])
     labels_query = np.array([0])
     # item 0 irrelevant, item 1 relevant, both at distance 0: index order puts the relevant one second
-    assert mean_average_precision(query, database, labels_query, np.array([1, 0, 0])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert mean_average_precision(query, database, labels_query, np.array([1, 0, 0])) == pytest.approx(
+        (1 / 2 + 2 / 3) / 2
+    )
     assert mean_average_precision(query, database, labels_query, np.array([0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
 
 
@@ -68,8 +77,10 @@ def test_torch_inputs_and_class_indices_equal_numpy_multi_hot():
     query, database, query_labels, db_labels = _random_problem(seed=3)
     from_numpy = mean_average_precision(query, database, query_labels, db_labels)
     from_torch = mean_average_precision(
-        torch.from_numpy(query).float(), torch.from_numpy(database).float(),
-        torch.from_numpy(query_labels.argmax(1)), torch.from_numpy(db_labels.argmax(1)),
+        torch.from_numpy(query).float(),
+        torch.from_numpy(database).float(),
+        torch.from_numpy(query_labels.argmax(1)),
+        torch.from_numpy(db_labels.argmax(1)),
     )
     assert from_torch == pytest.approx(from_numpy, abs=1e-15)
 
@@ -88,10 +99,22 @@ def test_precision_at_n_radius_and_pr_curve_against_brute_force(multi):
         within = distance <= r
         per_query = [relevant[q][within[q]].mean() if within[q].any() else 0.0 for q in range(len(query))]
         assert metrics.precision_within_radius[r] == pytest.approx(np.mean(per_query), abs=1e-12)
-    recall_at_3 = np.mean([relevant[q][distance[q] <= 3].sum() / relevant[q].sum() for q in range(len(query)) if relevant[q].any()])
+    recall_at_3 = np.mean(
+        [relevant[q][distance[q] <= 3].sum() / relevant[q].sum() for q in range(len(query)) if relevant[q].any()]
+    )
     assert metrics.pr_recall[3] == pytest.approx(recall_at_3, abs=1e-12)
     assert metrics.pr_recall[-1] == pytest.approx(1.0)
-    assert metrics.as_dict("test").keys() == {"test/mAP", "test/mAP_at_all", "test/mAP_ties_index", "test/mAP_ties_average", "test/precision_at_1", "test/precision_at_10", "test/precision_at_50", "test/p_r0", "test/p_r2"}
+    assert metrics.as_dict("test").keys() == {
+        "test/mAP",
+        "test/mAP_at_all",
+        "test/mAP_ties_index",
+        "test/mAP_ties_average",
+        "test/precision_at_1",
+        "test/precision_at_10",
+        "test/precision_at_50",
+        "test/p_r0",
+        "test/p_r2",
+    }
 
 
 def test_packing_round_trips_bits():
@@ -123,8 +146,10 @@ def _all_tie_orders_mean_ap(query, database, query_labels, db_labels, topk):
     so orders within each tie group are uniform)."""
     import itertools
 
-    values = [mean_average_precision(query, database[list(order)], query_labels, db_labels[list(order)], topk=topk)
-              for order in itertools.permutations(range(len(database)))]
+    values = [
+        mean_average_precision(query, database[list(order)], query_labels, db_labels[list(order)], topk=topk)
+        for order in itertools.permutations(range(len(database)))
+    ]
     return float(np.mean(values))
 
 
@@ -137,7 +162,9 @@ def test_tie_averaged_map_equals_the_mean_over_all_tie_orders(topk):
     expected = _all_tie_orders_mean_ap(query, database, query_labels, db_labels, topk)
     averaged = mean_average_precision(query, database, query_labels, db_labels, topk=topk, ties="average")
     assert averaged == pytest.approx(expected, abs=1e-12)
-    assert retrieval_metrics(query, database, query_labels, db_labels, topk=topk).map_by_ties["average"] == pytest.approx(expected, abs=1e-12)
+    assert retrieval_metrics(query, database, query_labels, db_labels, topk=topk).map_by_ties[
+        "average"
+    ] == pytest.approx(expected, abs=1e-12)
 
 
 def test_index_ties_favour_whatever_comes_first_and_average_does_not():

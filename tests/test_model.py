@@ -17,7 +17,13 @@ def _model(bits=32, k_groups=2, dual_stream=True):
 
 @pytest.mark.parametrize(
     ("bits", "k_groups", "expected"),
-    [(48, 5, [24, 5, 5, 5, 5, 4]), (64, 4, [32, 8, 8, 8, 8]), (32, 3, [16, 6, 5, 5]), (16, 2, [8, 4, 4]), (33, 1, [16, 17])],
+    [
+        (48, 5, [24, 5, 5, 5, 5, 4]),
+        (64, 4, [32, 8, 8, 8, 8]),
+        (32, 3, [16, 6, 5, 5]),
+        (16, 2, [8, 4, 4]),
+        (33, 1, [16, 17]),
+    ],
 )
 def test_bit_allocation(bits, k_groups, expected):
     assert bit_allocation(bits, k_groups) == expected
@@ -38,7 +44,9 @@ def test_max_k_groups_is_the_largest_k_that_allocates():
 
 
 def test_bit_allocation_names_the_smallest_valid_split():
-    with pytest.raises(ValueError, match=r"bits=16 with k_groups=3 leaves local heads of 2 bits.*k_groups <= 2 or bits >= 23"):
+    with pytest.raises(
+        ValueError, match=r"bits=16 with k_groups=3 leaves local heads of 2 bits.*k_groups <= 2 or bits >= 23"
+    ):
         bit_allocation(16, 3)
     with pytest.raises(ValueError, match="k_groups=0"):
         bit_allocation(16, 0)
@@ -99,7 +107,9 @@ def test_missing_pretrained_file_and_unknown_backbone_are_named(tmp_path):
 
 
 def test_too_many_groups_for_the_patches_is_rejected():
-    backbone = create_backbone("vit_tiny_patch16_224", img_size=4, patch_size=2, depth=2, embed_dim=32, num_heads=2, in_chans=1)
+    backbone = create_backbone(
+        "vit_tiny_patch16_224", img_size=4, patch_size=2, depth=2, embed_dim=32, num_heads=2, in_chans=1
+    )
     with pytest.raises(ValueError, match="k_groups=6 exceeds the 4 patch tokens"):
         TransHash(backbone=backbone, bits=64, k_groups=6, num_classes=10)
 
@@ -108,8 +118,12 @@ def test_pretrained_backbones_are_normalised_as_their_weights_expect():
     from hashtune.config import load_config
     from hashtune.train.model import preprocessing
 
-    imagenet = preprocessing(load_config(overrides=["model.backbone=deit_tiny_patch16_224", "model.pretrained=/weights.pth"]))
-    assert imagenet.mean == pytest.approx((0.485, 0.456, 0.406)) and imagenet.std == pytest.approx((0.229, 0.224, 0.225))
+    imagenet = preprocessing(
+        load_config(overrides=["model.backbone=deit_tiny_patch16_224", "model.pretrained=/weights.pth"])
+    )
+    assert imagenet.mean == pytest.approx((0.485, 0.456, 0.406)) and imagenet.std == pytest.approx(
+        (0.229, 0.224, 0.225)
+    )
     assert imagenet.interpolation == "bicubic" and imagenet.crop_pct == pytest.approx(0.9)  # timm's deit_tiny config
     scratch = preprocessing(load_config())
     assert scratch.mean == (0.5, 0.5, 0.5) and scratch.std == (0.5, 0.5, 0.5)

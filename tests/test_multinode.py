@@ -6,10 +6,10 @@ import shutil
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from ray_helpers import short_temp_dir, train_workers
 
 from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
-from ray_helpers import short_temp_dir, train_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
@@ -35,7 +35,9 @@ def two_node_cluster(monkeypatch):
 
 def test_two_workers_spread_over_two_nodes(two_node_cluster, tmp_path):
     assert len([node for node in ray.nodes() if node["Alive"]]) == 2
-    config = load_config(overrides=["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.epochs=2", "train.eval_every=1"])
+    config = load_config(
+        overrides=["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.epochs=2", "train.eval_every=1"]
+    )
     metrics = fit_distributed(config, run_dir=tmp_path / "run", workers=2, placement_strategy="SPREAD")
     assert metrics["epoch"] == 2 and "test/mAP" in metrics
     assert len({worker.node_id for worker in train_workers()}) == 2

@@ -29,7 +29,9 @@ def test_the_alpha_is_split_over_the_planned_looks():
 def _values(arms: dict, n: dict) -> dict:
     """Per arm, seeds 0..n-1 drawn from N(mean, sd) (fixed seeds)."""
     rng = np.random.default_rng(0)
-    return {arm: {s: float(mean + sd * rng.standard_normal()) for s in range(n[arm])} for arm, (mean, sd) in arms.items()}
+    return {
+        arm: {s: float(mean + sd * rng.standard_normal()) for s in range(n[arm])} for arm, (mean, sd) in arms.items()
+    }
 
 
 ARMS = {FULL: (0.80, 0.002), CLEAR: (0.70, 0.002), SAME: (0.80, 0.002), NOISY: (0.81, 0.05)}
@@ -61,7 +63,10 @@ def test_the_schedule_stops_at_max():
     assert arm_verdicts(values, "full", PLAN)[NOISY].verdict == "inconclusive"
     assert next_round({FULL: 9, NOISY: 9}, values, "full", PLAN) == {}
     # step is capped at max
-    assert next_round({FULL: 6, NOISY: 6}, _unsettled(6), "full", Replicates(min=3, max=8, step=3)) == {NOISY: [6, 7], FULL: [6, 7]}
+    assert next_round({FULL: 6, NOISY: 6}, _unsettled(6), "full", Replicates(min=3, max=8, step=3)) == {
+        NOISY: [6, 7],
+        FULL: [6, 7],
+    }
 
 
 def test_a_failed_seed_counts_as_run_and_is_not_run_again():
@@ -73,13 +78,20 @@ def test_a_failed_seed_counts_as_run_and_is_not_run_again():
 def test_verdicts_use_the_per_look_level():
     differences = [0.03, 0.05, 0.04]
     assert claim_verdict(differences, delta=0.02, alpha=0.05).verdict == "holds"
-    n, values = {FULL: 3, CLEAR: 3}, {FULL: {0: 0.80, 1: 0.80, 2: 0.80}, CLEAR: {s: 0.80 + d for s, d in enumerate(differences)}}
-    assert arm_verdicts(values, "full", PLAN)[CLEAR].verdict == claim_verdict(differences, delta=0.02, alpha=0.05 / 3).verdict == "inconclusive"
+    values = {FULL: {0: 0.80, 1: 0.80, 2: 0.80}, CLEAR: {s: 0.80 + d for s, d in enumerate(differences)}}
+    assert (
+        arm_verdicts(values, "full", PLAN)[CLEAR].verdict
+        == claim_verdict(differences, delta=0.02, alpha=0.05 / 3).verdict
+        == "inconclusive"
+    )
 
 
 def _points(arms, plan):
-    return [{"label": f"{variant} seed={seed}", "variant": variant, "overrides": {"train.seed": seed, "data.seed": seed}}
-            for variant, _ in arms for seed in plan.seeds]
+    return [
+        {"label": f"{variant} seed={seed}", "variant": variant, "overrides": {"train.seed": seed, "data.seed": seed}}
+        for variant, _ in arms
+        for seed in plan.seeds
+    ]
 
 
 def _drive(searcher: Searcher, measure, concurrent: int = 2) -> list[tuple[str, int]]:
@@ -107,32 +119,54 @@ def _fake_measure(variant: str, seed: int) -> float:
 
 
 def test_the_searcher_settles_clear_and_equivalent_arms_early_and_replicates_the_rest(tmp_path):
-    searcher = ReplicationSearcher(points=_points(ARMS, PLAN), plan=PLAN, reference="full", tracking=None, metric="val/best_mAP", mode="max")
+    searcher = ReplicationSearcher(
+        points=_points(ARMS, PLAN), plan=PLAN, reference="full", tracking=None, metric="val/best_mAP", mode="max"
+    )
     ran = _drive(searcher, _fake_measure)
     assert len(ran) == len(set(ran)), "a seed ran twice"
     seeds = {variant: sorted(s for v, s in ran if v == variant) for variant, _ in ARMS}
     assert seeds["w/o Q"] == seeds["same"] == [0, 1, 2]
     assert seeds["noisy"] == seeds["full"] == list(range(9))
     summary = searcher.summary()
-    assert summary["rounds"] == 3 and summary["arms"]["w/o Q"]["vs_reference"] == "lower" and summary["arms"]["same"]["vs_reference"] == "equivalent"
+    assert (
+        summary["rounds"] == 3
+        and summary["arms"]["w/o Q"]["vs_reference"] == "lower"
+        and summary["arms"]["same"]["vs_reference"] == "equivalent"
+    )
     assert summary["arms"]["noisy"]["at_max"] and not summary["arms"]["noisy"]["settled"]
     # Tune saves the searcher with its state: a restored copy continues the same schedule
-    half = ReplicationSearcher(points=_points(ARMS, PLAN), plan=PLAN, reference="full", tracking=None, metric="val/best_mAP", mode="max")
+    half = ReplicationSearcher(
+        points=_points(ARMS, PLAN), plan=PLAN, reference="full", tracking=None, metric="val/best_mAP", mode="max"
+    )
     first = [half.suggest(f"a{i}") for i in range(3)]
     half.save(str(tmp_path / "state.pkl"))
-    restored = ReplicationSearcher(points=[], plan=PLAN, reference="full", tracking=None, metric="val/best_mAP", mode="max")
+    restored = ReplicationSearcher(
+        points=[], plan=PLAN, reference="full", tracking=None, metric="val/best_mAP", mode="max"
+    )
     restored.restore(str(tmp_path / "state.pkl"))
     assert restored.pending == half.pending and restored.queue == half.queue and first[0] == {"point": "full seed=0"}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("replicates: {min: 3}\nvariants: {full: {}}\n", "replicates needs search: grid and at least two variants"),
-    ("replicates: {min: 1}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "replicates: min must be an integer >= 2, got 1"),
-    ("replicates: {min: 5, max: 4}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "replicates needs 2 <= min <= max"),
-    ("replicates: {alpha: 1.5}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "0 < alpha < 1"),
-    ("replicates: {mn: 3}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "replicates must be a mapping of min, max, step, delta, alpha"),
-    ("replicates: {}\nseeds: [0, 1]\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "replicates chooses the seeds"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("replicates: {min: 3}\nvariants: {full: {}}\n", "replicates needs search: grid and at least two variants"),
+        (
+            "replicates: {min: 1}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n",
+            "replicates: min must be an integer >= 2, got 1",
+        ),
+        (
+            "replicates: {min: 5, max: 4}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n",
+            "replicates needs 2 <= min <= max",
+        ),
+        ("replicates: {alpha: 1.5}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "0 < alpha < 1"),
+        (
+            "replicates: {mn: 3}\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n",
+            "replicates must be a mapping of min, max, step, delta, alpha",
+        ),
+        ("replicates: {}\nseeds: [0, 1]\nvariants: {full: {}, b: {loss.gamma: 2.0}}\n", "replicates chooses the seeds"),
+    ],
+)
 def test_bad_replicates_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -147,27 +181,46 @@ FAKE_ARMS = {"full": [0.80, 0.002], "w/o Q": [0.70, 0.002], "same": [0.80, 0.002
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_without_running_a_seed_twice(tmp_path):
-    from hashtune.sweep.mlflow_logger import FAULT_ENV
-    from hashtune.sweep.trial import FAKE_TRIAL_ENV
     from ray_helpers import end_session_processes, short_temp_dir
 
+    from hashtune.sweep.mlflow_logger import FAULT_ENV
+    from hashtune.sweep.trial import FAKE_TRIAL_ENV
+
     space = tmp_path / "rep.yaml"
-    space.write_text("search: grid\nmax_concurrent: 2\nreplicates: {min: 3, max: 6, step: 3, delta: 0.02}\nfixed:\n  train.epochs: 2\n"
-                     "variants:\n  full: {}\n  w/o Q: {loss.quant_weight: 0.0}\n  same: {loss.gamma: 2.0}\n  noisy: {loss.cls_weight: 0.5}\n")
+    space.write_text(
+        "search: grid\nmax_concurrent: 2\nreplicates: {min: 3, max: 6, step: 3, delta: 0.02}\nfixed:\n  train.epochs: "
+        "2\n"
+        "variants:\n  full: {}\n  w/o Q: {loss.quant_weight: 0.0}\n  same: {loss.gamma: 2.0}\n  noisy: "
+        "{loss.cls_weight: 0.5}\n"
+    )
     ray_dir = short_temp_dir("rr")
-    env = os.environ | {"RAY_TMPDIR": str(ray_dir), FAKE_TRIAL_ENV: "fake_trials:noisy_arms", "FAKE_ARMS": json.dumps(FAKE_ARMS),
-                        "FAKE_LOG": str(tmp_path / "executions.log"),
-                        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = os.environ | {
+        "RAY_TMPDIR": str(ray_dir),
+        FAKE_TRIAL_ENV: "fake_trials:noisy_arms",
+        "FAKE_ARMS": json.dumps(FAKE_ARMS),
+        "FAKE_LOG": str(tmp_path / "executions.log"),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(tmp_path)]
     try:
-        killed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env | {FAULT_ENV: "kill-driver-after-run-closed"},
-                                start_new_session=True)
+        killed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env | {FAULT_ENV: "kill-driver-after-run-closed"},
+            start_new_session=True,
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         end_session_processes(str(ray_dir))
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         experiment_id = client.get_experiment_by_name("rep").experiment_id
         # the kill follows the first run's close; the other trial's final result may have marked its run completed too
-        closed = [r.info.run_name.split(" [")[0] for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.completed") == "1"]
+        closed = [
+            r.info.run_name.split(" [")[0]
+            for r in client.search_runs([experiment_id])
+            if r.data.tags.get("hashtune.completed") == "1"
+        ]
         assert 1 <= len(closed) <= 2
         resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300, env=env)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -176,16 +229,23 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     runs = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") != "sweep"]
     labels = [r.info.run_name.split(" [")[0] for r in runs]
     assert len(labels) == len(set(labels)), "a seed has two MLflow runs"
-    assert sorted(labels) == sorted([f"{v} seed={s}" for v in ("full", "noisy") for s in range(6)] + [f"{v} seed={s}" for v in ("w/o Q", "same") for s in range(3)])
+    assert sorted(labels) == sorted(
+        [f"{v} seed={s}" for v in ("full", "noisy") for s in range(6)]
+        + [f"{v} seed={s}" for v in ("w/o Q", "same") for s in range(3)]
+    )
     assert all(r.data.tags["hashtune.status"] == "finished" for r in runs)
     executions = (tmp_path / "executions.log").read_text().split("\n")
     for label in closed:
         assert executions.count(label) == 1, f"{label}, whose run completed before the kill, ran again"
     lines = resumed.stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line == "{")  # the summary, after Tune's tables
-    summary = json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+    summary = json.loads("\n".join(lines[start : lines.index("}", start) + 1]))
     arms = summary["replicates"]["arms"]
-    assert arms["w/o Q"]["vs_reference"] == "lower" and arms["same"]["vs_reference"] == "equivalent" and arms["noisy"]["seeds_run"] == 6
+    assert (
+        arms["w/o Q"]["vs_reference"] == "lower"
+        and arms["same"]["vs_reference"] == "equivalent"
+        and arms["noisy"]["seeds_run"] == 6
+    )
     parent = next(r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") == "sweep")
     assert parent.data.tags["hashtune.replicates"] == "done" and parent.info.status == "FINISHED"
     study = (tmp_path / "rep" / "ablation.md").read_text()  # the study states the design and its per-look level
@@ -196,7 +256,9 @@ def test_crossed_seeds_make_a_data_by_train_grid(tmp_path):
     path = tmp_path / "crossed.yaml"
     path.write_text("seeds: {data: [0, 1], train: [0, 1, 2]}\nvariants: {full: {}}\n")
     feasible, _ = load_space(str(path)).grid_points(__import__("hashtune.config", fromlist=["Config"]).Config())
-    assert [(p["overrides"]["data.seed"], p["overrides"]["train.seed"]) for p in feasible] == [(d, t) for d in (0, 1) for t in (0, 1, 2)]
+    assert [(p["overrides"]["data.seed"], p["overrides"]["train.seed"]) for p in feasible] == [
+        (d, t) for d in (0, 1) for t in (0, 1, 2)
+    ]
     assert feasible[1]["label"] == "full data_seed=0 seed=1"
     path.write_text("search: tpe\nseeds: {data: [0], train: [0]}\nparams: {loss.gamma: {uniform: [1.0, 2.0]}}\n")
     with pytest.raises(SpaceError, match=r"crossed seeds are \{data: \[...\], train: \[...\]\} in a grid space"):
@@ -206,13 +268,17 @@ def test_crossed_seeds_make_a_data_by_train_grid(tmp_path):
 def test_variance_components_match_the_mean_squares_by_hand():
     from hashtune.report.stats import variance_components
 
-    table = np.array([[0.80, 0.82, 0.81], [0.70, 0.73, 0.70], [0.90, 0.91, 0.93]])  # rows data seeds, columns train seeds
+    table = np.array(
+        [[0.80, 0.82, 0.81], [0.70, 0.73, 0.70], [0.90, 0.91, 0.93]]
+    )  # rows data seeds, columns train seeds
     split = variance_components({(d, t): table[d, t] for d in range(3) for t in range(3)})
     grand, rows, cols = table.mean(), table.mean(axis=1), table.mean(axis=0)
     ms_data = 3 * ((rows - grand) ** 2).sum() / 2
     ms_train = 3 * ((cols - grand) ** 2).sum() / 2
     ms_res = ((table - rows[:, None] - cols[None, :] + grand) ** 2).sum() / 4
     assert split.residual == pytest.approx(ms_res)
-    assert split.data == pytest.approx((ms_data - ms_res) / 3) and split.train == pytest.approx(max(0.0, (ms_train - ms_res) / 3))
+    assert split.data == pytest.approx((ms_data - ms_res) / 3) and split.train == pytest.approx(
+        max(0.0, (ms_train - ms_res) / 3)
+    )
     assert split.data > 10 * split.train  # the data split dominates this table by construction
     assert variance_components({(0, 0): 0.8, (0, 1): 0.8, (1, 0): 0.7}) is None  # no complete 2 x 2

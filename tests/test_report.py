@@ -1,5 +1,6 @@
 """Studies from MLflow: tables checked against hand-computed statistics on a store with known runs."""
 
+import json
 import math
 import os
 import socket
@@ -7,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import json
 
 import numpy as np
 import pytest
@@ -15,13 +15,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from hashtune.config import Config, to_flat_dict
-from hashtune.train.outputs import write_pr_curve
 from hashtune.metrics import retrieval_metrics
 from hashtune.report import ReportError, build_report, load_study
 from hashtune.report.__main__ import main as report_main
 from hashtune.report.importance import infer_distribution, parameter_importances, rebuild_study
+from hashtune.report.sensitivity import continuous_sensitivity, k_bits_table
 from hashtune.report.stats import mean_ci, paired_difference
-from hashtune.report.tables import ablation_table, continuous_sensitivity, k_bits_table, paper_directions
+from hashtune.report.tables import ablation_table, paper_directions
+from hashtune.train.outputs import write_pr_curve
 
 T_975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
 
@@ -45,12 +46,22 @@ def _child(client, experiment_id, parent, overrides, *, status="finished", varia
     metrics = dict(metrics or {})
     if "val/mAP" in metrics:  # as the trainer logs them: the best-so-far next to the last
         metrics.setdefault("val/best_mAP", metrics["val/mAP"])
-    run = client.create_run(experiment_id, run_name=f"{variant} {overrides}", tags={
-        "mlflow.parentRunId": parent, "hashtune.variant": variant, "hashtune.status": status, "hashtune.trial_id": f"t{time.time_ns()}",
-    })
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{variant} {overrides}",
+        tags={
+            "mlflow.parentRunId": parent,
+            "hashtune.variant": variant,
+            "hashtune.status": status,
+            "hashtune.trial_id": f"t{time.time_ns()}",
+        },
+    )
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flat.items()],
-                     metrics=[Metric(k, v, 0, 300) for k, v in (metrics or {}).items()])
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)) for k, v in flat.items()],
+        metrics=[Metric(k, v, 0, 300) for k, v in (metrics or {}).items()],
+    )
     if pr_dir is not None:
         client.log_artifact(run_id, str(pr_dir / "pr_curve.csv"))
     client.set_terminated(run_id, "FINISHED")
@@ -68,8 +79,24 @@ def ablation_store(tmp_path):
     for variant, (overrides, values) in ABLATION.items():
         for seed, value in enumerate(values):
             seeded = overrides | {"train.seed": seed, "data.seed": seed}
-            _child(client, experiment_id, parent, seeded, variant=variant, metrics={"test/mAP": value, "val/mAP": value - 0.01}, pr_dir=pr_dir)
-    _child(client, experiment_id, parent, {"train.seed": 3}, variant="full", status="stopped_early", metrics={"val/mAP": 0.5})
+            _child(
+                client,
+                experiment_id,
+                parent,
+                seeded,
+                variant=variant,
+                metrics={"test/mAP": value, "val/mAP": value - 0.01},
+                pr_dir=pr_dir,
+            )
+    _child(
+        client,
+        experiment_id,
+        parent,
+        {"train.seed": 3},
+        variant="full",
+        status="stopped_early",
+        metrics={"val/mAP": 0.5},
+    )
     return uri, client, parent
 
 
@@ -103,8 +130,13 @@ def test_ablation_table_cells_ci_and_directions(ablation_store):
     assert "**0.877 ± 0.137 (n=3)**" in markdown  # w/o C has the best mean: bold
     assert "0.850 ± 0.124 (n=3)" in markdown and "CPU-hours (all seeds)" in markdown
     directions = paper_directions(table)
-    assert directions[0].startswith("full > w/o C") and "**reversed** (-0.027 ± 0.014 mAP in the claim's direction, n=3" in directions[0]
-    assert directions[1].startswith("full > w/o Q") and "**inconclusive** (+0.070 ± 0.075" in directions[1]  # 3/3 seeds agree, yet
+    assert (
+        directions[0].startswith("full > w/o C")
+        and "**reversed** (-0.027 ± 0.014 mAP in the claim's direction, n=3" in directions[0]
+    )
+    assert (
+        directions[1].startswith("full > w/o Q") and "**inconclusive** (+0.070 ± 0.075" in directions[1]
+    )  # 3/3 seeds agree, yet
     assert not any("does not hold" in sentence for sentence in directions)
     rows = table.to_csv().splitlines()
     assert rows[0].startswith("variant,bits,n,mean,ci95_low") and rows[1].startswith("full,32,3,0.8500,0.7258,0.9742")
@@ -113,25 +145,44 @@ def test_ablation_table_cells_ci_and_directions(ablation_store):
 def test_report_writes_tables_plots_and_logs_them_on_the_parent(ablation_store, tmp_path):
     uri, client, parent = ablation_store
     written = {path.name for path in build_report(client, "study", tmp_path / "out")}
-    assert {"ablation.md", "ablation.csv", "importance.csv", "importance.png", "pr_curves.png", "search_progress.png", "README.md"} <= written
+    assert {
+        "ablation.md",
+        "ablation.csv",
+        "importance.csv",
+        "importance.png",
+        "pr_curves.png",
+        "search_progress.png",
+        "README.md",
+    } <= written
     for name in written:
         if name.endswith(".png"):
             assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     importance = (tmp_path / "out" / "importance.csv").read_text()
-    assert {"data.seed=train.seed", "loss.prob", "loss.quant_weight"} <= {line.split(",")[1] for line in importance.splitlines()[1:]}
+    assert {"data.seed=train.seed", "loss.prob", "loss.quant_weight"} <= {
+        line.split(",")[1] for line in importance.splitlines()[1:]
+    }
     assert {line.split(",")[0] for line in importance.splitlines()[1:]} == {"fANOVA", "PED-ANOVA"}
     logged = {artifact.path for artifact in client.list_artifacts(parent, "report")}
     assert {f"report/{name}" for name in written} == logged
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "full > w/o Q" in readme
-    assert "Protocol `digits` (hashtune's embedded digits protocol): per class 50 train, 20 val queries, 30 test queries" in readme
+    assert (
+        "Protocol `digits` (hashtune's embedded digits protocol): per class 50 train, 20 val queries, 30 test queries"
+        in readme
+    )
     assert "ablation.png" in written and "**inconclusive**" in readme
 
 
 def test_k_bits_table_marks_infeasible_and_not_run_cells(tmp_path):
     uri, client, experiment_id, parent = _store(tmp_path)
     for k, bits, value in [(1, 16, 0.70), (1, 16, 0.72), (2, 16, 0.75), (2, 32, 0.80), (4, 32, 0.82)]:
-        _child(client, experiment_id, parent, {"model.k_groups": k, "model.bits": bits}, metrics={"test/mAP": value, "val/mAP": value})
+        _child(
+            client,
+            experiment_id,
+            parent,
+            {"model.k_groups": k, "model.bits": bits},
+            metrics={"test/mAP": value, "val/mAP": value},
+        )
     table = k_bits_table(load_study(client, "study").runs)
     assert table.k_values == [1, 2, 3, 4] and table.bits == [16, 32]
     assert table.cell_text(1, 16) == "0.710 (n=2)" and table.cell_text(2, 32) == "0.800 (n=1)"
@@ -146,8 +197,13 @@ def test_continuous_sensitivity_bins_and_importance_names(tmp_path):
     rng = np.random.default_rng(1)
     for gamma in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0]:
         lam = float(rng.uniform(0.01, 1.0))
-        _child(client, experiment_id, parent, {"loss.gamma": gamma, "loss.quant_weight": lam},
-               metrics={"test/mAP": 0.5 + 0.05 * math.log2(gamma), "val/mAP": 0.5 + 0.05 * math.log2(gamma)})
+        _child(
+            client,
+            experiment_id,
+            parent,
+            {"loss.gamma": gamma, "loss.quant_weight": lam},
+            metrics={"test/mAP": 0.5 + 0.05 * math.log2(gamma), "val/mAP": 0.5 + 0.05 * math.log2(gamma)},
+        )
     runs = load_study(client, "study").runs
     gamma = next(curve for curve in continuous_sensitivity(runs) if curve.param == "loss.gamma")
     assert gamma.log_scale and len(gamma.bin_means) == 4 and [m.n for m in gamma.bin_means] == [2, 2, 2, 2]
@@ -194,8 +250,24 @@ def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
     port = _free_port()
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -207,11 +279,15 @@ def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
                 time.sleep(0.5)
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=study", timeout=10) as response:
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=study", timeout=10
+        ) as response:
             experiment = json.loads(response.read())
         experiment_id = experiment["experiment"]["experiment_id"]
-        found = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
-                                                              "filter": "tags.`hashtune.status` = 'finished'"})
+        found = _post(
+            f"{base}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [experiment_id], "max_results": 100, "filter": "tags.`hashtune.status` = 'finished'"},
+        )
         runs = found["runs"]
         assert len(runs) == 9
         study = load_study(client, "study")
@@ -229,18 +305,31 @@ def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
 
 def test_ablation_rows_split_by_other_varying_parameters(tmp_path):
     uri, client, experiment_id, parent = _store(tmp_path)
-    values = {("full", 1): [0.80, 0.82], ("full", 2): [0.90, 0.92], ("w/o Q", 1): [0.70, 0.74], ("w/o Q", 2): [0.91, 0.95]}
+    values = {
+        ("full", 1): [0.80, 0.82],
+        ("full", 2): [0.90, 0.92],
+        ("w/o Q", 1): [0.70, 0.74],
+        ("w/o Q", 2): [0.91, 0.95],
+    }
     for (variant, k), per_seed in values.items():
         overrides = {"loss.quant_weight": 0.0} if variant == "w/o Q" else {}
         for seed, value in enumerate(per_seed):
-            _child(client, experiment_id, parent, overrides | {"model.k_groups": k, "train.seed": seed},
-                   variant=variant, metrics={"test/mAP": value, "val/mAP": value})
+            _child(
+                client,
+                experiment_id,
+                parent,
+                overrides | {"model.k_groups": k, "train.seed": seed},
+                variant=variant,
+                metrics={"test/mAP": value, "val/mAP": value},
+            )
     table = ablation_table(load_study(client, "study").runs)
     assert table.variants == ["full k_groups=1", "w/o Q k_groups=1", "full k_groups=2", "w/o Q k_groups=2"]
     assert table.cells["w/o Q k_groups=1", 32].versus_reference.difference.mean == pytest.approx(-0.09)
     assert table.cells["w/o Q k_groups=2", 32].versus_reference.difference.mean == pytest.approx(0.02)
     directions = paper_directions(table)
-    assert directions[0].startswith("full > w/o Q (the quantization loss helps) at 32 bits, k_groups=1: **inconclusive**")
+    assert directions[0].startswith(
+        "full > w/o Q (the quantization loss helps) at 32 bits, k_groups=1: **inconclusive**"
+    )
     assert "n=2; detectable at 80% power: 0.163" in directions[0]  # two seeds: a +0.09 effect is within the noise
     assert "k_groups=2: **" in directions[1] and "does not hold" not in directions[1]
 
@@ -264,9 +353,11 @@ def test_mde_and_seeds_needed_agree_with_statsmodels_and_scipy():
 
     sd, n = 0.03, 6
     mde = minimum_detectable_effect(sd, n)
-    assert TTestPower().power(effect_size=mde / sd, nobs=n, alpha=0.05, alternative="two-sided") == pytest.approx(0.8, abs=1e-6)
+    assert TTestPower().power(effect_size=mde / sd, nobs=n, alpha=0.05, alternative="two-sided") == pytest.approx(
+        0.8, abs=1e-6
+    )
     needed = seeds_for_half_width(sd, 0.02)
-    half_width = lambda k: scipy_stats.t.ppf(0.975, k - 1) * sd / k ** 0.5  # noqa: E731
+    half_width = lambda k: scipy_stats.t.ppf(0.975, k - 1) * sd / k**0.5  # noqa: E731
     assert half_width(needed) <= 0.02 < half_width(needed - 1)
 
 
@@ -280,13 +371,17 @@ def test_base_experiment_must_be_a_finished_sweep_with_a_finished_trial(tmp_path
         tuned_base(client, "tune")
     experiment_id = client.create_experiment("tune")
     parent = client.create_run(experiment_id, tags={"hashtune.role": "sweep"}).info.run_id
-    with pytest.raises(BaseError, match=r"its sweep is not finished \(parent run RUNNING\); finish it with --resume first"):
+    with pytest.raises(
+        BaseError, match=r"its sweep is not finished \(parent run RUNNING\); finish it with --resume first"
+    ):
         tuned_base(client, "tune")
     client.set_terminated(parent, "FINISHED")
     _child(client, experiment_id, parent, {"loss.gamma": 7.0}, status="stopped_early", metrics={"val/mAP": 0.9})
     with pytest.raises(BaseError, match="has no finished trial run with val/best_mAP"):
         tuned_base(client, "tune")
-    _child(client, experiment_id, parent, {"loss.gamma": 3.0, "train.lr": 1e-3}, metrics={"val/mAP": 0.7, "test/mAP": 0.9})
+    _child(
+        client, experiment_id, parent, {"loss.gamma": 3.0, "train.lr": 1e-3}, metrics={"val/mAP": 0.7, "test/mAP": 0.9}
+    )
     _child(client, experiment_id, parent, {"loss.gamma": 9.0}, metrics={"val/mAP": 0.8, "test/mAP": 0.6})
     config, provenance = tuned_base(client, "tune")
     assert config.loss.gamma == 9.0 and provenance["value"] == 0.8  # chosen on validation, not on test
@@ -306,8 +401,16 @@ def test_base_becomes_the_start_of_every_arm_with_cli_overrides_on_top(tmp_path)
     experiment_id = client.create_experiment("tune")
     parent = client.create_run(experiment_id, tags={"hashtune.role": "sweep"}).info.run_id
     client.set_terminated(parent, "FINISHED")
-    _child(client, experiment_id, parent, {"loss.gamma": 9.0, "train.epochs": 300}, metrics={"val/mAP": 0.8, "test/mAP": 0.6})
-    args = argparse.Namespace(base="tune", overrides=["train.lr=0.004"], mlflow_uri=None, results_dir=tmp_path, space="ablations")
+    _child(
+        client,
+        experiment_id,
+        parent,
+        {"loss.gamma": 9.0, "train.epochs": 300},
+        metrics={"val/mAP": 0.8, "test/mAP": 0.6},
+    )
+    args = argparse.Namespace(
+        base="tune", overrides=["train.lr=0.004"], mlflow_uri=None, results_dir=tmp_path, space="ablations"
+    )
     base, space, provenance = _tuned(args, Config(), load_space("ablations"))
     assert base.loss.gamma == 9.0 and base.train.lr == 0.004 and base.train.epochs == 300  # not the space's fixed 150
     assert space.fixed == {} and space.base == "tune" and provenance["experiment"] == "tune"
@@ -320,8 +423,14 @@ def test_a_crossed_seed_study_pairs_by_seed_pair_and_splits_the_variance(tmp_pat
         for d in range(3):
             for t in range(3):
                 value = 0.85 + shift + data_effect[d] + train_effect[t] + 0.001 * ((d * 3 + t) % 2)
-                _child(client, experiment_id, parent, overrides | {"data.seed": d, "train.seed": t}, variant=variant,
-                       metrics={"test/mAP": value, "val/mAP": value})
+                _child(
+                    client,
+                    experiment_id,
+                    parent,
+                    overrides | {"data.seed": d, "train.seed": t},
+                    variant=variant,
+                    metrics={"test/mAP": value, "val/mAP": value},
+                )
     table = ablation_table(load_study(client, "study").runs)
     cell = table.cells["w/o Q", 32]
     assert sorted(cell.per_seed) == [f"{d}/{t}" for d in range(3) for t in range(3)]
@@ -342,22 +451,31 @@ def test_every_k_against_the_best_k_and_tab3_findings_in_the_four_words(tmp_path
     uri, client, experiment_id, parent = _store(tmp_path)
     base = np.array([0.80, 0.82, 0.79, 0.81, 0.83, 0.80])
     cells = {  # (K, bits) -> per-seed test/mAP; val/mAP is test - 0.01, so the best K on validation is the best on test
-        (2, 32): base, (3, 32): base - 0.001 + np.array([0.002, -0.002, 0.001, -0.001, 0.0015, -0.0015]),
+        (2, 32): base,
+        (3, 32): base - 0.001 + np.array([0.002, -0.002, 0.001, -0.001, 0.0015, -0.0015]),
         (1, 32): base - 0.10 + np.array([0.001, -0.001, 0.0, 0.002, -0.002, 0.0]),
         (4, 32): base + np.array([-0.05, -0.06, 0.04, -0.05, 0.06, -0.04]),
-        (2, 64): base, (3, 64): base - 0.10 + np.array([0.001, -0.001, 0.0, 0.002, -0.002, 0.0]),
+        (2, 64): base,
+        (3, 64): base - 0.10 + np.array([0.001, -0.001, 0.0, 0.002, -0.002, 0.0]),
     }
     for (k, bits), values in cells.items():
         for seed, value in enumerate(values):
-            _child(client, experiment_id, parent, {"model.k_groups": k, "model.bits": bits, "train.seed": seed, "data.seed": seed},
-                   metrics={"test/mAP": float(value), "val/mAP": float(value) - 0.01})
+            _child(
+                client,
+                experiment_id,
+                parent,
+                {"model.k_groups": k, "model.bits": bits, "train.seed": seed, "data.seed": seed},
+                metrics={"test/mAP": float(value), "val/mAP": float(value) - 0.01},
+            )
     runs = load_study(client, "study").runs
     rows = {(row.k, row.bits): row for row in k_versus_best(runs, delta=0.02)}
     assert {row.best_k for row in rows.values()} == {2}
     words = {key: row.verdict.verdict for key, row in rows.items() if row.k != row.best_k}
     assert words == {(1, 32): "reversed", (3, 32): "equivalent", (4, 32): "inconclusive", (3, 64): "reversed"}
     differences = cells[4, 32] - cells[2, 32]  # the hand formula: paired t-interval
-    half = stats.t.ppf(1 - 0.05 / 3 / 2, 5) * differences.std(ddof=1) / math.sqrt(6)  # 3 comparisons at 32 bits: alpha / 3
+    half = (
+        stats.t.ppf(1 - 0.05 / 3 / 2, 5) * differences.std(ddof=1) / math.sqrt(6)
+    )  # 3 comparisons at 32 bits: alpha / 3
     assert rows[4, 32].verdict.difference.mean == pytest.approx(differences.mean())
     assert rows[4, 32].verdict.difference.half_width == pytest.approx(half)
     paper, *findings = k_findings(runs, list(rows.values()), delta=0.02)

@@ -8,10 +8,10 @@ import time
 import urllib.request
 
 import pytest
+from ray_helpers import short_temp_dir
 
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
-from ray_helpers import short_temp_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
@@ -29,12 +29,30 @@ def _free_port() -> int:
 def s3():
     """A moto S3 server on 127.0.0.1 with an empty bucket; AWS_* variables point boto3 and pyarrow at it."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    saved = {
+        key: os.environ.get(key)
+        for key in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "AWS_EC2_METADATA_DISABLED",
+        )
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -61,7 +79,8 @@ def s3():
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session(s3):
-    """One local Ray for both tests, started once the AWS_* variables point at the S3 server (its workers inherit them)."""
+    """One local Ray for both tests, started once the AWS_* variables point at the S3 server (its workers inherit
+    them)."""
     from ray_helpers import local_ray
 
     with local_ray(num_cpus=2):
@@ -92,7 +111,21 @@ def test_sweep_state_and_checkpoints_land_in_s3_and_resume_from_it(s3, tmp_path,
 
 def test_train_through_ray_train_stores_checkpoints_in_s3(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
-    assert train_main(["--out", str(tmp_path / "run"), "--workers", "1", "--storage", f"s3://{BUCKET}/train", "--no-progress", *TINY]) == 0
+    assert (
+        train_main(
+            [
+                "--out",
+                str(tmp_path / "run"),
+                "--workers",
+                "1",
+                "--storage",
+                f"s3://{BUCKET}/train",
+                "--no-progress",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     keys = _keys(s3, "train/")
     assert any(key.endswith("checkpoint.pt") for key in keys)
     assert (tmp_path / "run" / "metrics.json").is_file()

@@ -7,10 +7,10 @@ import pytest
 
 from hashtune.config import Config, to_flat_dict
 from hashtune.paths import shipped_spaces
-from hashtune.sweep.space import SpaceError, load_space
-from hashtune.train.bits import is_feasible
-from hashtune.sweep.tuner import OptunaSpace, _fidelity_aware_optuna_search
 from hashtune.sweep.cli import main as sweep_main
+from hashtune.sweep.space import SpaceError, load_space
+from hashtune.sweep.tuner import OptunaSpace, _fidelity_aware_optuna_search
+from hashtune.train.bits import is_feasible
 
 SHIPPED = sorted(shipped_spaces())
 
@@ -59,27 +59,61 @@ def _write(tmp_path, text):
         ("params: {loss.gamma: {uniform: [5, 1]}}\nsearch: tpe\n", r"uniform needs \[low, high\] with low < high"),
         ("params: {loss.gamma: {loguniform: [0, 1]}}\nsearch: tpe\n", r"loguniform needs low > 0"),
         ("params: {model.bits: {grid: [sixteen]}}\n", r"model.bits: expected int, got str 'sixteen'"),
-        ("params: {model.k_groups: {grid: [5, 6]}, model.bits: {grid: [16]}}\n", r"every one of the 2 grid points has an infeasible"),
-        ("search: tpe\nparams: {model.k_groups: {int: [5, 6]}, model.bits: {choice: [16, 32]}}\n", r"no model.bits in \[16, 32\] works"),
+        (
+            "params: {model.k_groups: {grid: [5, 6]}, model.bits: {grid: [16]}}\n",
+            r"every one of the 2 grid points has an infeasible",
+        ),
+        (
+            "search: tpe\nparams: {model.k_groups: {int: [5, 6]}, model.bits: {choice: [16, 32]}}\n",
+            r"no model.bits in \[16, 32\] works",
+        ),
         ("metric: test/mAP\nparams: {model.bits: {grid: [16]}}\n", r"would select on non-validation data"),
         ("search: tpe\nseeds: [0, 1]\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"a tpe search takes one seed"),
         ("variants: {broken: {loss.prob: gauss}}\n", r"variants.broken: loss.prob: expected one of cauchy, sigmoid"),
         ("params: [1, 2\n", r"not valid YAML"),
-        ("search: tpe\nfixed: {train.epochs: 20}\nscheduler: {type: asha, grace_period: 50}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
-         r"grace_period must be an integer in \[1, train.epochs=20\], got 50"),
-        ("search: tpe\nscheduler: {type: asha, reduction_factor: 1}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
-         r"reduction_factor must be a number > 1, got 1"),
-        ("search: tpe\nscheduler: {type: asha, brackets: 0}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
-         r"scheduler: brackets must be an integer >= 1, got 0"),
-        ("sampler: {multivariate: true}\nparams: {model.bits: {grid: [16]}}\n", r"sampler options are for search: tpe, got search: grid"),
-        ("search: tpe\nsampler: {group: true}\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"group: true needs multivariate: true"),
-        ("search: tpe\nsampler: {multivariate: yes please}\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"sampler.multivariate must be true or false"),
-        ("search: tpe\nsampler: {seed: 3}\nparams: {loss.gamma: {uniform: [1, 5]}}\n", r"sampler must be a mapping of multivariate, group, n_startup_trials"),
-        ("params: {model.k_groups: {grid: [1, 2], when: {model.dual_stream: true}}}\n", r"params.model.k_groups.when must be a mapping .* in a tpe or random space"),
-        ("search: tpe\nparams: {model.k_groups: {int: [1, 4], when: {model.dual_stream: true}}}\n",
-         r"params.model.k_groups.when: model.dual_stream: True must name another searched key with an unconditional choice domain"),
-        ("search: tpe\nparams: {model.dual_stream: {choice: [true]}, model.k_groups: {int: [1, 4], when: {model.dual_stream: false}}}\n",
-         r"params.model.k_groups.when: model.dual_stream: False must name"),
+        (
+            "search: tpe\nfixed: {train.epochs: 20}\nscheduler: {type: asha, grace_period: 50}\nparams: {loss.gamma: "
+            "{uniform: [1, 5]}}\n",
+            r"grace_period must be an integer in \[1, train.epochs=20\], got 50",
+        ),
+        (
+            "search: tpe\nscheduler: {type: asha, reduction_factor: 1}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+            r"reduction_factor must be a number > 1, got 1",
+        ),
+        (
+            "search: tpe\nscheduler: {type: asha, brackets: 0}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+            r"scheduler: brackets must be an integer >= 1, got 0",
+        ),
+        (
+            "sampler: {multivariate: true}\nparams: {model.bits: {grid: [16]}}\n",
+            r"sampler options are for search: tpe, got search: grid",
+        ),
+        (
+            "search: tpe\nsampler: {group: true}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+            r"group: true needs multivariate: true",
+        ),
+        (
+            "search: tpe\nsampler: {multivariate: yes please}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+            r"sampler.multivariate must be true or false",
+        ),
+        (
+            "search: tpe\nsampler: {seed: 3}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",
+            r"sampler must be a mapping of multivariate, group, n_startup_trials",
+        ),
+        (
+            "params: {model.k_groups: {grid: [1, 2], when: {model.dual_stream: true}}}\n",
+            r"params.model.k_groups.when must be a mapping .* in a tpe or random space",
+        ),
+        (
+            "search: tpe\nparams: {model.k_groups: {int: [1, 4], when: {model.dual_stream: true}}}\n",
+            r"params.model.k_groups.when: model.dual_stream: True must name another searched key with an unconditional "
+            r"choice domain",
+        ),
+        (
+            "search: tpe\nparams: {model.dual_stream: {choice: [true]}, model.k_groups: {int: [1, 4], when: "
+            "{model.dual_stream: false}}}\n",
+            r"params.model.k_groups.when: model.dual_stream: False must name",
+        ),
     ],
 )
 def test_bad_spaces_are_one_line_errors(tmp_path, text, message):
@@ -91,7 +125,10 @@ def test_bad_spaces_are_one_line_errors(tmp_path, text, message):
 def test_cli_rejects_bad_space_before_starting_ray(tmp_path, capsys):
     import ray
 
-    assert sweep_main(["--space", _write(tmp_path, "params: {model.bitz: {grid: [1]}}\n"), "--results-dir", str(tmp_path)]) == 2
+    assert (
+        sweep_main(["--space", _write(tmp_path, "params: {model.bitz: {grid: [1]}}\n"), "--results-dir", str(tmp_path)])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("hashtune.sweep: error: ") and "model.bitz" in err and "\n" not in err
     assert sweep_main(["--space", "nonesuch", "--results-dir", str(tmp_path)]) == 2
@@ -115,7 +152,9 @@ def test_optuna_space_samples_only_feasible_groups():
 
 def test_early_stopped_trials_are_told_to_optuna_as_pruned():
     searcher = _fidelity_aware_optuna_search(
-        space=OptunaSpace(load_space("sensitivity").params, Config(), {}), metric="val/mAP", mode="max",
+        space=OptunaSpace(load_space("sensitivity").params, Config(), {}),
+        metric="val/mAP",
+        mode="max",
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
     for trial_id in ("a", "b"):
@@ -166,7 +205,9 @@ def test_a_resumed_sweep_continues_its_wall_clock_budget(tmp_path):
     parent = client.create_run(experiment_id).info.run_id
     space = tmp_path / "clock.yaml"
     space.write_text("time_budget_s: 60\nvariants: {full: {}}\n")
-    stopper = sweep_stopper(load_space(str(space)), TrialTracking(client.tracking_uri, experiment_id, parent), every_s=0.0)
+    stopper = sweep_stopper(
+        load_space(str(space)), TrialTracking(client.tracking_uri, experiment_id, parent), every_s=0.0
+    )
     assert stopper.stop_all() is False  # a new sweep: its budget is ahead of it
     client.log_metric(parent, ELAPSED_METRIC, 59.5)  # the first driver spent 59.5 s, then was killed
     resumed = pickle.loads(pickle.dumps(stopper))  # how Tune restores it on --resume
@@ -180,8 +221,13 @@ def test_resume_sees_a_setting_added_at_its_null_default_as_unchanged():
     from hashtune.sweep.stores import changed_keys
 
     saved = {"space": {"name": "ablations", "seeds": [0, 1]}, "overrides": {}}
-    assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": None}, "overrides": {}}) == []
-    assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": {"min": 3}}, "overrides": {}}) == ["space.replicates.min"]
+    assert (
+        changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": None}, "overrides": {}})
+        == []
+    )
+    assert changed_keys(
+        saved, {"space": {"name": "ablations", "seeds": [0, 1], "replicates": {"min": 3}}, "overrides": {}}
+    ) == ["space.replicates.min"]
     assert changed_keys(saved, {"space": {"name": "ablations", "seeds": [0, 2]}, "overrides": {}}) == ["space.seeds"]
 
 
@@ -192,7 +238,8 @@ def _record(base: Config, **space) -> dict:
 
 
 def test_a_resumed_sweep_runs_the_config_it_started_with_when_the_defaults_moved(monkeypatch, capsys):
-    from hashtune.sweep.driver import SweepError, resumed_base
+    from hashtune.sweep.resume import resumed_base
+    from hashtune.sweep.stores import SweepError
 
     started_with = Config().replace({"model.k_groups": 2, "train.lr": 1e-3})
     saved = _record(started_with)
@@ -204,14 +251,17 @@ def test_a_resumed_sweep_runs_the_config_it_started_with_when_the_defaults_moved
     assert resumed_base(None, _record(today), today, explicit=set(), name="abl") == today  # a new sweep: today's config
     with pytest.raises(SweepError, match=r"changed since it started \(config.train.lr\)"):  # given again, otherwise
         resumed_base(saved, _record(today), today, explicit={"train.lr"}, name="abl")
-    with pytest.raises(SweepError, match=r"config.model.k_groups, config.train.lr"):  # --base: every key is the tuned one
+    with pytest.raises(
+        SweepError, match=r"config.model.k_groups, config.train.lr"
+    ):  # --base: every key is the tuned one
         resumed_base(saved, _record(today), today, explicit=None, name="abl")
     with pytest.raises(SweepError, match=r"changed since it started \(space.seeds\)"):
         resumed_base(saved, _record(started_with, seeds=(0, 1, 2)), started_with, explicit=set(), name="abl")
 
 
 def test_a_config_key_added_since_a_sweep_started_takes_its_default_and_old_records_compare_overrides():
-    from hashtune.sweep.driver import SweepError, resumed_base
+    from hashtune.sweep.resume import resumed_base
+    from hashtune.sweep.stores import SweepError
 
     saved = _record(Config())
     del saved["config"]["loss.cls_weight"]  # a sweep recorded before that key existed
@@ -225,10 +275,14 @@ def test_a_conditional_key_is_sampled_only_where_its_condition_holds_by_multivar
     import warnings
 
     space = load_space("tune_conditional")
-    assert space.sampler == {"multivariate": True, "group": True} and space.params["model.k_groups"].when == {"model.dual_stream": True}
+    assert space.sampler == {"multivariate": True, "group": True} and space.params["model.k_groups"].when == {
+        "model.dual_stream": True
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4, **space.sampler), direction="maximize")
+        study = optuna.create_study(
+            sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4, **space.sampler), direction="maximize"
+        )
         define = OptunaSpace(space.params, Config(), space.fixed)
         for _ in range(16):
             trial = study.ask()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
 from ray_helpers import end_session_processes, short_temp_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -41,16 +40,26 @@ def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results), *extra]
 
 
-def _start_and_signal_after_trials(space: Path, results: Path, signum: int, trials: int, *extra: str) -> subprocess.Popen:
+def _start_and_signal_after_trials(
+    space: Path, results: Path, signum: int, trials: int, *extra: str
+) -> subprocess.Popen:
     """Start a sweep and signal its process group once `trials` trials' MLflow runs read FINISHED (polled, no sleeps).
 
     The store is read only after Tune wrote that many final results, when the driver has long created it: a
     reader opening a SQLite store that is being created would race MLflow's schema migration.
     """
-    driver = subprocess.Popen(_sweep_command(space, results, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        _sweep_command(space, results, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 400
-    while time.time() < deadline and sum('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")) < trials:
+    while (
+        time.time() < deadline
+        and sum('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")) < trials
+    ):
         time.sleep(0.2)
     while time.time() < deadline and len(_finished_runs(results, space.stem)) < trials:
         time.sleep(0.2)
@@ -61,7 +70,7 @@ def _start_and_signal_after_trials(space: Path, results: Path, signum: int, tria
 def _finished_runs(results: Path, experiment: str) -> list:
     try:
         return [r for r in _children(results, experiment) if r.info.status == "FINISHED"]
-    except Exception:  # noqa: BLE001 - the store or the experiment does not exist yet
+    except Exception:
         return []
 
 
@@ -88,15 +97,24 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     from hashtune.sweep.mlflow_logger import FAULT_ENV
 
     space = tmp_path / "stop.yaml"  # 48 bits: K up to 6 is feasible; each signal leaves at least two trials unfinished
-    space.write_text("search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n  model.bits: 48\n" + TINY
-                     + "params:\n  model.k_groups: {grid: [1, 2, 3, 4, 5]}\n")
-    killed = subprocess.run(_sweep_command(space, tmp_path), capture_output=True, text=True, timeout=400,
-                            env=os.environ | {FAULT_ENV: "kill-driver-after-run-closed"}, start_new_session=True)
+    space.write_text(
+        "search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n  model.bits: 48\n"
+        + TINY
+        + "params:\n  model.k_groups: {grid: [1, 2, 3, 4, 5]}\n"
+    )
+    killed = subprocess.run(
+        _sweep_command(space, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=os.environ | {FAULT_ENV: "kill-driver-after-run-closed"},
+        start_new_session=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     end_session_processes(os.environ["RAY_TMPDIR"])  # its Ray agents outlive it (see ray_helpers); a crash ends them
     finished_before = {r.data.tags["hashtune.trial_id"]: r for r in _finished_runs(tmp_path, "stop")}
     assert len(finished_before) == 1, "the switch kills the driver right after the first run closes"
-    (trial_id, first), = finished_before.items()
+    ((trial_id, first),) = finished_before.items()
 
     for signum, finished, code in ((signal.SIGINT, 2, 130), (signal.SIGTERM, 3, 143)):
         driver = _start_and_signal_after_trials(space, tmp_path, signum, finished, "--resume")
@@ -104,7 +122,10 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
         end_session_processes(os.environ["RAY_TMPDIR"])
         assert driver.returncode == code, stderr[-2000:]
         last = stderr.strip().splitlines()[-1]
-        assert last.startswith(f"hashtune.sweep: sweep 'stop' interrupted by {signal.Signals(signum).name}") and "--name stop --resume" in last
+        assert (
+            last.startswith(f"hashtune.sweep: sweep 'stop' interrupted by {signal.Signals(signum).name}")
+            and "--name stop --resume" in last
+        )
         parent = _parent(tmp_path, "stop")
         assert parent.info.status == "KILLED" and parent.data.tags["hashtune.status"] == "interrupted"
         assert all(r.info.status != "RUNNING" for r in _children(tmp_path, "stop"))
@@ -142,9 +163,13 @@ def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driv
     assert init_ray(num_cpus=1)
     try:
         port = int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
-        listeners = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        listeners = [
+            c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
         assert listeners and {c.laddr.ip for c in listeners} == {"127.0.0.1"}
-        daemons = {p.name(): p.pid for p in psutil.Process().children(recursive=True) if p.name() in ("raylet", "gcs_server")}
+        daemons = {
+            p.name(): p.pid for p in psutil.Process().children(recursive=True) if p.name() in ("raylet", "gcs_server")
+        }
         assert daemons.keys() == {"raylet", "gcs_server"} and all(_blocks_sigterm(pid) for pid in daemons.values())
         assert not _blocks_sigterm(os.getpid())  # the driver's own mask is restored
     finally:
@@ -154,18 +179,28 @@ def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driv
 def test_no_store_read_of_a_trial_grows_with_the_sweep(tmp_path):
     """An instant TPE + ASHA sweep of 8 trials, launched as `benchmarks/bench_scale.py` launches a row: no MLflow
     store call of the driver or of a trial's process returns more than one run, and a trial makes one call in its
-    process (its run, found by its trial id). A step that re-read the store per trial (an O(N^2) sweep) would fail it."""
+    process (its run, found by its trial id). A step that re-read the store per trial (an O(N^2) sweep) would fail
+    it."""
     from benchmarks import bench_scale
 
     row = bench_scale.Row("instant", "hashtune", 8)
     (tmp_path / "space.yaml").write_text(bench_scale.space_yaml(row))
-    launch = [sys.executable, "-m", "benchmarks.bench_scale", "--launch", json.dumps({"scenario": "instant", "arm": "hashtune", "trials": 8}),
-              "--folder", str(tmp_path)]
+    launch = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_scale",
+        "--launch",
+        json.dumps({"scenario": "instant", "arm": "hashtune", "trials": 8}),
+        "--folder",
+        str(tmp_path),
+    ]
     subprocess.run(launch, check=True, capture_output=True, timeout=300)
     (measured,) = [json.loads(line) for line in (tmp_path / "launches.jsonl").read_text().splitlines()]
     driver, trials = measured["mlflow"]["driver"], measured["mlflow"]["trial"]
     assert measured["complete"] and measured["suggestions"] == 8 and driver["create_run"] == 1 + 8
     assert driver["most_rows"] <= 1 and trials["most_rows"] <= 1, measured["mlflow"]
-    assert trials["search_runs"] == 8 and trials["calls"] <= 8 + measured["trial_processes"]  # MLflow's first call in a process
+    assert (
+        trials["search_runs"] == 8 and trials["calls"] <= 8 + measured["trial_processes"]
+    )  # MLflow's first call in a process
     finished = [r for r in _children(tmp_path, row.slug) if r.data.tags["hashtune.status"] == "finished"]
     assert len(finished) == 8 and all(r.data.tags["hashtune.torch_threads"] == "1" for r in finished)

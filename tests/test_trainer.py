@@ -6,15 +6,23 @@ import json
 import pytest
 import torch
 
-from hashtune.train.checkpoint import CheckpointError, load_checkpoint
 from hashtune.config import load_config
 from hashtune.data import build_retrieval_data
-from hashtune.train.runtime import LocalRuntime
+from hashtune.train.checkpoint import CheckpointError, load_checkpoint
 from hashtune.train.cli import main as train_main
+from hashtune.train.runtime import LocalRuntime
 from hashtune.train.steps import NonFiniteLossError, sharded_loader, warmup_cosine
 from hashtune.train.trainer import build_model, evaluate, fit
 
-SMALL = ["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.batch_size=50", "train.lr=5e-3", "train.warmup_epochs=1", "train.device=cpu"]
+SMALL = [
+    "model.depth=2",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "train.batch_size=50",
+    "train.lr=5e-3",
+    "train.warmup_epochs=1",
+    "train.device=cpu",
+]
 
 
 def small_config(*overrides):
@@ -33,7 +41,10 @@ def _initial_val_map(config):
     torch.manual_seed(config.train.seed)
     data = build_retrieval_data(name="digits", seed=config.data.seed, img_size=8)
     runtime = LocalRuntime(torch.device("cpu"))
-    loaders = [sharded_loader(d, runtime, batch_size=256, shuffle=False, seed=0, num_workers=0) for d in (data.val_query, data.database)]
+    loaders = [
+        sharded_loader(d, runtime, batch_size=256, shuffle=False, seed=0, num_workers=0)
+        for d in (data.val_query, data.database)
+    ]
     return evaluate(build_model(config, data), *loaders, runtime=runtime, config=config).map
 
 
@@ -42,7 +53,15 @@ def test_short_symmetric_run_learns_and_writes_its_folder(tmp_path):
     metrics = fit(config, run_dir=tmp_path)
     assert metrics["val/mAP"] > _initial_val_map(config) + 0.2
     assert {"test/mAP", "test/precision_at_100", "test/p_r2", "throughput/images_per_s", "train/pair"} <= metrics.keys()
-    for name in ("config.yaml", "splits.npz", "checkpoint.pt", "history.csv", "metrics.json", "pr_curve.png", "pr_curve.csv"):
+    for name in (
+        "config.yaml",
+        "splits.npz",
+        "checkpoint.pt",
+        "history.csv",
+        "metrics.json",
+        "pr_curve.png",
+        "pr_curve.csv",
+    ):
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert len(rows) == 15 and rows[4]["val/mAP"] and not rows[3]["val/mAP"]
@@ -50,7 +69,9 @@ def test_short_symmetric_run_learns_and_writes_its_folder(tmp_path):
 
 
 def test_asymmetric_run_learns_database_codes(tmp_path):
-    config = small_config("train.strategy=asymmetric", "train.epochs=20", "train.eval_every=10", "train.asym_sample_size=200")
+    config = small_config(
+        "train.strategy=asymmetric", "train.epochs=20", "train.eval_every=10", "train.asym_sample_size=200"
+    )
     metrics = fit(config, run_dir=tmp_path)
     state = load_checkpoint(tmp_path)
     codes = state["strategy"]["database_codes"]
@@ -72,7 +93,9 @@ def _crash_after_first_report(metrics, checkpoint_dir):
 
 @pytest.mark.parametrize("strategy", ["symmetric", "asymmetric"])
 def test_resume_continues_exactly(tmp_path, strategy):
-    config = small_config(f"train.strategy={strategy}", "train.epochs=4", "train.eval_every=2", "train.asym_sample_size=100")
+    config = small_config(
+        f"train.strategy={strategy}", "train.epochs=4", "train.eval_every=2", "train.asym_sample_size=100"
+    )
     fit(config, run_dir=tmp_path / "whole")
     with pytest.raises(_StopAfterFirstReport):
         fit(config, run_dir=tmp_path / "cut", runtime=LocalRuntime(torch.device("cpu"), _crash_after_first_report))
@@ -85,7 +108,9 @@ def test_resume_continues_exactly(tmp_path, strategy):
 
 
 def test_non_finite_loss_fails_the_run(tmp_path):
-    config = small_config("train.optimizer=sgd", "train.lr=1e12", "train.grad_clip=0", "train.epochs=3", "train.warmup_epochs=0")
+    config = small_config(
+        "train.optimizer=sgd", "train.lr=1e12", "train.grad_clip=0", "train.epochs=3", "train.warmup_epochs=0"
+    )
     with pytest.raises(NonFiniteLossError, match=r"train/loss became (nan|inf) at epoch \d+ step \d+"):
         fit(config, run_dir=tmp_path)
 
@@ -134,8 +159,19 @@ def test_list_file_protocols_log_the_literatures_cut_off(listfile_root, tmp_path
 
     assert [protocol_topk("listfile", p) for p in ("nuswide21", "imagenet100", "coco", "")] == [5000, 1000, 5000, None]
     assert protocol_topk("cifar10") is None
-    config = load_config(overrides=["data.name=listfile", f"data.root={listfile_root}", "data.protocol=imagenet100", "model.img_size=8",
-                                    "model.patch_size=4", "model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1"])
+    config = load_config(
+        overrides=[
+            "data.name=listfile",
+            f"data.root={listfile_root}",
+            "data.protocol=imagenet100",
+            "model.img_size=8",
+            "model.patch_size=4",
+            "model.depth=1",
+            "model.embed_dim=16",
+            "model.num_heads=2",
+            "train.epochs=1",
+        ]
+    )
     metrics = fit(config, run_dir=tmp_path)
     assert metrics["test/mAP_at_1000"] == metrics["test/mAP"]
 
@@ -154,4 +190,8 @@ def test_a_run_is_bit_identical_at_the_same_thread_count(tmp_path):
     for key in ("train/loss", "val/mAP", "test/mAP", "test/mAP_ties_average"):
         assert first[key] == second[key], key
     tags = environment_tags(1)
-    assert tags["hashtune.torch_threads"] == "1" and tags["hashtune.cpu_model"] and tags["hashtune.version.torch"].startswith("2.")
+    assert (
+        tags["hashtune.torch_threads"] == "1"
+        and tags["hashtune.cpu_model"]
+        and tags["hashtune.version.torch"].startswith("2.")
+    )

@@ -10,9 +10,19 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "HashingDataset": "datasets", "Preprocessing": "datasets", "RetrievalData": "datasets", "build_retrieval_data": "datasets",
-    "build_transform": "datasets", "LIST_PROTOCOLS": "protocol", "PROTOCOLS": "protocol", "ProtocolSpec": "protocol",
-    "Splits": "protocol", "build_splits": "protocol", "protocol_topk": "protocol", "SOURCES": "sources", "ImageSource": "sources",
+    "HashingDataset": "datasets",
+    "Preprocessing": "datasets",
+    "RetrievalData": "datasets",
+    "build_retrieval_data": "datasets",
+    "build_transform": "datasets",
+    "LIST_PROTOCOLS": "protocol",
+    "PROTOCOLS": "protocol",
+    "ProtocolSpec": "protocol",
+    "Splits": "protocol",
+    "build_splits": "protocol",
+    "protocol_topk": "protocol",
+    "SOURCES": "sources",
+    "ImageSource": "sources",
     "load_source": "sources",
 }
 __all__ = sorted(_EXPORTS)

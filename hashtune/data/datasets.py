@@ -31,15 +31,26 @@ class Preprocessing:
     crop_pct: float = 224 / 256
 
     def as_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
 
 
 def build_transform(
-    *, channels: int, native_size: int | None, img_size: int, train: bool, preprocessing: Preprocessing = Preprocessing()
+    *,
+    channels: int,
+    native_size: int | None,
+    img_size: int,
+    train: bool,
+    preprocessing: Preprocessing = Preprocessing(),
 ) -> v2.Compose:
     """Resize + random crop + flip for training RGB data, resize + centre crop for evaluation.
 
-    Images already at `img_size` (digits at 8 px) are only normalised: a crop would cut digits and a flip would turn them
+    Images already at `img_size` (digits at 8 px) are only normalised: a crop would cut digits and a flip would turn
+    them
     into other symbols.
     """
     p = preprocessing
@@ -50,7 +61,10 @@ def build_transform(
         steps.append(v2.RandomCrop(img_size) if train else v2.CenterCrop(img_size))
         if train and channels == 3:
             steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(p.mean[:channels]), std=list(p.std[:channels]))]
+    steps += [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(p.mean[:channels]), std=list(p.std[:channels])),
+    ]
     return v2.Compose(steps)
 
 
@@ -125,7 +139,9 @@ def build_retrieval_data(
     source = load_source(name, root)
     if splits is None:
         splits = build_splits(source, seed, None if name == "listfile" else name, val_per_class=val_per_class)
-    common = dict(channels=source.channels, native_size=native_size(source), img_size=img_size, preprocessing=preprocessing)
+    common = dict(
+        channels=source.channels, native_size=native_size(source), img_size=img_size, preprocessing=preprocessing
+    )
     train_transform = build_transform(train=True, **common)
     eval_transform = build_transform(train=False, **common)
     datasets = {split: HashingDataset(source, getattr(splits, split), eval_transform) for split in SPLIT_NAMES}

@@ -9,10 +9,14 @@ no longer come first at equal distance).
 | protocol | train / val / test per class | database | cut-off | the papers' name |
 |---|---|---|---|---|
 | `digits` | 50 / 20 / 30 | every non-query image, train included (about 1,297) | all | hashtune's embedded protocol |
-| `cifar10` | 500 / 100 / 100 | every other image, train excluded: 53,000 (54,000 less 1,000 val queries) | all | CIFAR-10 mAP@54000 (DCH, TransHash; DeepHash-pytorch `cifar10`) |
-| `cifar10-1` | 500 / 100 / 100 | everything but the queries, train included: 58,000 (59,000 less 1,000 val) | all | DeepHash-pytorch `cifar10-1` (mAP@59000) |
-| `cifar10-2` | 5,000 / 100 / 1,000 | the training images: 49,000 (50,000 less 1,000 val, removed from train too) | all | DeepHash-pytorch `cifar10-2` (mAP@50000) |
-| `listfile` | `train.txt` / drawn / `test.txt` | `database.txt` (+ train), less the val queries | `data.protocol` | NUS-WIDE-21 @5000, ImageNet-100 @1000, MS-COCO @5000 |
+| `cifar10` | 500 / 100 / 100 | every other image, train excluded: 53,000 (54,000 less 1,000 val queries) | all |
+CIFAR-10 mAP@54000 (DCH, TransHash; DeepHash-pytorch `cifar10`) |
+| `cifar10-1` | 500 / 100 / 100 | everything but the queries, train included: 58,000 (59,000 less 1,000 val) | all |
+DeepHash-pytorch `cifar10-1` (mAP@59000) |
+| `cifar10-2` | 5,000 / 100 / 1,000 | the training images: 49,000 (50,000 less 1,000 val, removed from train too) | all
+| DeepHash-pytorch `cifar10-2` (mAP@50000) |
+| `listfile` | `train.txt` / drawn / `test.txt` | `database.txt` (+ train), less the val queries | `data.protocol` |
+NUS-WIDE-21 @5000, ImageNet-100 @1000, MS-COCO @5000 |
 
 CIFAR-10 protocols draw from all 60,000 images (train batches and test batch together), as
 DeepHash-pytorch does. Val queries come out of the database pool outside train (for `cifar10-2`, whose
@@ -103,12 +107,12 @@ class Splits:
             np.savez(handle, **{name: getattr(self, name) for name in SPLIT_NAMES})
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Splits":
+    def from_arrays(cls, arrays) -> Splits:
         """Splits from a mapping of the four index arrays (numpy arrays or CPU tensors, e.g. a checkpoint's)."""
         return cls(**{name: np.asarray(arrays[name]) for name in SPLIT_NAMES})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Splits":
+    def load(cls, path: str | Path) -> Splits:
         with np.load(path) as arrays:
             return cls.from_arrays(arrays)
 
@@ -151,7 +155,9 @@ def _predefined_splits(source: ImageSource, rng: np.random.Generator, val_per_cl
     )
 
 
-def build_splits(source: ImageSource, seed: int, protocol: str | None = None, *, val_per_class: int | None = None) -> Splits:
+def build_splits(
+    source: ImageSource, seed: int, protocol: str | None = None, *, val_per_class: int | None = None
+) -> Splits:
     """The protocol's splits of `source` for `seed` (see the module docstring).
 
     Args:

@@ -147,7 +147,11 @@ def load_listfile_source(root: str | Path) -> ImageSource:
         name="listfile",
         labels=np.stack(labels),
         paths=tuple(paths),
-        predefined={"train": np.asarray(predefined["train"]), "test": np.asarray(predefined["test"]), "database": database},
+        predefined={
+            "train": np.asarray(predefined["train"]),
+            "test": np.asarray(predefined["test"]),
+            "database": database,
+        },
     )
 
 
@@ -158,5 +162,7 @@ def load_source(name: str, root: str | Path = "") -> ImageSource:
     if name not in SOURCES:
         raise ValueError(f"data.name={name!r} is not a dataset; expected one of {SOURCES}")
     if not root or not Path(root).is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r} is not a directory; data.name={name} reads its files from there")
+        raise FileNotFoundError(
+            f"data.root={str(root)!r} is not a directory; data.name={name} reads its files from there"
+        )
     return load_listfile_source(root) if name == "listfile" else load_cifar10_source(root)  # the cifar10* protocols

@@ -14,12 +14,20 @@ from hashtune.tracking import resolve_tracking
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hashtune.report", description="Tables and plots of a sweep, from its MLflow runs.")
-    parser.add_argument("--experiment", required=True, help="the sweep's MLflow experiment (its --name, default the space's name)")
+    parser = argparse.ArgumentParser(
+        prog="python -m hashtune.report", description="Tables and plots of a sweep, from its MLflow runs."
+    )
+    parser.add_argument(
+        "--experiment", required=True, help="the sweep's MLflow experiment (its --name, default the space's name)"
+    )
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--out", type=Path, help="study folder (default: results/<experiment>)")
-    parser.add_argument("--metric", default="val/best_mAP", help="selection metric for best runs and importance (default: val/best_mAP)")
-    parser.add_argument("--reference", default="full", help="the variant ablation differences are taken against (default: full)")
+    parser.add_argument(
+        "--metric", default="val/best_mAP", help="selection metric for best runs and importance (default: val/best_mAP)"
+    )
+    parser.add_argument(
+        "--reference", default="full", help="the variant ablation differences are taken against (default: full)"
+    )
     parser.add_argument("--no-log", action="store_true", help="do not log the study on the sweep's parent run")
     return parser
 
@@ -32,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         require_val_metric(args.metric)
         uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)
         out = args.out or RESULTS_DIR / args.experiment.replace("/", "_")
-        written = build_report(MlflowClient(uri), args.experiment, out, metric=args.metric, reference=args.reference, log_to_parent=not args.no_log)
+        written = build_report(
+            MlflowClient(uri),
+            args.experiment,
+            out,
+            metric=args.metric,
+            reference=args.reference,
+            log_to_parent=not args.no_log,
+        )
     except (ReportError, ConfigError, ConnectionError) as error:
         print(f"hashtune.report: error: {error}", file=sys.stderr)
         return 2

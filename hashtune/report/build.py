@@ -8,16 +8,23 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hashtune.data.protocol import PROTOCOLS
 from hashtune.report.importance import parameter_importances, rebuild_study
 from hashtune.report.k_sensitivity import SELECTION_METRIC, k_findings, k_versus_best, k_versus_best_markdown
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
-from hashtune.data.protocol import PROTOCOLS
-from hashtune.tracking import TAG, display_uri
+from hashtune.report.sensitivity import continuous_sensitivity, continuous_table, k_bits_table
 from hashtune.report.tables import (
-    METRIC, ablation_table, claim_rows, claims_markdown, continuous_sensitivity, continuous_table, k_bits_table, paper_directions,
-    is_crossed, replicate_key, variance_table,
+    METRIC,
+    ablation_table,
+    claim_rows,
+    claims_markdown,
+    is_crossed,
+    paper_directions,
+    replicate_key,
+    variance_table,
 )
+from hashtune.tracking import TAG, display_uri
 from hashtune.train.outputs import plot_pr_curves, read_pr_curve
 
 __all__ = ["build_report", "ARTIFACT_PATH"]
@@ -43,8 +50,15 @@ class _StudyFolder:
         self.notes[path.name] = note
 
 
-def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = "val/best_mAP", reference: str = "full",
-                 log_to_parent: bool = True) -> list[Path]:
+def build_report(
+    client,
+    experiment: str,
+    out_dir: str | Path,
+    *,
+    metric: str = "val/best_mAP",
+    reference: str = "full",
+    log_to_parent: bool = True,
+) -> list[Path]:
     """Write every table, plot and the folder's README.md; returns the files written.
 
     Args:
@@ -59,16 +73,29 @@ def build_report(client, experiment: str, out_dir: str | Path, *, metric: str = 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     study = load_study(client, experiment)
     folder = _StudyFolder(Path(out_dir))
-    directions = _ablation_files(folder, study, study.parent_params.get("replicates.reference", reference))  # the schedule's reference
+    directions = _ablation_files(
+        folder, study, study.parent_params.get("replicates.reference", reference)
+    )  # the schedule's reference
     findings = _sensitivity_files(folder, study)
     _importance_files(folder, study, metric)
     pr = _best_pr_curves(client, study, metric)
     if pr:
-        folder.add(plot_pr_curves(pr, folder.out / "pr_curves.png", title=f"test PR by Hamming radius: best run (by {metric}) of each group"),
-                   f"precision-recall curves of the best run by `{metric}` of each variant (or code length)")
-    folder.add(plot_search_progress(study.runs, metric, folder.out / "search_progress.png"),
-               f"each trial's last `{metric}` in start order and the best finished so far; beside it, the best against cumulative CPU-hours")
-    folder.write("README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study), findings), "")
+        folder.add(
+            plot_pr_curves(
+                pr,
+                folder.out / "pr_curves.png",
+                title=f"test PR by Hamming radius: best run (by {metric}) of each group",
+            ),
+            f"precision-recall curves of the best run by `{metric}` of each variant (or code length)",
+        )
+    folder.add(
+        plot_search_progress(study.runs, metric, folder.out / "search_progress.png"),
+        f"each trial's last `{metric}` in start order and the best finished so far; beside it, the best against "
+        "cumulative CPU-hours",
+    )
+    folder.write(
+        "README.md", _readme(study, metric, folder.notes, directions, _sweep_command(client, study), findings), ""
+    )
     if log_to_parent and study.parent_run_ids:
         client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)
     return folder.written
@@ -80,20 +107,36 @@ def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[
     if not ablation:
         return []
     delta, alpha, design = _claims_level(study)
-    directions, claims = paper_directions(ablation, delta=delta, alpha=alpha), claim_rows(ablation, delta=delta, alpha=alpha)
-    verdicts = (f"\n## The papers' claims (paired by seed, {100 * (1 - alpha):.4g}% CI, equivalence margin ±{delta:g})\n\n{design}"
-                + claims_markdown(claims, delta) if claims else "")
-    folder.write("ablation.md", ablation.to_markdown() + verdicts + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
-                 f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
-                 f"each variant's paired difference to `{ablation.reference}`, and each claim's verdict (holds, reversed, "
-                 "equivalent, inconclusive) with the effect the seeds could detect and the seeds a ±delta interval needs")
+    directions, claims = (
+        paper_directions(ablation, delta=delta, alpha=alpha),
+        claim_rows(ablation, delta=delta, alpha=alpha),
+    )
+    verdicts = (
+        f"\n## The papers' claims (paired by seed, {100 * (1 - alpha):.4g}% CI, equivalence margin "
+        f"±{delta:g})\n\n{design}" + claims_markdown(claims, delta)
+        if claims
+        else ""
+    )
+    folder.write(
+        "ablation.md",
+        ablation.to_markdown() + verdicts + "".join(f"\n- {s}" for s in directions) + ("\n" if directions else ""),
+        f"ablation table: {METRIC} mean ± 95% t-interval over seeds per variant and bits (best per column in bold), "
+        f"each variant's paired difference to `{ablation.reference}`, and each claim's verdict (holds, reversed, "
+        "equivalent, inconclusive) with the effect the seeds could detect and the seeds a ±delta interval needs",
+    )
     if claims:
-        folder.add(plot_forest(claims, delta, folder.out / "ablation.png"),
-                   f"forest plot: each claim's paired difference and {100 * (1 - alpha):.4g}% CI, 0 and ±delta, verdict and n")
+        folder.add(
+            plot_forest(claims, delta, folder.out / "ablation.png"),
+            f"forest plot: each claim's paired difference and {100 * (1 - alpha):.4g}% CI, 0 and ±delta, verdict and n",
+        )
     folder.write("ablation.csv", ablation.to_csv(), "the same, one row per (variant, bits), with per-seed values")
     split = variance_table(study.runs)
     if split is not None:
-        folder.write("variance_split.md", split + "\n", "seed noise split between the data split and the training seed (crossed seeds)")
+        folder.write(
+            "variance_split.md",
+            split + "\n",
+            "seed noise split between the data split and the training seed (crossed seeds)",
+        )
     return directions
 
 
@@ -103,10 +146,12 @@ def _claims_level(study: Study) -> tuple[float, float, str]:
     if "replicates.alpha_per_look" not in params:
         return DELTA, 0.05, ""
     alpha, looks = float(params["replicates.alpha_per_look"]), int(params["replicates.looks"])
-    design = (f"Seeds were added adaptively (`replicates: {params['replicates.spec']}`): after each round an arm whose CI "
-              f"excluded 0 or lay inside ±delta was settled, the others got more seeds. Every look tests at alpha / L = "
-              f"{params['replicates.alpha']} / {looks} = {alpha:.4g} (Bonferroni over the L planned looks), so the intervals "
-              f"below are at that level. {_schedule_state(study)}\n\n")
+    design = (
+        f"Seeds were added adaptively (`replicates: {params['replicates.spec']}`): after each round an arm whose CI "
+        f"excluded 0 or lay inside ±delta was settled, the others got more seeds. Every look tests at alpha / L = "
+        f"{params['replicates.alpha']} / {looks} = {alpha:.4g} (Bonferroni over the L planned looks), so the intervals "
+        f"below are at that level. {_schedule_state(study)}\n\n"
+    )
     return float(params["replicates.delta"]), alpha, design
 
 
@@ -114,8 +159,10 @@ def _schedule_state(study: Study) -> str:
     state = study.parent_tags.get(f"{TAG}replicates", "not started")
     if state == "done":
         return "The schedule is done: an `inconclusive` claim ran to `max` seeds (or the budget)."
-    return (f"The schedule was stopped in {state} (parent run status {study.parent_tags.get(f'{TAG}status', 'unknown')}): "
-            "these verdicts are valid at this look, and `--resume` continues the schedule.")
+    return (
+        f"The schedule was stopped in {state} (parent run status {study.parent_tags.get(f'{TAG}status', 'unknown')}): "
+        "these verdicts are valid at this look, and `--resume` continues the schedule."
+    )
 
 
 def _sensitivity_files(folder: _StudyFolder, study: Study) -> list[str]:
@@ -124,20 +171,31 @@ def _sensitivity_files(folder: _StudyFolder, study: Study) -> list[str]:
     k_table = k_bits_table(study.runs)
     findings: list[str] = []
     if k_table:
-        folder.write("sensitivity_k.md", k_table.to_markdown(), f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run")
+        folder.write(
+            "sensitivity_k.md",
+            k_table.to_markdown(),
+            f"K x bits (TransHash Tab. 3 shape): mean {METRIC}; `-` infeasible bit allocation, blank not run",
+        )
         folder.write("sensitivity_k.csv", k_table.to_csv(), "the same with n and 95% intervals")
         versus = k_versus_best(study.runs, delta=DELTA)
         findings = k_findings(study.runs, versus, delta=DELTA)
         if versus:
-            folder.write("sensitivity_k_vs_best.md", k_versus_best_markdown(versus, DELTA) + "".join(f"\n- {s}" for s in findings) + "\n",
-                         f"every K against its code length's best K (chosen on `{SELECTION_METRIC}`): paired {METRIC} difference and CI at 95% / m "
-                         "(Bonferroni over the m comparisons of a code length), "
-                         "higher / lower / equivalent / inconclusive, the effect the seeds could detect and the seeds a ±delta interval needs")
+            folder.write(
+                "sensitivity_k_vs_best.md",
+                k_versus_best_markdown(versus, DELTA) + "".join(f"\n- {s}" for s in findings) + "\n",
+                f"every K against its code length's best K (chosen on `{SELECTION_METRIC}`): paired {METRIC} "
+                "difference and CI at 95% / m "
+                "(Bonferroni over the m comparisons of a code length), "
+                "higher / lower / equivalent / inconclusive, the effect the seeds could detect and the seeds a ±delta "
+                "interval needs",
+            )
     curves = continuous_sensitivity(study.runs)
     if not curves:
         return findings
     markdown, csv_text = continuous_table(curves)
-    folder.write("sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits")
+    folder.write(
+        "sensitivity_continuous.md", markdown, f"{METRIC} by quantile bins of each continuous parameter, per bits"
+    )
     folder.write("sensitivity_continuous.csv", csv_text, "the same with 95% intervals")
     for param in dict.fromkeys(curve.param for curve in curves):
         path = plot_sensitivity(curves, param, folder.out / f"sensitivity_{param.replace('.', '_')}.png")
@@ -150,8 +208,11 @@ def _importance_files(folder: _StudyFolder, study: Study, metric: str) -> None:
     if not importances:
         return
     rows = [f"{name},{param},{value:.6f}" for name, values in importances.items() for param, value in values.items()]
-    folder.write("importance.csv", "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
-                 f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)")
+    folder.write(
+        "importance.csv",
+        "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
+        f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)",
+    )
     folder.add(plot_importance(importances, folder.out / "importance.png"), "the same as bar charts")
 
 
@@ -179,36 +240,52 @@ def _sweep_command(client, study: Study) -> str | None:
     if not study.parent_run_ids:
         return None
     params = client.get_run(study.parent_run_ids[0]).data.params
-    overrides = " ".join(f"{key.removeprefix('base.')}={value}" for key, value in sorted(params.items()) if key.startswith("base."))
+    overrides = " ".join(
+        f"{key.removeprefix('base.')}={value}" for key, value in sorted(params.items()) if key.startswith("base.")
+    )
     name = "" if params.get("space") == study.experiment_name else f" --name {study.experiment_name}"
     return f"python -m hashtune.sweep --space {params.get('space', '?')}{name}{' ' + overrides if overrides else ''}"
 
 
 def _protocol(study: Study) -> str:
     """The protocol row the study used (the README's protocol table), and where the two tie rules disagree."""
-    configs = {(run.config.data.name, run.config.data.val_per_class, run.config.eval.topk, run.config.eval.ties) for run in study.finished}
+    configs = {
+        (run.config.data.name, run.config.data.val_per_class, run.config.eval.topk, run.config.eval.ties)
+        for run in study.finished
+    }
     lines = []
     for name, val_per_class, topk, ties in sorted(configs, key=str):
         if name in PROTOCOLS:
             spec = PROTOCOLS[name]
             val = spec.val_per_class if val_per_class is None else val_per_class
-            lines.append(f"Protocol `{name}` ({spec.literature}): per class {spec.train_per_class} train, {val} val queries, "
-                         f"{spec.test_per_class} test queries; database: {DATABASE_WORDS[spec.database]}; mAP@{topk or 'all'}, "
-                         f"ties broken by {'database index (seeded shuffled order)' if ties == 'index' else 'averaging'}.")
+            lines.append(
+                f"Protocol `{name}` ({spec.literature}): per class {spec.train_per_class} train, {val} val queries, "
+                f"{spec.test_per_class} test queries; database: {DATABASE_WORDS[spec.database]}; mAP@{topk or 'all'}, "
+                f"ties broken by {'database index (seeded shuffled order)' if ties == 'index' else 'averaging'}."
+            )
         else:
             lines.append(f"Protocol `{name}` (list files); mAP@{topk or 'the protocol cut-off'}, ties by {ties}.")
-    gaps = [abs(run.metrics["test/mAP_ties_index"] - run.metrics["test/mAP_ties_average"]) for run in study.finished
-            if "test/mAP_ties_index" in run.metrics and "test/mAP_ties_average" in run.metrics]
+    gaps = [
+        abs(run.metrics["test/mAP_ties_index"] - run.metrics["test/mAP_ties_average"])
+        for run in study.finished
+        if "test/mAP_ties_index" in run.metrics and "test/mAP_ties_average" in run.metrics
+    ]
     if gaps and max(gaps) > 0.001:
-        lines.append(f"Ties matter here: test mAP with ties by index and averaged over tie orders differ by up to {max(gaps):.4f} "
-                     "(both are logged on every run: `test/mAP_ties_index`, `test/mAP_ties_average`).")
+        lines.append(
+            f"Ties matter here: test mAP with ties by index and averaged over tie orders differ by up to "
+            f"{max(gaps):.4f} "
+            "(both are logged on every run: `test/mAP_ties_index`, `test/mAP_ties_average`)."
+        )
     elif gaps:
         lines.append(f"Ties barely matter here: the two tie rules agree within {max(gaps):.4f} on every run.")
     return " ".join(lines)
 
 
-DATABASE_WORDS = {"rest": "every non-query image, train included", "rest_without_train": "every other image, train excluded",
-                  "train": "the training images"}
+DATABASE_WORDS = {
+    "rest": "every non-query image, train included",
+    "rest_without_train": "every other image, train excluded",
+    "train": "the training images",
+}
 
 
 def _hardware(study: Study) -> str:
@@ -217,11 +294,15 @@ def _hardware(study: Study) -> str:
     threads = sorted({run.tags.get(f"{TAG}torch_threads", "") for run in study.finished} - {""})
     if not cpus:
         return "Hardware: not recorded by these runs."
-    return (f"Hardware: {'; '.join(cpus)}, {'/'.join(threads)} torch thread(s) per trial. Per-seed numbers reproduce bit "
-            "for bit only on the same CPU at the same thread count; the verdicts are what should reproduce anywhere.")
+    return (
+        f"Hardware: {'; '.join(cpus)}, {'/'.join(threads)} torch thread(s) per trial. Per-seed numbers reproduce bit "
+        "for bit only on the same CPU at the same thread count; the verdicts are what should reproduce anywhere."
+    )
 
 
-def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None, findings: list[str]) -> str:
+def _readme(
+    study: Study, metric: str, notes: dict[str, str], directions: list[str], command: str | None, findings: list[str]
+) -> str:
     counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(study.counts().items()))
     crossed = is_crossed(study.runs)
     seeds = sorted({replicate_key(run, crossed) for run in study.runs}, key=str)
@@ -229,16 +310,27 @@ def _readme(study: Study, metric: str, notes: dict[str, str], directions: list[s
     lines = [
         f"# Study `{study.experiment_name}`",
         "",
-        *([f"Sweep: `{command}` (started {datetime.fromtimestamp(started / 1000, timezone.utc):%Y-%m-%d %H:%M} UTC), "
-           f"seeds {seeds}."] if command else []),
+        *(
+            [
+                f"Sweep: `{command}` (started {datetime.fromtimestamp(started / 1000, timezone.utc):%Y-%m-%d %H:%M} "
+                "UTC), "
+                f"seeds {seeds}."
+            ]
+            if command
+            else []
+        ),
         "",
         f"Built by `python -m hashtune.report --experiment {study.experiment_name}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow store `{display_uri(study.tracking_uri)}` "
         f"(experiment id {study.experiment_id}).",
         "",
         f"Trial runs: {counts}. Tables use `{METRIC}` of finished runs; `{metric}` selects best runs and is the "
-        "importance objective. " + ("Seeds are `data.seed/train.seed` pairs of a crossed design." if crossed
-                                    else "Seeds are `train.seed` = `data.seed` replicates."),
+        "importance objective. "
+        + (
+            "Seeds are `data.seed/train.seed` pairs of a crossed design."
+            if crossed
+            else "Seeds are `train.seed` = `data.seed` replicates."
+        ),
         "",
         _protocol(study),
         "",

@@ -48,14 +48,20 @@ def rebuild_study(runs: list[TrialRun], metric: str = "val/best_mAP", direction:
     for key in varying_params(finished):
         columns.setdefault(tuple(str(flat[key]) for flat in flats), []).append(key)
     names = {"=".join(keys): keys[0] for keys in columns.values()}
-    distributions = {name: infer_distribution(sorted({flat[key] for flat in flats}, key=str)) for name, key in names.items()}
+    distributions = {
+        name: infer_distribution(sorted({flat[key] for flat in flats}, key=str)) for name, key in names.items()
+    }
     study = optuna.create_study(direction=direction, study_name="rebuilt-from-mlflow")
     trials = []
     for run, flat in zip(finished, flats):
-        trials.append(optuna.trial.create_trial(
-            value=run.metrics[metric], params={name: flat[key] for name, key in names.items()}, distributions=distributions,
-            user_attrs={"mlflow_run_id": run.run_id, "variant": run.variant},
-        ))
+        trials.append(
+            optuna.trial.create_trial(
+                value=run.metrics[metric],
+                params={name: flat[key] for name, key in names.items()},
+                distributions=distributions,
+                user_attrs={"mlflow_run_id": run.run_id, "variant": run.variant},
+            )
+        )
     study.add_trials(trials)
     return study
 

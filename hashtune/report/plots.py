@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, PNG): importance bars, sensitivity curves, search progress (PR curves: `train.outputs`)."""
+"""The study's figures (matplotlib, PNG): importance bars, sensitivity curves, search progress (PR curves:
+`train.outputs`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from hashtune.report.runs import TrialRun  # noqa: E402
-from hashtune.report.tables import BinnedCurve, ClaimRow  # noqa: E402
+from hashtune.report.runs import TrialRun
+from hashtune.report.sensitivity import BinnedCurve
+from hashtune.report.tables import ClaimRow
 
 __all__ = ["plot_importance", "plot_sensitivity", "plot_search_progress", "plot_forest"]
 
@@ -25,7 +27,9 @@ def _save(figure, path: Path) -> Path:
 def plot_importance(importances: dict[str, dict[str, float]], path: Path) -> Path:
     """One horizontal bar chart per evaluator, parameters in the first evaluator's order."""
     order = list(next(iter(importances.values())))[::-1]
-    figure, axes = plt.subplots(1, len(importances), figsize=(4.5 * len(importances), 0.45 * len(order) + 1.5), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(importances), figsize=(4.5 * len(importances), 0.45 * len(order) + 1.5), squeeze=False
+    )
     for axis, (name, values) in zip(axes[0], importances.items()):
         axis.barh(order, [values.get(param, 0.0) for param in order])
         axis.set_title(name)
@@ -85,7 +89,8 @@ def plot_search_progress(runs: list[TrialRun], metric: str, path: Path) -> Path:
 
 
 def plot_forest(rows: list[ClaimRow], delta: float, path: Path) -> Path:
-    """One row per claim: the paired difference (claim's direction) with its CI, 0 and the ±delta band, verdict and n."""
+    """One row per claim: the paired difference (claim's direction) with its CI, 0 and the ±delta band, verdict
+    and n."""
     figure, axis = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.4))
     axis.axvspan(-delta, delta, color="0.9", label=f"±{delta:g} (equivalent)")
     axis.axvline(0.0, color="black", linewidth=0.8)
@@ -95,8 +100,14 @@ def plot_forest(rows: list[ClaimRow], delta: float, path: Path) -> Path:
         if v.n >= 2:
             axis.plot([low, high], [y, y], color="C0", linewidth=2)
         axis.plot(v.difference.mean, y, "o", color="C0")
-        axis.annotate(f"{v.verdict} (n={v.n})", xy=(1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
-    axis.set_yticks(range(len(rows)), [f"{r.claim}, {r.bits} bits{f' {r.where}' if r.where else ''}" for r in rows[::-1]], fontsize=8)
+        axis.annotate(
+            f"{v.verdict} (n={v.n})", xy=(1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8
+        )
+    axis.set_yticks(
+        range(len(rows)),
+        [f"{r.claim}, {r.bits} bits{f' {r.where}' if r.where else ''}" for r in rows[::-1]],
+        fontsize=8,
+    )
     axis.set_xlabel("paired difference in test/mAP, in the claim's direction (> 0: the claim holds)")
     axis.legend(fontsize=8, loc="lower right")
     figure.subplots_adjust(left=0.38, right=0.8)

@@ -72,7 +72,9 @@ def _trial_run(run) -> TrialRun:
     try:
         config = config_from_params(run.data.params)
     except ConfigError as error:
-        raise ReportError(f"run {run.info.run_id} ({run.info.run_name}) has params that are not a hashtune config: {error}") from None
+        raise ReportError(
+            f"run {run.info.run_id} ({run.info.run_name}) has params that are not a hashtune config: {error}"
+        ) from None
     return TrialRun(
         run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id,
@@ -91,20 +93,41 @@ def load_study(client: Any, experiment_name: str) -> Study:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}; experiments there: {', '.join(names) or 'none'}")
+        raise ReportError(
+            f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}; experiments there: "
+            f"{', '.join(names) or 'none'}"
+        )
     every = find_runs(client, experiment.experiment_id)
-    parents = sorted((run for run in every if run.data.tags.get(f"{TAG}role") == "sweep"), key=lambda run: -(run.info.start_time or 0))
-    children = sorted((run for run in every if "mlflow.parentRunId" in run.data.tags), key=lambda run: run.info.start_time or 0)
+    parents = sorted(
+        (run for run in every if run.data.tags.get(f"{TAG}role") == "sweep"),
+        key=lambda run: -(run.info.start_time or 0),
+    )
+    children = sorted(
+        (run for run in every if "mlflow.parentRunId" in run.data.tags), key=lambda run: run.info.start_time or 0
+    )
     runs = [_trial_run(run) for run in children]
     finished = [run for run in runs if run.status == "finished"]
     if not finished:
-        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(Study("", "", "", runs, []).counts().items()))
-        raise ReportError(f"experiment {experiment_name!r} has no finished trial runs ({statuses or 'no child runs at all'}); run or resume its sweep first")
+        statuses = ", ".join(
+            f"{status}: {count}" for status, count in sorted(Study("", "", "", runs, []).counts().items())
+        )
+        raise ReportError(
+            f"experiment {experiment_name!r} has no finished trial runs ({statuses or 'no child runs at all'}); run or "
+            "resume its sweep first"
+        )
     missing = [run for run in finished if REQUIRED_METRIC not in run.metrics]
     if missing:
         raise ReportError(
-            f"{len(missing)} finished run(s) of {experiment_name!r} have no {REQUIRED_METRIC} metric (first: {missing[0].run_id}, "
+            f"{len(missing)} finished run(s) of {experiment_name!r} have no {REQUIRED_METRIC} metric (first: "
+            f"{missing[0].run_id}, "
             f"{missing[0].name!r}); they were not logged by a hashtune sweep"
         )
-    return Study(experiment_name, experiment.experiment_id, client.tracking_uri, runs, [run.info.run_id for run in parents],
-                 dict(parents[0].data.params) if parents else {}, dict(parents[0].data.tags) if parents else {})
+    return Study(
+        experiment_name,
+        experiment.experiment_id,
+        client.tracking_uri,
+        runs,
+        [run.info.run_id for run in parents],
+        dict(parents[0].data.params) if parents else {},
+        dict(parents[0].data.tags) if parents else {},
+    )

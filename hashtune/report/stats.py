@@ -9,8 +9,17 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "MeanCI", "PairedDifference", "mean_ci", "paired_difference", "VERDICTS", "ClaimVerdict", "claim_verdict",
-    "minimum_detectable_effect", "seeds_for_half_width", "VarianceSplit", "variance_components",
+    "MeanCI",
+    "PairedDifference",
+    "mean_ci",
+    "paired_difference",
+    "VERDICTS",
+    "ClaimVerdict",
+    "claim_verdict",
+    "minimum_detectable_effect",
+    "seeds_for_half_width",
+    "VarianceSplit",
+    "variance_components",
 ]
 
 
@@ -106,7 +115,10 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: flo
 
     if n < 2 or not sd > 0:
         return math.nan
-    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")) * sd
+    return (
+        float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided"))
+        * sd
+    )
 
 
 def seeds_for_half_width(sd: float, delta: float, confidence: float = 0.95, limit: int = 10_000) -> int | None:
@@ -138,8 +150,16 @@ def claim_verdict(differences, *, delta: float, alpha: float = 0.05) -> ClaimVer
         verdict = "equivalent"
     else:
         verdict = "inconclusive"
-    return ClaimVerdict(verdict, ci, n, tost_p, minimum_detectable_effect(sd, n, alpha), seeds_for_half_width(sd, delta, 1 - alpha) if n >= 2 else None,
-                        alpha, delta)
+    return ClaimVerdict(
+        verdict,
+        ci,
+        n,
+        tost_p,
+        minimum_detectable_effect(sd, n, alpha),
+        seeds_for_half_width(sd, delta, 1 - alpha) if n >= 2 else None,
+        alpha,
+        delta,
+    )
 
 
 @dataclass(frozen=True)
@@ -171,5 +191,10 @@ def variance_components(values: dict[tuple[int, int], float]) -> VarianceSplit |
     frame = pd.DataFrame([(d, t, values[d, t]) for d in datas for t in trains], columns=["data", "train", "value"])
     mean_square = anova_lm(ols("value ~ C(data) + C(train)", frame).fit())["mean_sq"]
     residual = float(mean_square["Residual"])
-    return VarianceSplit(max(0.0, (float(mean_square["C(data)"]) - residual) / len(trains)),
-                         max(0.0, (float(mean_square["C(train)"]) - residual) / len(datas)), residual, len(datas), len(trains))
+    return VarianceSplit(
+        max(0.0, (float(mean_square["C(data)"]) - residual) / len(trains)),
+        max(0.0, (float(mean_square["C(train)"]) - residual) / len(datas)),
+        residual,
+        len(datas),
+        len(trains),
+    )

@@ -1,5 +1,5 @@
-"""The studies' tables, as pure functions of `TrialRun`s: ablation (TransHash Tab. 2), K x bits (Tab. 3),
-binned sensitivity of continuous parameters, and the paper's directions checked in words.
+"""The studies' tables, as pure functions of `TrialRun`s: ablation (TransHash Tab. 2), its claims checked in words,
+and the seed-variance split (the sensitivity tables are `hashtune.report.sensitivity`).
 
 Every table reads `test/mAP` of finished runs only (trials ASHA stopped early have no test metrics).
 """
@@ -12,24 +12,23 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from hashtune.config import SEED_KEYS, Config, to_flat_dict
+from hashtune.config import SEED_KEYS, to_flat_dict
 from hashtune.report.runs import TrialRun
-from hashtune.report.stats import ClaimVerdict, MeanCI, PairedDifference, claim_verdict, mean_ci, paired_difference, variance_components
-from hashtune.train.bits import is_feasible
+from hashtune.report.stats import (
+    ClaimVerdict,
+    MeanCI,
+    PairedDifference,
+    claim_verdict,
+    mean_ci,
+    paired_difference,
+    variance_components,
+)
 
 __all__ = [
     "METRIC",
     "AblationCell",
     "AblationTable",
     "ablation_table",
-    "SensitivityTable",
-    "k_bits_table",
-    "BinnedCurve",
-    "continuous_sensitivity",
-    "continuous_table",
-    "varying_params",
     "paper_directions",
     "ClaimRow",
     "claim_rows",
@@ -37,6 +36,10 @@ __all__ = [
     "variance_table",
     "is_crossed",
     "replicate_key",
+    "varying_params",
+    "markdown_table",
+    "csv_table",
+    "format_number",
 ]
 
 METRIC = "test/mAP"
@@ -57,7 +60,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]) + "\n"
 
 
-def _csv(header: list[str], rows: list[list]) -> str:
+def csv_table(header: list[str], rows: list[list]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -125,17 +128,55 @@ class AblationTable:
         p_value = "" if math.isnan(d.p_value) else f", p={d.p_value:.3f}"
         return f"{d.difference.mean:+.3f}{interval}{p_value} ({d.wins}/{d.n} seeds higher)"
 
-    def to_csv(self) -> str:
-        header = ["variant", "bits", "n", "mean", "ci95_low", "ci95_high", "seeds", "values",
-                  "diff_vs_reference", "diff_ci95_low", "diff_ci95_high", "paired_t_p", "seeds_higher", "pairs"]
+    def tocsv_table(self) -> str:
+        header = [
+            "variant",
+            "bits",
+            "n",
+            "mean",
+            "ci95_low",
+            "ci95_high",
+            "seeds",
+            "values",
+            "diff_vs_reference",
+            "diff_ci95_low",
+            "diff_ci95_high",
+            "paired_t_p",
+            "seeds_higher",
+            "pairs",
+        ]
         rows = []
-        for (variant, b), cell in sorted(self.cells.items(), key=lambda item: (self.variants.index(item[0][0]), item[0][1])):
+        for (variant, b), cell in sorted(
+            self.cells.items(), key=lambda item: (self.variants.index(item[0][0]), item[0][1])
+        ):
             s, d = cell.summary, cell.versus_reference
             seeds = sorted(cell.per_seed)
-            difference = [format_number(d.difference.mean), format_number(d.difference.low), format_number(d.difference.high), format_number(d.p_value), d.wins, d.n] if d else [""] * 6
-            rows.append([variant, b, s.n, format_number(s.mean), format_number(s.low), format_number(s.high),
-                         " ".join(map(str, seeds)), " ".join(format_number(cell.per_seed[seed]) for seed in seeds), *difference])
-        return _csv(header, rows)
+            difference = (
+                [
+                    format_number(d.difference.mean),
+                    format_number(d.difference.low),
+                    format_number(d.difference.high),
+                    format_number(d.p_value),
+                    d.wins,
+                    d.n,
+                ]
+                if d
+                else [""] * 6
+            )
+            rows.append(
+                [
+                    variant,
+                    b,
+                    s.n,
+                    format_number(s.mean),
+                    format_number(s.low),
+                    format_number(s.high),
+                    " ".join(map(str, seeds)),
+                    " ".join(format_number(cell.per_seed[seed]) for seed in seeds),
+                    *difference,
+                ]
+            )
+        return csv_table(header, rows)
 
 
 def _within_variant_keys(runs: list[TrialRun]) -> list[str]:
@@ -149,7 +190,9 @@ def _within_variant_keys(runs: list[TrialRun]) -> list[str]:
 
 def is_crossed(runs: list[TrialRun]) -> bool:
     """Whether the runs cross data seeds with training seeds (then a replicate is the pair, not one seed)."""
-    return len({run.config.data.seed for run in runs}) > 1 and any(run.config.data.seed != run.config.train.seed for run in runs)
+    return len({run.config.data.seed for run in runs}) > 1 and any(
+        run.config.data.seed != run.config.train.seed for run in runs
+    )
 
 
 def replicate_key(run: TrialRun, crossed: bool) -> int | str:
@@ -182,16 +225,27 @@ def ablation_table(runs: list[TrialRun], reference: str = "full") -> AblationTab
             row_variant[learned], row_suffix[learned] = run.variant, suffix
             per_cell[learned, run.bits][replicate_key(run, crossed)] = run.metrics[LEARNED]
     order = list(CLAIMS)
-    rows = sorted(row_variant, key=lambda r: (row_suffix[r], row_variant[r] != reference,
-                                              order.index(row_variant[r]) if row_variant[r] in order else len(order), r))
-    row_reference = {row: (f"{reference} {row_suffix[row]}".strip() if row_variant[row] != reference else None) for row in rows}
+    rows = sorted(
+        row_variant,
+        key=lambda r: (
+            row_suffix[r],
+            row_variant[r] != reference,
+            order.index(row_variant[r]) if row_variant[r] in order else len(order),
+            r,
+        ),
+    )
+    row_reference = {
+        row: (f"{reference} {row_suffix[row]}".strip() if row_variant[row] != reference else None) for row in rows
+    }
     row_reference = {row: ref if ref in row_variant else None for row, ref in row_reference.items()}
     bits = sorted({b for _, b in per_cell})
     cells = {}
     for (row, b), per_seed in per_cell.items():
         ref = row_reference[row]
         versus = paired_difference(per_seed, per_cell[ref, b]) if ref is not None and (ref, b) in per_cell else None
-        cells[row, b] = AblationCell(row_variant[row], b, per_seed, mean_ci(list(per_seed.values())), versus, cost[row, b])
+        cells[row, b] = AblationCell(
+            row_variant[row], b, per_seed, mean_ci(list(per_seed.values())), versus, cost[row, b]
+        )
     has_reference = reference in row_variant.values()
     return AblationTable(rows, bits, cells, reference if has_reference else None, row_variant, row_reference)
 
@@ -223,7 +277,11 @@ def claim_rows(table: AblationTable, *, delta: float = 0.02, alpha: float = 0.05
                 continue
             shared = sorted(set(cell.per_seed) & set(base.per_seed))
             differences = [-sign * (cell.per_seed[seed] - base.per_seed[seed]) for seed in shared]
-            rows.append(ClaimRow(claim, meaning, b, row[len(variant):].strip(), claim_verdict(differences, delta=delta, alpha=alpha)))
+            rows.append(
+                ClaimRow(
+                    claim, meaning, b, row[len(variant) :].strip(), claim_verdict(differences, delta=delta, alpha=alpha)
+                )
+            )
     return rows
 
 
@@ -236,62 +294,39 @@ def paper_directions(table: AblationTable, *, delta: float = 0.02, alpha: float 
         power = "" if math.isnan(v.mde) else f"; detectable at 80% power: {v.mde:.3f}"
         needed = f"; seeds for a ±{delta:g} interval: {v.seeds_for_delta}" if v.seeds_for_delta else ""
         where = f", {row.where}" if row.where else ""
-        sentences.append(f"{row.claim} ({row.meaning}) at {row.bits} bits{where}: **{v.verdict}** "
-                         f"({v.difference.mean:+.3f}{interval} mAP in the claim's direction, n={v.n}{power}{needed}).")
+        sentences.append(
+            f"{row.claim} ({row.meaning}) at {row.bits} bits{where}: **{v.verdict}** "
+            f"({v.difference.mean:+.3f}{interval} mAP in the claim's direction, n={v.n}{power}{needed})."
+        )
     return sentences
 
 
 def claims_markdown(rows: list[ClaimRow], delta: float) -> str:
-    header = ["claim", "bits", "Δ in the claim's direction (CI)", "n", "verdict", "TOST p (±delta)", "MDE at 80% power", f"seeds for ±{delta:g}"]
-    body = [[f"{r.claim}{f' ({r.where})' if r.where else ''}", str(r.bits),
-             f"{r.verdict.difference.mean:+.3f} [{format_number(r.verdict.difference.low, 3)}, {format_number(r.verdict.difference.high, 3)}]",
-             str(r.verdict.n), r.verdict.verdict, format_number(r.verdict.tost_p, 3), format_number(r.verdict.mde, 3), str(r.verdict.seeds_for_delta or "")]
-            for r in rows]
+    header = [
+        "claim",
+        "bits",
+        "Δ in the claim's direction (CI)",
+        "n",
+        "verdict",
+        "TOST p (±delta)",
+        "MDE at 80% power",
+        f"seeds for ±{delta:g}",
+    ]
+    body = [
+        [
+            f"{r.claim}{f' ({r.where})' if r.where else ''}",
+            str(r.bits),
+            f"{r.verdict.difference.mean:+.3f} [{format_number(r.verdict.difference.low, 3)}, "
+            f"{format_number(r.verdict.difference.high, 3)}]",
+            str(r.verdict.n),
+            r.verdict.verdict,
+            format_number(r.verdict.tost_p, 3),
+            format_number(r.verdict.mde, 3),
+            str(r.verdict.seeds_for_delta or ""),
+        ]
+        for r in rows
+    ]
     return markdown_table(header, body)
-
-
-@dataclass(frozen=True)
-class SensitivityTable:
-    """K x bits: mean test/mAP per cell; `-` infeasible bit allocation, blank not run."""
-
-    k_values: list[int]
-    bits: list[int]
-    cells: dict[tuple[int, int], MeanCI]
-    infeasible: set[tuple[int, int]]
-
-    def cell_text(self, k: int, b: int) -> str:
-        if (k, b) in self.infeasible:
-            return "-"
-        cell = self.cells.get((k, b))
-        return f"{cell.mean:.3f} (n={cell.n})" if cell else ""
-
-    def to_markdown(self) -> str:
-        rows = [[f"K={k}"] + [self.cell_text(k, b) for b in self.bits] for k in self.k_values]
-        return markdown_table(["K"] + [f"{b} bits" for b in self.bits], rows)
-
-    def to_csv(self) -> str:
-        rows = []
-        for k in self.k_values:
-            for b in self.bits:
-                cell = self.cells.get((k, b))
-                state = "infeasible" if (k, b) in self.infeasible else ("run" if cell else "not run")
-                rows.append([k, b, state, cell.n if cell else 0, format_number(cell.mean) if cell else "", format_number(cell.low) if cell else "", format_number(cell.high) if cell else ""])
-        return _csv(["k_groups", "bits", "state", "n", "mean", "ci95_low", "ci95_high"], rows)
-
-
-def k_bits_table(runs: list[TrialRun]) -> SensitivityTable | None:
-    """Mean test/mAP by (K, bits) over finished dual-stream runs; None unless K or bits vary."""
-    dual = [run for run in runs if run.config.model.dual_stream]
-    finished = [run for run in dual if run.status == "finished"]
-    if len({(run.k_groups, run.bits) for run in dual}) < 2 or not finished:
-        return None
-    k_values = list(range(1, max(run.k_groups for run in dual) + 1))
-    bits = sorted({run.bits for run in dual})
-    values: dict[tuple[int, int], list[float]] = defaultdict(list)
-    for run in finished:
-        values[run.k_groups, run.bits].append(run.metrics[METRIC])
-    infeasible = {(k, b) for k in k_values for b in bits if not is_feasible(Config().replace({"model.bits": b, "model.k_groups": k}))}
-    return SensitivityTable(k_values, bits, {key: mean_ci(v) for key, v in values.items()}, infeasible)
 
 
 def varying_params(runs: list[TrialRun]) -> dict[str, list]:
@@ -300,60 +335,11 @@ def varying_params(runs: list[TrialRun]) -> dict[str, list]:
     for run in runs:
         for key, value in to_flat_dict(run.config).items():
             values[key].add(value)
-    return {key: sorted(found, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
-            for key, found in values.items() if len(found) > 1}
-
-
-@dataclass(frozen=True)
-class BinnedCurve:
-    """test/mAP against one continuous parameter at one code length: points and quantile-binned means."""
-
-    param: str
-    bits: int
-    log_scale: bool
-    x: list[float]
-    y: list[float]
-    bin_edges: list[float]
-    bin_means: list[MeanCI | None]
-
-
-def _quantile_edges(x: np.ndarray, bins: int, log_scale: bool) -> np.ndarray:
-    scaled = np.log10(x) if log_scale else x
-    edges = np.unique(np.quantile(scaled, np.linspace(0, 1, bins + 1)))
-    return 10 ** edges if log_scale else edges
-
-
-def continuous_sensitivity(runs: list[TrialRun], *, min_values: int = 4, bins: int = 4) -> list[BinnedCurve]:
-    """For each float parameter with at least `min_values` distinct values among finished runs, per bits."""
-    finished = [run for run in runs if run.status == "finished"]
-    curves = []
-    for param, values in varying_params(finished).items():
-        if len(values) < min_values or not all(isinstance(v, float) for v in values):
-            continue
-        log_scale = values[0] > 0 and values[-1] / values[0] >= 10
-        for b in sorted({run.bits for run in finished}):
-            points = sorted((to_flat_dict(run.config)[param], run.metrics[METRIC]) for run in finished if run.bits == b)
-            if len(points) < 2:
-                continue
-            x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-            edges = _quantile_edges(x, min(bins, len(points) // 2 or 1), log_scale)
-            index = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
-            means = [mean_ci(y[index == i]) if (index == i).any() else None for i in range(max(len(edges) - 1, 1))]
-            curves.append(BinnedCurve(param, b, log_scale, x.tolist(), y.tolist(), edges.tolist(), means))
-    return curves
-
-
-def continuous_table(curves: list[BinnedCurve]) -> tuple[str, str]:
-    """Markdown and CSV of the binned curves: one row per (parameter, bits, bin)."""
-    header = ["parameter", "bits", "bin", "n", "mean test/mAP", "ci95_low", "ci95_high"]
-    rows = []
-    for curve in curves:
-        for i, mean in enumerate(curve.bin_means):
-            low, high = curve.bin_edges[i], curve.bin_edges[min(i + 1, len(curve.bin_edges) - 1)]
-            rows.append([curve.param, curve.bits, f"[{low:.4g}, {high:.4g}]", mean.n if mean else 0,
-                         format_number(mean.mean) if mean else "", format_number(mean.low) if mean else "", format_number(mean.high) if mean else ""])
-    markdown_rows = [[str(cell) for cell in row[:5]] for row in rows]
-    return markdown_table(header[:5], markdown_rows), _csv(header, rows)
+    return {
+        key: sorted(found, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+        for key, found in values.items()
+        if len(found) > 1
+    }
 
 
 def variance_table(runs: list[TrialRun]) -> str | None:
@@ -370,10 +356,24 @@ def variance_table(runs: list[TrialRun]) -> str | None:
             continue
         total = split.data + split.train + split.residual
         share = (lambda part: f"{100 * part / total:.0f}%") if total > 0 else (lambda part: "-")
-        rows.append([variant or "-", str(bits), f"{split.n_data} x {split.n_train}", f"{split.data ** 0.5:.4f} ({share(split.data)})",
-                     f"{split.train ** 0.5:.4f} ({share(split.train)})", f"{split.residual ** 0.5:.4f} ({share(split.residual)})"])
+        rows.append(
+            [
+                variant or "-",
+                str(bits),
+                f"{split.n_data} x {split.n_train}",
+                f"{split.data**0.5:.4f} ({share(split.data)})",
+                f"{split.train**0.5:.4f} ({share(split.train)})",
+                f"{split.residual**0.5:.4f} ({share(split.residual)})",
+            ]
+        )
     if not rows:
         return None
-    header = ["variant", "bits", "data x train seeds", "sd from the data split (share)", "sd from the training seed (share)",
-              "sd left (interaction + noise)"]
+    header = [
+        "variant",
+        "bits",
+        "data x train seeds",
+        "sd from the data split (share)",
+        "sd from the training seed (share)",
+        "sd left (interaction + noise)",
+    ]
     return markdown_table(header, rows)

@@ -34,8 +34,17 @@ __all__ = ["FORMAT_VERSION", "BUNDLE_FILES", "BundleError", "write_manifest", "v
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BUNDLE_FILES = (
-    "encoder.pt2", "state_dict.pt", "config.yaml", "preprocess.json", "index.faiss",
-    "database_codes.npy", "database_ids.npy", "database_labels.npy", "query_codes.npy", "query_ids.npy", "query_labels.npy",
+    "encoder.pt2",
+    "state_dict.pt",
+    "config.yaml",
+    "preprocess.json",
+    "index.faiss",
+    "database_codes.npy",
+    "database_ids.npy",
+    "database_labels.npy",
+    "query_codes.npy",
+    "query_ids.npy",
+    "query_labels.npy",
 )
 """Every file a bundle holds besides its manifest; the Retriever and `--eval` read only these, each checksummed."""
 
@@ -63,7 +72,12 @@ def write_manifest(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
 
     manifest = {
         "format_version": FORMAT_VERSION,
-        "versions": {"hashtune": hashtune.__version__, "torch": torch.__version__, "faiss": faiss.__version__, "numpy": np.__version__},
+        "versions": {
+            "hashtune": hashtune.__version__,
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+            "numpy": np.__version__,
+        },
         **content,
         "files": files,
     }
@@ -82,10 +96,16 @@ def verify_bundle(folder: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise BundleError(f"{folder / MANIFEST} is not valid JSON ({error}); re-export the bundle") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{folder}: bundle format {manifest.get('format_version')!r}, this hashtune reads format {FORMAT_VERSION}; re-export it")
+        raise BundleError(
+            f"{folder}: bundle format {manifest.get('format_version')!r}, this hashtune reads format {FORMAT_VERSION}; "
+            "re-export it"
+        )
     exported, running = _torch_minor(manifest["versions"]["torch"]), _torch_minor(torch.__version__)
     if exported != running:
-        raise BundleError(f"{folder}: exported with torch {exported}, running torch {running}; load it with torch {exported} or re-export it")
+        raise BundleError(
+            f"{folder}: exported with torch {exported}, running torch {running}; load it with torch {exported} or "
+            "re-export it"
+        )
     _check_files(folder, manifest.get("files"))
     return manifest
 
@@ -99,13 +119,19 @@ def _check_files(folder: Path, files) -> None:
         raise BundleError(f"{folder}: the manifest has no file list; re-export the bundle")
     for position, name in enumerate(files, start=1):
         if not isinstance(name, str) or name in ("", ".", "..") or name != Path(name).name or "\\" in name:
-            raise BundleError(f"{folder}: manifest file entry {position} is not a plain file name inside the bundle; re-export it")
+            raise BundleError(
+                f"{folder}: manifest file entry {position} is not a plain file name inside the bundle; re-export it"
+            )
     unlisted = [name for name in BUNDLE_FILES if name not in files]
     if unlisted:
         raise BundleError(f"{folder}: the manifest does not list {', '.join(unlisted)}; re-export the bundle")
     for name, expected in files.items():
         path = folder / name
         if path.is_symlink() or not path.is_file():
-            raise BundleError(f"{folder}: {name} listed in the manifest is missing or not a regular file; re-export the bundle")
+            raise BundleError(
+                f"{folder}: {name} listed in the manifest is missing or not a regular file; re-export the bundle"
+            )
         if _sha256(path) != expected:
-            raise BundleError(f"{folder}: {name} does not match its manifest checksum (modified or corrupted); re-export the bundle")
+            raise BundleError(
+                f"{folder}: {name} does not match its manifest checksum (modified or corrupted); re-export the bundle"
+            )

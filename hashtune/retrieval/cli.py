@@ -30,20 +30,27 @@ TOLERANCE = 1e-9
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hashtune.retrieve", description="Search a bundle's database with query images.")
+    parser = argparse.ArgumentParser(
+        prog="python -m hashtune.retrieve", description="Search a bundle's database with query images."
+    )
     parser.add_argument("--bundle", type=Path, required=True, help="a folder written by python -m hashtune.export")
     parser.add_argument("--image", type=Path, action="append", default=[], help="a query image file (repeatable)")
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
     parser.add_argument("--radius", type=int, help="return everything within this Hamming radius instead of the top k")
     parser.add_argument("--json", action="store_true", help="print JSON (the documented shape) instead of a table")
-    parser.add_argument("--eval", action="store_true", help="recompute the test mAP from the stored codes and compare with the run's")
+    parser.add_argument(
+        "--eval", action="store_true", help="recompute the test mAP from the stored codes and compare with the run's"
+    )
     return parser
 
 
 def _neighbours(result: SearchResult, row: int) -> list[dict]:
     return [
-        {"id": identifier.item() if hasattr(identifier, "item") else identifier, "distance": int(distance),
-         "labels": np.flatnonzero(labels).tolist()}
+        {
+            "id": identifier.item() if hasattr(identifier, "item") else identifier,
+            "distance": int(distance),
+            "labels": np.flatnonzero(labels).tolist(),
+        }
         for identifier, distance, labels in zip(result.ids[row], result.distances[row], result.labels[row])
     ]
 
@@ -77,9 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ValueError) as error:
         print(f"hashtune.retrieve: error: {error}", file=sys.stderr)
         return 2
-    output = {"bundle": str(args.bundle), "k": None if args.radius is not None else args.k, "radius": args.radius,
-              "results": [{"image": str(image), "code": code.tobytes().hex(), "neighbours": neighbours}
-                          for image, code, neighbours in zip(args.image, codes, per_query)]}
+    output = {
+        "bundle": str(args.bundle),
+        "k": None if args.radius is not None else args.k,
+        "radius": args.radius,
+        "results": [
+            {"image": str(image), "code": code.tobytes().hex(), "neighbours": neighbours}
+            for image, code, neighbours in zip(args.image, codes, per_query)
+        ],
+    }
     if args.json:
         print(json.dumps(output))
     else:

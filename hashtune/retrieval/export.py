@@ -35,8 +35,8 @@ from hashtune.retrieval.bundle import BundleError, write_manifest
 from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
 from hashtune.tracking import best_finished_run, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from hashtune.train.outputs import read_metrics
 from hashtune.train.model import preprocessing
+from hashtune.train.outputs import read_metrics
 from hashtune.train.trainer import build_data, build_model, input_size
 
 __all__ = ["HashEncoder", "ExportError", "best_run", "export_bundle", "main"]
@@ -63,12 +63,16 @@ def best_run(client, experiment: str, metric: str = "val/best_mAP", run_id: str 
     if run_id:
         try:
             run = client.get_run(run_id)
-        except Exception:  # noqa: BLE001 - MLflow raises several types for an unknown id
+        except Exception:
             raise ExportError(f"no MLflow run with id {run_id!r} at {client.tracking_uri}") from None
         found = client.get_experiment_by_name(experiment)
-        if found is None or run.info.experiment_id != found.experiment_id:  # the manifest would name the wrong experiment
+        if (
+            found is None or run.info.experiment_id != found.experiment_id
+        ):  # the manifest would name the wrong experiment
             actual = client.get_experiment(run.info.experiment_id).name
-            raise ExportError(f"--run-id {run_id} belongs to experiment {actual!r}, not {experiment!r}; give --experiment {actual}")
+            raise ExportError(
+                f"--run-id {run_id} belongs to experiment {actual!r}, not {experiment!r}; give --experiment {actual}"
+            )
         return run
     try:
         return best_finished_run(client, experiment, metric)
@@ -87,7 +91,9 @@ def _checkpoint_of(run) -> dict:
         with Checkpoint(location).as_directory() as folder:
             return load_checkpoint(Path(folder) / CHECKPOINT_NAME)
     except (CheckpointError, FileNotFoundError, OSError) as error:
-        raise ExportError(f"run {run.info.run_id}: cannot read its checkpoint at {location}: {str(error).splitlines()[0]}") from None
+        raise ExportError(
+            f"run {run.info.run_id}: cannot read its checkpoint at {location}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def _encode_split(encoder: HashEncoder, dataset, batch_size: int = 256) -> torch.Tensor:
@@ -103,8 +109,14 @@ def _ids(dataset) -> np.ndarray:
     return dataset.indices.copy()
 
 
-def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | None = None, index: str = "flat",
-                  index_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_bundle(
+    state: dict,
+    out: str | Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+    index: str = "flat",
+    index_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write the bundle of checkpoint `state` to `out` (must not exist); returns its manifest.
 
     `provenance` (MLflow run id, experiment, the run's metrics) goes into the manifest as is; `index` is the
@@ -134,16 +146,19 @@ def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | 
     try:
         _write_files(staging, encoder, model, config, data, query, database)
         faiss.write_index_binary(build_index(pack_codes(database), index, index_spec), str(staging / "index.faiss"))
-        manifest = write_manifest(staging, {
-            "bits": config.model.bits,
-            "head_bits": list(model.head_bits),
-            "num_database": len(database),
-            "num_queries": len(query),
-            "bundle_test_mAP": metrics.map,
-            "evaluation": evaluation,
-            "index": index_spec,
-            "provenance": provenance or {},
-        })
+        manifest = write_manifest(
+            staging,
+            {
+                "bits": config.model.bits,
+                "head_bits": list(model.head_bits),
+                "num_database": len(database),
+                "num_queries": len(query),
+                "bundle_test_mAP": metrics.map,
+                "evaluation": evaluation,
+                "index": index_spec,
+                "provenance": provenance or {},
+            },
+        )
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
         staging.rename(out)
     except BaseException:
@@ -152,7 +167,9 @@ def export_bundle(state: dict, out: str | Path, *, provenance: dict[str, Any] | 
     return manifest
 
 
-def _write_files(folder: Path, encoder: HashEncoder, model: nn.Module, config, data, query: torch.Tensor, database: torch.Tensor) -> None:
+def _write_files(
+    folder: Path, encoder: HashEncoder, model: nn.Module, config, data, query: torch.Tensor, database: torch.Tensor
+) -> None:
     size = input_size(config)
     example = torch.zeros(2, data.channels, size, size)
     program = torch.export.export(encoder, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
@@ -160,7 +177,12 @@ def _write_files(folder: Path, encoder: HashEncoder, model: nn.Module, config, d
     torch.save(model.state_dict(), folder / "state_dict.pt")
     save_config(config, folder / "config.yaml")
     source = data.database.source
-    preprocess = {"channels": data.channels, "native_size": native_size(source), "img_size": size, **preprocessing(config).as_dict()}
+    preprocess = {
+        "channels": data.channels,
+        "native_size": native_size(source),
+        "img_size": size,
+        **preprocessing(config).as_dict(),
+    }
     (folder / "preprocess.json").write_text(json.dumps(preprocess, indent=2) + "\n")
     for prefix, codes, dataset in (("database", database, data.database), ("query", query, data.test_query)):
         np.save(folder / f"{prefix}_codes.npy", pack_codes(codes))
@@ -174,30 +196,42 @@ def _log_to_mlflow(client, run, out: Path, model_name: str) -> str | None:
     try:
         try:
             client.create_registered_model(model_name)
-        except Exception as error:  # noqa: BLE001 - "already exists" is fine, anything else re-raised below
+        except Exception as error:
             if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
                 raise
-        version = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id)
+        version = client.create_model_version(
+            model_name, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id
+        )
         return version.version
-    except Exception as error:  # noqa: BLE001 - a store without a registry still keeps the logged bundle
+    except Exception as error:
         print(f"hashtune.export: bundle logged, not registered ({str(error).splitlines()[0][:160]})", file=sys.stderr)
         return None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hashtune.export", description="Export a run's best checkpoint as a retrieval bundle.")
+    parser = argparse.ArgumentParser(
+        prog="python -m hashtune.export", description="Export a run's best checkpoint as a retrieval bundle."
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="the sweep's MLflow experiment: export its best finished run")
     source.add_argument("--run-dir", type=Path, help="a run folder of python -m hashtune.train (holds checkpoint.pt)")
     parser.add_argument("--run-id", help="export this MLflow run instead of the best one (with --experiment)")
-    parser.add_argument("--metric", default="val/best_mAP", help="validation metric that picks the best run (default: val/best_mAP)")
+    parser.add_argument(
+        "--metric", default="val/best_mAP", help="validation metric that picks the best run (default: val/best_mAP)"
+    )
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
     parser.add_argument("--out", type=Path, required=True, help="the bundle folder to create (must not exist)")
-    parser.add_argument("--index", choices=INDEX_TYPES, default="flat",
-                        help="faiss index: flat (exact, the default under 1M codes), ivf or hnsw (approximate, see README)")
+    parser.add_argument(
+        "--index",
+        choices=INDEX_TYPES,
+        default="flat",
+        help="faiss index: flat (exact, the default under 1M codes), ivf or hnsw (approximate, see README)",
+    )
     parser.add_argument("--nlist", type=int, help="ivf: inverted lists (default about 4 sqrt(n))")
-    parser.add_argument("--nprobe", type=int, help="ivf: lists searched per query (default 16)")
+    parser.add_argument(
+        "--nprobe", type=int, help=f"ivf: lists searched per query (default {index_params('ivf')['nprobe']})"
+    )
     parser.add_argument("--hnsw-m", type=int, dest="m", help="hnsw: links per node (default 32)")
     parser.add_argument("--ef-search", type=int, help="hnsw: candidates per search (default 64)")
     return parser
@@ -219,16 +253,29 @@ def main(argv: list[str] | None = None) -> int:
             provenance = {"run_dir": str(args.run_dir.absolute())}
             if (args.run_dir / "metrics.json").is_file():
                 provenance["run_metrics"] = read_metrics(args.run_dir / "metrics.json")
-            manifest = export_bundle(state, args.out, provenance=provenance, index=args.index, index_options=_index_options(args))
+            manifest = export_bundle(
+                state, args.out, provenance=provenance, index=args.index, index_options=_index_options(args)
+            )
         else:
             from mlflow import MlflowClient
 
             uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)
             client = MlflowClient(uri)
             run = best_run(client, args.experiment, args.metric, args.run_id)
-            provenance = {"mlflow_run_id": run.info.run_id, "experiment": args.experiment, "tracking_uri": uri,
-                          "selected_by": args.metric, "run_metrics": dict(run.data.metrics)}
-            manifest = export_bundle(_checkpoint_of(run), args.out, provenance=provenance, index=args.index, index_options=_index_options(args))
+            provenance = {
+                "mlflow_run_id": run.info.run_id,
+                "experiment": args.experiment,
+                "tracking_uri": uri,
+                "selected_by": args.metric,
+                "run_metrics": dict(run.data.metrics),
+            }
+            manifest = export_bundle(
+                _checkpoint_of(run),
+                args.out,
+                provenance=provenance,
+                index=args.index,
+                index_options=_index_options(args),
+            )
             version = _log_to_mlflow(client, run, args.out, args.model_name)
             if version is not None:
                 print(f"registered as MLflow model {args.model_name!r} version {version}")
@@ -236,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hashtune.export: error: {error}", file=sys.stderr)
         return 2
     run_map = manifest["provenance"].get("run_metrics", {}).get("test/mAP")
-    summary = f"bundle written to {args.out} ({manifest['num_database']} database codes of {manifest['bits']} bits); test mAP from its codes {manifest['bundle_test_mAP']:.6f}"
+    summary = (
+        f"bundle written to {args.out} ({manifest['num_database']} database codes of {manifest['bits']} bits); "
+        f"test mAP from its codes {manifest['bundle_test_mAP']:.6f}"
+    )
     print(summary + (f" (run's test/mAP {run_map:.6f})" if run_map is not None else ""))
     return 0

@@ -38,8 +38,11 @@ def index_params(kind: str, **given: Any) -> dict[str, Any]:
 def check_nlist(nlist: int | None, database_size: int) -> None:
     """Refuse more IVF lists than database codes (faiss's k-means needs a code per list; 39 per list trains well)."""
     if nlist is not None and nlist > database_size:
-        raise ValueError(f"--nlist {nlist:,} exceeds the {database_size:,} database codes: an inverted list needs codes to train on; "
-                         f"give at most {max(1, database_size // 39):,} (39 codes per list) or leave it out for about 4 sqrt(n)")
+        raise ValueError(
+            f"--nlist {nlist:,} exceeds the {database_size:,} database codes: an inverted list needs codes to train "
+            "on; "
+            f"give at most {max(1, database_size // 39):,} (39 codes per list) or leave it out for about 4 sqrt(n)"
+        )
 
 
 def build_index(codes: np.ndarray, kind: str = "flat", params: dict[str, Any] | None = None):
@@ -53,7 +56,9 @@ def build_index(codes: np.ndarray, kind: str = "flat", params: dict[str, Any] | 
         index = faiss.IndexBinaryFlat(d)
     elif kind == "ivf":
         check_nlist(params["nlist"], len(codes))
-        nlist = params["nlist"] or max(1, min(len(codes) // 39, int(4 * np.sqrt(len(codes))), MAX_NLIST))  # faiss wants >= 39 per list
+        nlist = params["nlist"] or max(
+            1, min(len(codes) // 39, int(4 * np.sqrt(len(codes))), MAX_NLIST)
+        )  # faiss wants >= 39 per list
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
         index.cp.niter, index.cp.max_points_per_centroid = TRAIN_ITERATIONS, TRAIN_POINTS_PER_LIST
         index.train(codes)

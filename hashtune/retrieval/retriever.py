@@ -6,26 +6,27 @@
     retriever.search_radius(codes, radius=2)            # everything within Hamming radius 2, per query
     retriever.add(images, ids=[...], labels=...)        # grow the database (in memory)
 
-Search is faiss's exhaustive binary index (`IndexBinaryFlat`): exact Hamming distances, popcount
-kernels; hashtune only maps faiss's row numbers to the bundle's ids and labels.
+Search is the bundle's faiss binary index (`hashtune.retrieval.index`): `flat` (`IndexBinaryFlat`, exact
+Hamming distances, popcount kernels, the default), `ivf` or `hnsw` (approximate, for large databases);
+hashtune only maps faiss's row numbers to the bundle's ids and labels.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from hashtune.config import load_config
+from hashtune.data import Preprocessing, build_transform
 from hashtune.metrics import pack_codes, retrieval_metrics, unpack_codes
 from hashtune.retrieval.bundle import BundleError, verify_bundle
 from hashtune.retrieval.index import build_index, index_type
-from hashtune.config import load_config
-from hashtune.data import Preprocessing, build_transform
 
 __all__ = ["Retriever", "SearchResult", "evaluate_bundle", "image_to_tensor"]
 
@@ -47,8 +48,11 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 def _check_pixels(image, width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"image {image} is {width} x {height} = {width * height:,} pixels; at most {MAX_IMAGE_PIXELS:,} are decoded "
-                         "(resize it first)")
+        raise ValueError(
+            f"image {image} is {width} x {height} = {width * height:,} pixels; at most {MAX_IMAGE_PIXELS:,} are "
+            "decoded "
+            "(resize it first)"
+        )
 
 
 def image_to_tensor(image, channels: int) -> torch.Tensor:
@@ -77,7 +81,9 @@ def image_to_tensor(image, channels: int) -> torch.Tensor:
         array = np.clip(array.astype(np.float32), 0.0, 1.0)
     elif array.dtype != np.uint8:
         raise ValueError(f"cannot read an image array of dtype {array.dtype}; give uint8, uint16 or float in [0, 1]")
-    pixels = torch.from_numpy(np.array(array, order="C")).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)[:3]
+    pixels = (
+        torch.from_numpy(np.array(array, order="C")).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)[:3]
+    )
     if pixels.shape[0] == channels:
         return pixels
     if channels == 3:
@@ -109,24 +115,52 @@ class SearchResult:
 class Retriever:
     """An exported encoder, its preprocessing, and a faiss binary index over the database codes."""
 
-    def __init__(self, *, encoder: torch.nn.Module | None, preprocess: dict | None, index, ids: np.ndarray, labels: np.ndarray,
-                 bits: int, manifest: dict) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: torch.nn.Module | None,
+        preprocess: dict | None,
+        index,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        bits: int,
+        manifest: dict,
+    ) -> None:
         self.encoder, self.preprocess_spec, self.index = encoder, preprocess, index
         self.ids, self.labels, self.bits, self.manifest = ids, labels, bits, manifest
         self.code_bytes = (bits + 7) // 8
-        self._transforms = None if preprocess is None else {
-            resize: build_transform(
-                channels=preprocess["channels"], native_size=None if resize else preprocess["img_size"],
-                img_size=preprocess["img_size"], train=False,
-                preprocessing=Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
-                                               for key, value in preprocess.items() if key in Preprocessing.__dataclass_fields__}),
-            )
-            for resize in (False, True)
-        }
+        self._transforms = (
+            None
+            if preprocess is None
+            else {
+                resize: build_transform(
+                    channels=preprocess["channels"],
+                    native_size=None if resize else preprocess["img_size"],
+                    img_size=preprocess["img_size"],
+                    train=False,
+                    preprocessing=Preprocessing(
+                        **{
+                            key: tuple(value) if isinstance(value, list) else value
+                            for key, value in preprocess.items()
+                            if key in Preprocessing.__dataclass_fields__
+                        }
+                    ),
+                )
+                for resize in (False, True)
+            }
+        )
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, bits: int, ids: np.ndarray | None = None, labels: np.ndarray | None = None, *,
-                   index: str = "flat", index_options: dict | None = None) -> "Retriever":
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        bits: int,
+        ids: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        *,
+        index: str = "flat",
+        index_options: dict | None = None,
+    ) -> Retriever:
         """A code-only retriever over packed codes (no encoder: queries must be packed codes too)."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         index = build_index(codes, index, index_options)
@@ -135,7 +169,7 @@ class Retriever:
         return cls(encoder=None, preprocess=None, index=index, ids=ids, labels=labels, bits=bits, manifest={})
 
     @classmethod
-    def load(cls, bundle: str | Path) -> "Retriever":
+    def load(cls, bundle: str | Path) -> Retriever:
         """Load a bundle after verifying its checksums and versions (`BundleError` otherwise)."""
         import faiss
 
@@ -144,8 +178,10 @@ class Retriever:
         index = faiss.read_index_binary(str(folder / "index.faiss"))
         expected = manifest.get("index", {"type": "flat"})["type"]
         if index_type(index) != expected or index.ntotal != manifest["num_database"]:
-            raise BundleError(f"{folder}: index.faiss is a {index_type(index)} index of {index.ntotal} codes, the manifest says "
-                              f"{expected} of {manifest['num_database']}; re-export the bundle")
+            raise BundleError(
+                f"{folder}: index.faiss is a {index_type(index)} index of {index.ntotal} codes, the manifest says "
+                f"{expected} of {manifest['num_database']}; re-export the bundle"
+            )
         return cls(
             encoder=torch.export.load(folder / "encoder.pt2").module(),
             preprocess=json.loads((folder / "preprocess.json").read_text()),
@@ -163,7 +199,8 @@ class Retriever:
         """Image files, PIL images or arrays (uint8, uint16, float in [0, 1]) -> the encoder's input batch.
 
         Each image is brought to the bundle's channels and scaled by its own bit depth (16-bit PNGs
-        included, see `image_to_tensor`), resized and centre-cropped when its size differs from the model's, then normalised as
+        included, see `image_to_tensor`), resized and centre-cropped when its size differs from the model's, then
+        normalised as
         in training. A float tensor of shape (n, C, H, W) is taken as already preprocessed.
         """
         if isinstance(images, torch.Tensor) and images.is_floating_point():
@@ -187,7 +224,10 @@ class Retriever:
     def _codes(self, queries) -> np.ndarray:
         if isinstance(queries, np.ndarray) and queries.dtype == np.uint8 and queries.ndim == 2:
             if queries.shape[1] != self.code_bytes:
-                raise ValueError(f"packed codes must have {self.code_bytes} bytes per row for {self.bits} bits, got {queries.shape[1]}")
+                raise ValueError(
+                    f"packed codes must have {self.code_bytes} bytes per row for {self.bits} bits, got "
+                    f"{queries.shape[1]}"
+                )
             return np.ascontiguousarray(queries)
         return self.encode(queries)
 
@@ -209,7 +249,7 @@ class Retriever:
         limits, distances, rows = self.index.range_search(codes, radius + 1)  # faiss keeps distance < threshold
         results = []
         for i in range(len(codes)):
-            d, r = distances[limits[i]:limits[i + 1]], rows[limits[i]:limits[i + 1]]
+            d, r = distances[limits[i] : limits[i + 1]], rows[limits[i] : limits[i + 1]]
             order = np.lexsort((r, d))
             results.append(SearchResult(r[order][None], d[order][None], self.ids, self.labels))
         return results
@@ -225,7 +265,9 @@ class Retriever:
         width = self.labels.shape[1]
         labels = np.zeros((len(new_ids), width), np.uint8) if labels is None else np.asarray(labels, np.uint8)
         if labels.shape != (len(new_ids), width):
-            raise ValueError(f"labels must have shape ({len(new_ids)}, {width}) for {len(new_ids)} ids, got {labels.shape}")
+            raise ValueError(
+                f"labels must have shape ({len(new_ids)}, {width}) for {len(new_ids)} ids, got {labels.shape}"
+            )
         codes = self._codes(images)
         if len(codes) != len(new_ids):
             raise ValueError(f"got {len(codes)} images but {len(new_ids)} ids")
@@ -263,13 +305,20 @@ def evaluate_bundle(bundle: str | Path) -> float:
     folder = Path(bundle)
     manifest = verify_bundle(folder)
     config = load_config(folder / "config.yaml")
-    evaluation = manifest.get("evaluation", {"topk": config.eval.topk, "ties": "index"})  # bundles before protocol cut-offs
+    evaluation = manifest.get(
+        "evaluation", {"topk": config.eval.topk, "ties": "index"}
+    )  # bundles before protocol cut-offs
     bits = int(manifest["bits"])
-    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
-              for name in ("query_codes", "query_labels", "database_codes", "database_labels")}
+    arrays = {
+        name: np.load(folder / f"{name}.npy", allow_pickle=False)
+        for name in ("query_codes", "query_labels", "database_codes", "database_labels")
+    }
     metrics = retrieval_metrics(
-        torch.from_numpy(unpack_codes(arrays["query_codes"], bits)), torch.from_numpy(unpack_codes(arrays["database_codes"], bits)),
-        torch.from_numpy(arrays["query_labels"].astype(np.float32)), torch.from_numpy(arrays["database_labels"].astype(np.float32)),
-        topk=evaluation["topk"], ties=evaluation["ties"],
+        torch.from_numpy(unpack_codes(arrays["query_codes"], bits)),
+        torch.from_numpy(unpack_codes(arrays["database_codes"], bits)),
+        torch.from_numpy(arrays["query_labels"].astype(np.float32)),
+        torch.from_numpy(arrays["database_labels"].astype(np.float32)),
+        topk=evaluation["topk"],
+        ties=evaluation["ties"],
     )
     return metrics.map

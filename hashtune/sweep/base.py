@@ -23,14 +23,23 @@ def tuned_base(client, experiment: str, metric: str = "val/best_mAP") -> tuple[C
     """(the best finished trial's config, where it came from) of a finished sweep `experiment`."""
     parents = sweep_parents(client, experiment)
     if not parents:
-        raise BaseError(f"--base {experiment!r}: no sweep of that name in the MLflow store {display_uri(client.tracking_uri)}")
+        raise BaseError(
+            f"--base {experiment!r}: no sweep of that name in the MLflow store {display_uri(client.tracking_uri)}"
+        )
     status = parents[0].info.status
     if status != "FINISHED":
-        raise BaseError(f"--base {experiment!r}: its sweep is not finished (parent run {status}); finish it with --resume first")
+        raise BaseError(
+            f"--base {experiment!r}: its sweep is not finished (parent run {status}); finish it with --resume first"
+        )
     try:
         run = best_finished_run(client, experiment, metric)
     except LookupError as error:
         raise BaseError(f"--base {experiment!r}: {error}") from None
-    provenance = {"experiment": experiment, "run_id": run.info.run_id, "trial_id": run.data.tags.get(f"{TAG}trial_id", ""),
-                  "metric": metric, "value": run.data.metrics[metric]}
+    provenance = {
+        "experiment": experiment,
+        "run_id": run.info.run_id,
+        "trial_id": run.data.tags.get(f"{TAG}trial_id", ""),
+        "metric": metric,
+        "value": run.data.metrics[metric],
+    }
     return config_from_params(run.data.params), provenance

@@ -30,23 +30,36 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hashtune.sweep", description="Search hashing configs with Ray Tune + Optuna.")
+    parser = argparse.ArgumentParser(
+        prog="python -m hashtune.sweep", description="Search hashing configs with Ray Tune + Optuna."
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every trial")
     parser.add_argument("--space", required=True, help="a shipped space name (search_spaces/NAME.yaml) or a YAML file")
     parser.add_argument("--name", help="experiment name (default: the space's name)")
     parser.add_argument(
-        "--resume", nargs="?", const="always", default="never", choices=("never", "always", "auto"),
+        "--resume",
+        nargs="?",
+        const="always",
+        default="never",
+        choices=("never", "always", "auto"),
         help="continue an interrupted sweep of this name (`--resume`); `--resume auto` continues one if it exists, "
-             "else starts it (what `make sweep` does); default: refuse to touch an existing sweep",
+        "else starts it (what `make sweep` does); default: refuse to touch an existing sweep",
     )
     parser.add_argument("--address", help="Ray cluster address, e.g. auto (default: start a local Ray on 127.0.0.1)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--storage", help="Tune storage path or s3:// URI (default: results/ray)")
     parser.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's max_concurrent)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the default stores and the study go")
-    parser.add_argument("--base", help="a finished tuning experiment: every arm starts from its best trial by the space's metric")
-    parser.add_argument("--budget", help="cap the sweep's cost, as a space's `budget:` (and replacing it), e.g. '{cpu_hours: 2}' or "
-                        "'{gpu_hours: 8, hard: true, usd_per_gpu_hour: 3.06}'; a resumed sweep keeps the budget it started with")
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="where the default stores and the study go"
+    )
+    parser.add_argument(
+        "--base", help="a finished tuning experiment: every arm starts from its best trial by the space's metric"
+    )
+    parser.add_argument(
+        "--budget",
+        help="cap the sweep's cost, as a space's `budget:` (and replacing it), e.g. '{cpu_hours: 2}' or "
+        "'{gpu_hours: 8, hard: true, usd_per_gpu_hour: 3.06}'; a resumed sweep keeps the budget it started with",
+    )
     return parser
 
 
@@ -56,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:
-            raise SpaceError(f"--max-concurrent must be at least 1, got {args.max_concurrent} (leave it out for the space's max_concurrent)")
+            raise SpaceError(
+                f"--max-concurrent must be at least 1, got {args.max_concurrent} (leave it out for the space's "
+                "max_concurrent)"
+            )
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
         base, space, provenance = _tuned(args, base, space)
@@ -69,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
-    print(f"hashtune.sweep: {summary['experiment']}: {summary['ended_by']}; cost "
-          + ", ".join(f"{key.removeprefix('cost/')} {value:,.1f}" for key, value in summary["cost"].items()), file=sys.stderr)
+    print(
+        f"hashtune.sweep: {summary['experiment']}: {summary['ended_by']}; cost "
+        + ", ".join(f"{key.removeprefix('cost/')} {value:,.1f}" for key, value in summary["cost"].items()),
+        file=sys.stderr,
+    )
     if summary.get("best"):
         _report(summary, Path(args.results_dir))
     return 0 if summary.get("best") else 1
@@ -101,7 +120,9 @@ def _with_budget(space: SearchSpace, text: str | None) -> SearchSpace:
     except YamlError as error:
         raise SpaceError(f"--budget: {error}") from None
     if not isinstance(mapping, dict):
-        raise SpaceError(f"--budget must be a mapping like '{{cpu_hours: 2}}' or '{{gpu_hours: 8, hard: true}}', got {text!r}")
+        raise SpaceError(
+            f"--budget must be a mapping like '{{cpu_hours: 2}}' or '{{gpu_hours: 8, hard: true}}', got {text!r}"
+        )
     return dataclasses.replace(space, budget=parse_budget("--budget", mapping))
 
 

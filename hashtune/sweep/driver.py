@@ -4,31 +4,45 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from hashtune.config import Config, config_from_dict, parse_overrides, to_flat_dict
+from hashtune.config import Config, parse_overrides, to_flat_dict
 from hashtune.paths import RESULTS_DIR
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
+from hashtune.sweep.resume import ResumeState, resume_state
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import (
-    SPACE_ARTIFACT, SweepError, SweepStores, changed_keys, open_tracking, resolve_stores, saved_space_record, space_record, sweep_lock,
+    SPACE_ARTIFACT,
+    SweepError,
+    SweepStores,
+    open_tracking,
+    resolve_stores,
+    sweep_lock,
+)
+from hashtune.sweep.summary import (
+    close_parent,
+    disk_bytes,
+    ended_by,
+    limit_reached,
+    priced,
+    recorded_summary,
+    replicates_record,
+    spent,
+    summarize,
 )
 from hashtune.sweep.trial import TrialResolver, TrialTracking
-from hashtune.sweep.summary import (
-    close_parent, disk_bytes, ended_by, limit_reached, priced, recorded_summary, replicates_record, spent, summarize,
-)
 from hashtune.sweep.tuner import build_tuner, trial_trainable
-from hashtune.tracking import TAG, find_runs, get_or_create_experiment, log_infeasible_points, mark_orphans_killed
+from hashtune.tracking import TAG, get_or_create_experiment, log_infeasible_points, mark_orphans_killed
 
-__all__ = ["SweepError", "SweepInterrupted", "run_sweep", "resumed_base"]
+__all__ = ["SweepError", "SweepInterrupted", "run_sweep"]
 
 
 class SweepInterrupted(SweepError):
@@ -39,75 +53,44 @@ class SweepInterrupted(SweepError):
         self.exit_code = exit_code
 
 
-def _find_parent(client, experiment_id: str, stores: SweepStores):
-    runs = find_runs(client, experiment_id, f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}storage` = '{stores.experiment_path}'")
-    return runs[0] if runs else None
-
-
-def _mismatched_stores(client, experiment, stores: SweepStores, uri: str) -> str:
-    """Why `--resume` cannot pair Tune's state with the MLflow store (it would run every trial again, untracked)."""
-    started = find_runs(client, experiment.experiment_id, f"tags.`{TAG}role` = 'sweep'") if experiment else []
-    if started:
-        return (f"--resume: the MLflow store {uri} has sweep {stores.name!r} with its Tune state at {started[0].data.tags.get(f'{TAG}storage')}, "
-                f"not at {stores.experiment_path}; give the --storage (or --results-dir) it started with")
-    return (f"--resume: Tune's state of sweep {stores.name!r} is at {stores.experiment_path}, but the MLflow store {uri} holds no run of "
-            "it; give the --mlflow-uri (or --results-dir) it started with")
-
-
-def _started_budget(space: SearchSpace, saved: dict[str, Any] | None) -> SearchSpace:
-    """A resumed sweep given no budget (neither its space nor `--budget`) keeps the one it started with."""
-    started = ((saved or {}).get("space") or {}).get("budget")
-    if space.budget is not None or not started:
-        return space
-    return dataclasses.replace(space, budget=started)
-
-
-def resumed_base(saved: dict[str, Any] | None, record: dict[str, Any], base: Config, explicit: set[str] | None, name: str) -> Config:
-    """The config a sweep runs: `base` for a new one (`saved` None); resumed, the config it was started with.
-
-    A space edited since, or a config key given again (on the command line; every key with `--base`,
-    `explicit=None`) with another value, is refused. A default changed since does not move a resumed
-    sweep's trials: they keep the value the sweep started with (said in one line).
-    """
-    if saved is None:
-        return base
-    if "config" not in saved:  # recorded before whole configs were: its overrides must match today's
-        _refuse_changed(changed_keys(saved, {key: value for key, value in record.items() if key != "config"}), name)
-        return base
-    _refuse_changed(changed_keys(_without_config(saved), _without_config(record)), name)
-    started = {key: value for key, value in saved["config"].items() if key in record["config"]}  # keys added since: their default
-    moved = sorted(key for key, value in started.items() if record["config"][key] != value)
-    _refuse_changed([f"config.{key}" for key in moved if explicit is None or key in explicit], name)
-    if moved:
-        print(f"continuing with the config sweep {name!r} started with; defaults changed since: {', '.join(moved)}")
-    return config_from_dict(started)
-
-
-def _without_config(record: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in record.items() if key not in ("config", "overrides")}
-
-
-def _refuse_changed(changed: list[str], name: str) -> None:
-    if changed:
-        raise SweepError(f"--resume: the space or overrides of sweep {name!r} changed since it started ({', '.join(changed[:8])}"
-                         f"{', ...' if len(changed) > 8 else ''}); restore them, or start a new sweep with another --name")
-
-
-def _create_parent(client, experiment_id: str, stores: SweepStores, space: SearchSpace, base: Config, record: dict) -> str:
+def _create_parent(
+    client, experiment_id: str, stores: SweepStores, space: SearchSpace, base: Config, record: dict
+) -> str:
     from mlflow.entities import Param
 
-    run = client.create_run(experiment_id, run_name=stores.name, tags={
-        f"{TAG}role": "sweep", f"{TAG}space": space.name, f"{TAG}storage": stores.experiment_path, f"{TAG}search": space.search,
-    })
-    params = {"space": space.name, "search": space.search, "metric": space.metric, "seeds": list(space.seeds),
-              "workers": space.workers, "num_samples": space.num_samples}
+    run = client.create_run(
+        experiment_id,
+        run_name=stores.name,
+        tags={
+            f"{TAG}role": "sweep",
+            f"{TAG}space": space.name,
+            f"{TAG}storage": stores.experiment_path,
+            f"{TAG}search": space.search,
+        },
+    )
+    params = {
+        "space": space.name,
+        "search": space.search,
+        "metric": space.metric,
+        "seeds": list(space.seeds),
+        "workers": space.workers,
+        "num_samples": space.num_samples,
+    }
     if space.replicates is not None:  # the study reads its level from here
         plan = space.replicates
-        params |= {"replicates.spec": f"{{min: {plan.min}, max: {plan.max}, step: {plan.step}, delta: {plan.delta:g}, alpha: {plan.alpha:g}}}",
-                   "replicates.looks": plan.looks, "replicates.alpha_per_look": plan.alpha_per_look, "replicates.alpha": plan.alpha,
-                   "replicates.delta": plan.delta, "replicates.reference": space.reference}
+        params |= {
+            "replicates.spec": f"{{min: {plan.min}, max: {plan.max}, step: {plan.step}, delta: {plan.delta:g}, alpha: "
+            "{plan.alpha:g}}}",
+            "replicates.looks": plan.looks,
+            "replicates.alpha_per_look": plan.alpha_per_look,
+            "replicates.alpha": plan.alpha,
+            "replicates.delta": plan.delta,
+            "replicates.reference": space.reference,
+        }
     params |= {f"base.{key}": value for key, value in record["overrides"].items()}
-    params |= {f"base_run.{key}": value for key, value in record.get("base", {}).items()}  # --base: where the arms start from
+    params |= {
+        f"base_run.{key}": value for key, value in record.get("base", {}).items()
+    }  # --base: where the arms start from
     client.log_batch(run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
     client.log_dict(run.info.run_id, record, SPACE_ARTIFACT)
     return run.info.run_id
@@ -119,14 +102,25 @@ def _check_resume(mode: str, stores: SweepStores) -> bool:
 
     exists = Tuner.can_restore(stores.experiment_path)
     if mode == "always" and not exists:
-        raise SweepError(f"--resume: no sweep named {stores.name!r} at {stores.experiment_path}; start it without --resume")
+        raise SweepError(
+            f"--resume: no sweep named {stores.name!r} at {stores.experiment_path}; start it without --resume"
+        )
     if mode == "never" and exists:
-        raise SweepError(f"a sweep named {stores.name!r} already exists at {stores.experiment_path}; continue it with --resume or pick another --name")
+        raise SweepError(
+            f"a sweep named {stores.name!r} already exists at {stores.experiment_path}; continue it with --resume or "
+            "pick another --name"
+        )
     return exists
 
 
-def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, provenance: dict | None = None, *,
-              resume_line: str | None = None) -> dict[str, Any]:
+def run_sweep(
+    args: argparse.Namespace,
+    base: Config,
+    space: SearchSpace,
+    provenance: dict | None = None,
+    *,
+    resume_line: str | None = None,
+) -> dict[str, Any]:
     """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
 
     Everything that can refuse (a Ray temp dir too long for a local Ray, name, `--resume`, a running sweep
@@ -145,61 +139,99 @@ def run_sweep(args: argparse.Namespace, base: Config, space: SearchSpace, proven
         return _run_locked(args, base, space, stores, tracking_store, provenance, resume_line)
 
 
-def _run_locked(args: argparse.Namespace, base: Config, space: SearchSpace, stores: SweepStores, tracking_store,
-                provenance: dict | None, resume_line: str | None) -> dict[str, Any]:
+def _run_locked(
+    args: argparse.Namespace,
+    base: Config,
+    space: SearchSpace,
+    stores: SweepStores,
+    tracking_store,
+    provenance: dict | None,
+    resume_line: str | None,
+) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
     uri, artifacts = tracking_store
     client = MlflowClient(uri)
     existing = client.get_experiment_by_name(stores.name)
-    parent = _find_parent(client, existing.experiment_id, stores) if resume and existing else None
-    if resume and parent is None:
-        raise SweepError(_mismatched_stores(client, existing, stores, uri))
-    saved = saved_space_record(client, parent.info.run_id) if parent is not None else None
-    budgeted = _started_budget(space, saved)
-    record = space_record(budgeted, base) | ({"base": provenance} if provenance else {})
     explicit = None if provenance else set(parse_overrides(getattr(args, "overrides", None) or []))
-    base = resumed_base(saved, record, base, explicit, stores.name)
-    if budgeted is not space:  # said once nothing refused the resume
-        print(f"continuing with the budget sweep {stores.name!r} started with: {budgeted.budget['hours']:g} "
-              f"{budgeted.budget['resource'].upper()}-hours")
-        space = budgeted
-    if parent is not None and parent.info.status == "FINISHED":
-        finished = recorded_summary(client, parent.info.run_id)
+    state = resume_state(
+        client, existing, stores, space, base, resume=resume, explicit=explicit, provenance=provenance, uri=uri
+    )
+    if state.parent is not None and state.parent.info.status == "FINISHED":
+        finished = recorded_summary(client, state.parent.info.run_id)
         if finished is not None:  # nothing to run: no Ray, no Tune state to read back
             print(f"sweep {stores.name!r} has finished: nothing to run (its summary is read back from its parent run)")
             return finished
+    tracking = _open_parent(client, existing, stores, state, artifacts, uri)
+    interruption = _Interruption(client, tracking, stores.name, resume_line or _resume_line(args, stores.name))
+    results, stop_signal = _fit(
+        args,
+        state.base,
+        state.space,
+        stores,
+        tracking,
+        resume,
+        lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr),
+    )
+    if stop_signal is not None:
+        raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
+    return _close(results, state.space, client, stores, tracking)
+
+
+def _open_parent(client, existing, stores: SweepStores, state: ResumeState, artifacts, uri: str) -> TrialTracking:
+    """The sweep's parent run, created (a new sweep) or reopened RUNNING with its orphans KILLED (a resumed one)."""
     experiment_id = existing.experiment_id if existing else get_or_create_experiment(client, stores.name, artifacts)
-    if parent is not None:
-        parent_run_id = parent.info.run_id
+    if state.parent is not None:
+        parent_run_id = state.parent.info.run_id
         client.update_run(parent_run_id, status="RUNNING")
         mark_orphans_killed(client, experiment_id, parent_run_id)
     else:
-        parent_run_id = _create_parent(client, experiment_id, stores, space, base, record)
-    if space.search == "grid":
-        log_infeasible_points(client, experiment_id, parent_run_id, space.name, space.grid_points(base)[1], to_flat_dict(base))
-    tracking = TrialTracking(uri, experiment_id, parent_run_id)
-    interruption = _Interruption(client, tracking, stores.name, resume_line or _resume_line(args, stores.name))
-    results, stop_signal = _fit(args, base, space, stores, tracking, resume, lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr))
-    if stop_signal is not None:
-        raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
-    summary = summarize(results, space, client, experiment_id)
-    summary |= {"experiment": stores.name, "mlflow_uri": uri, "storage": stores.experiment_path, "parent_run_id": parent_run_id,
-                "disk_bytes": disk_bytes(stores.experiment_path), "cost": priced(spent(client, tracking), space)}
+        parent_run_id = _create_parent(client, experiment_id, stores, state.space, state.base, state.record)
+    if state.space.search == "grid":
+        infeasible = state.space.grid_points(state.base)[1]
+        log_infeasible_points(
+            client, experiment_id, parent_run_id, state.space.name, infeasible, to_flat_dict(state.base)
+        )
+    return TrialTracking(uri, experiment_id, parent_run_id)
+
+
+def _close(results, space: SearchSpace, client, stores: SweepStores, tracking: TrialTracking) -> dict[str, Any]:
+    """The finished sweep's summary, also closing its parent run."""
+    summary = summarize(results, space, client, tracking.experiment_id)
+    summary |= {
+        "experiment": stores.name,
+        "mlflow_uri": tracking.uri,
+        "storage": stores.experiment_path,
+        "parent_run_id": tracking.parent_run_id,
+        "disk_bytes": disk_bytes(stores.experiment_path),
+        "cost": priced(spent(client, tracking), space),
+    }
     if space.replicates is not None:
-        summary["replicates"] = replicates_record(client, parent_run_id)
+        summary["replicates"] = replicates_record(client, tracking.parent_run_id)
     summary["ended_by"] = ended_by(summary, space, tracking)
-    close_parent(client, parent_run_id, summary)
+    close_parent(client, tracking.parent_run_id, summary)
     return summary
 
 
 def _resume_line(args: argparse.Namespace, name: str) -> str:
     """The command that continues the sweep: its space and name, and the stores, cluster and base it was given."""
-    where = [(flag, getattr(args, key, None)) for flag, key in
-             (("--results-dir", "results_dir"), ("--mlflow-uri", "mlflow_uri"), ("--storage", "storage"), ("--address", "address"), ("--base", "base"))]
-    given = [part for flag, value in where if value is not None and not (flag == "--results-dir" and Path(value) == RESULTS_DIR)
-             for part in (flag, str(value))]
+    where = [
+        (flag, getattr(args, key, None))
+        for flag, key in (
+            ("--results-dir", "results_dir"),
+            ("--mlflow-uri", "mlflow_uri"),
+            ("--storage", "storage"),
+            ("--address", "address"),
+            ("--base", "base"),
+        )
+    ]
+    given = [
+        part
+        for flag, value in where
+        if value is not None and not (flag == "--results-dir" and Path(value) == RESULTS_DIR)
+        for part in (flag, str(value))
+    ]
     command = shlex.join(["python", "-m", "hashtune.sweep", "--space", args.space, "--name", name, "--resume", *given])
     return f"nothing finished is lost. Continue it with: {command}"
 
@@ -256,7 +288,9 @@ def _stop_signals(on_forced_exit) -> Iterator[list[str]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: TrialTracking, resume: bool, on_forced_exit):
+def _fit(
+    args, base: Config, space: SearchSpace, stores: SweepStores, tracking: TrialTracking, resume: bool, on_forced_exit
+):
     """Run (or restore and continue) the Tuner on a Ray this call starts unless one is given.
 
     Returns `(results, stop_signal)`: the signal name when the sweep was interrupted, else None.
@@ -272,12 +306,25 @@ def _fit(args, base: Config, space: SearchSpace, stores: SweepStores, tracking: 
     with _stop_signals(on_forced_exit) as seen:  # its watchdog also bounds the shutdown
         try:
             if resume:
-                print(f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)")
-                tuner = Tuner.restore(stores.experiment_path, trainable=trial_trainable(space, resolver, stores.storage, tracking),
-                                      resume_errored=True)  # a trial SIGTERMed with its sweep errored: continue it
+                print(
+                    f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)"
+                )
+                tuner = Tuner.restore(
+                    stores.experiment_path,
+                    trainable=trial_trainable(space, resolver, stores.storage, tracking),
+                    resume_errored=True,
+                )  # a trial SIGTERMed with its sweep errored: continue it
             else:
-                tuner = build_tuner(space, base, name=stores.name, storage=stores.storage, callbacks=[logger], tracking=tracking,
-                                    max_concurrent=args.max_concurrent or space.max_concurrent, optuna_journal=stores.optuna_journal)
+                tuner = build_tuner(
+                    space,
+                    base,
+                    name=stores.name,
+                    storage=stores.storage,
+                    callbacks=[logger],
+                    tracking=tracking,
+                    max_concurrent=args.max_concurrent or space.max_concurrent,
+                    optuna_journal=stores.optuna_journal,
+                )
             results = tuner.fit()
             interrupted = _interrupted(results, space, len(resolver.points), tracking)
             stop_signal = (seen[0] if seen else "SIGINT") if interrupted else None

@@ -42,7 +42,9 @@ class _RunIndex:
     def __init__(self, client, tracking: TrialTracking) -> None:
         runs = find_runs(client, tracking.experiment_id, f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'")
         self.trials = [run for run in runs if run.data.tags.get(STATUS_TAG) != "infeasible"]
-        self.by_trial = {run.data.tags[f"{TAG}trial_id"]: run for run in self.trials if f"{TAG}trial_id" in run.data.tags}
+        self.by_trial = {
+            run.data.tags[f"{TAG}trial_id"]: run for run in self.trials if f"{TAG}trial_id" in run.data.tags
+        }
         self.by_point = {run.data.tags[f"{TAG}point"]: run for run in self.trials if f"{TAG}point" in run.data.tags}
 
     def find(self, trial_id: str, point: str | None):
@@ -96,10 +98,15 @@ class MlflowTrialLogger(Callback):
         """The runs earlier drivers left, read at this driver's first trial; the parent's cost totals made theirs."""
         if self._index is None:
             self._index = _RunIndex(self.client, self.tracking)
-            self._costs = {run.info.run_id: {key: run.data.metrics.get(key, 0.0) for key in COST_METRICS} for run in self._index.trials}
+            self._costs = {
+                run.info.run_id: {key: run.data.metrics.get(key, 0.0) for key in COST_METRICS}
+                for run in self._index.trials
+            }
             self._cost_totals = {key: sum(costs[key] for costs in self._costs.values()) for key in COST_METRICS}
             recorded = self.client.get_run(self.tracking.parent_run_id).data.metrics
-            if any(recorded.get(key) != value for key, value in self._cost_totals.items()):  # a driver killed between two writes
+            if any(
+                recorded.get(key) != value for key, value in self._cost_totals.items()
+            ):  # a driver killed between two writes
                 self._log_cost_totals()
         return self._index
 
@@ -113,8 +120,11 @@ class MlflowTrialLogger(Callback):
             run_id = found.info.run_id
             if found.data.tags.get(f"{TAG}trial_id") != trial.trial_id:  # a point launched again: its run, adopted
                 self.client.set_tag(run_id, f"{TAG}trial_id", trial.trial_id)
-            self._logged[trial.trial_id] = {(key, metric.step) for key in found.data.metrics
-                                            for metric in self.client.get_metric_history(run_id, key)}
+            self._logged[trial.trial_id] = {
+                (key, metric.step)
+                for key in found.data.metrics
+                for metric in self.client.get_metric_history(run_id, key)
+            }
         else:
             run_id = self._create_run(trial, point)
         self._run_ids[trial.trial_id] = run_id
@@ -122,10 +132,19 @@ class MlflowTrialLogger(Callback):
 
     def _create_run(self, trial, point: str | None) -> str:
         variant, flat = self.resolve(trial.config)
-        run_id = self.client.create_run(self.tracking.experiment_id, run_name=f"{self.resolve.label(trial.config)} [{trial.trial_id}]", tags={
-            "mlflow.parentRunId": self.tracking.parent_run_id, f"{TAG}space": self.space_name, f"{TAG}variant": variant,
-            f"{TAG}seed": str(flat["train.seed"]), f"{TAG}trial_id": trial.trial_id, STATUS_TAG: "running",
-        } | ({f"{TAG}point": point} if point else {})).info.run_id
+        run_id = self.client.create_run(
+            self.tracking.experiment_id,
+            run_name=f"{self.resolve.label(trial.config)} [{trial.trial_id}]",
+            tags={
+                "mlflow.parentRunId": self.tracking.parent_run_id,
+                f"{TAG}space": self.space_name,
+                f"{TAG}variant": variant,
+                f"{TAG}seed": str(flat["train.seed"]),
+                f"{TAG}trial_id": trial.trial_id,
+                STATUS_TAG: "running",
+            }
+            | ({f"{TAG}point": point} if point else {}),
+        ).info.run_id
         self.client.log_batch(run_id, params=flat_params(flat))
         self._created.add(trial.trial_id)
         return run_id
@@ -148,10 +167,18 @@ class MlflowTrialLogger(Callback):
         timestamp = int(result.get("timestamp", 0) * 1000)
         logged = self._logged.setdefault(trial.trial_id, set())
         # the final report repeats the last evaluation's values: log each (name, epoch) once
-        metrics = [Metric(key, float(value), timestamp, step) for key, value in result.items()
-                   if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool) and (key, step) not in logged]
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in result.items()
+            if "/" in key
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (key, step) not in logged
+        ]
         logged.update((metric.key, step) for metric in metrics)
-        tags = [RunTag(key, value) for key, value in result.items() if key.startswith(TAG) and isinstance(value, str)]  # the environment
+        tags = [
+            RunTag(key, value) for key, value in result.items() if key.startswith(TAG) and isinstance(value, str)
+        ]  # the environment
         if result.get("final") == 1.0:  # in the batch of the final metrics: a run never reads completed without them
             tags += [RunTag(STATUS_TAG, "finished"), RunTag(COMPLETED_TAG, "1")]
         if metrics or tags:
@@ -174,7 +201,10 @@ class MlflowTrialLogger(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.tracking.parent_run_id, metrics=[Metric(key, value, now, 0) for key, value in self._cost_totals.items()])
+        self.client.log_batch(
+            self.tracking.parent_run_id,
+            metrics=[Metric(key, value, now, 0) for key, value in self._cost_totals.items()],
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
@@ -192,8 +222,14 @@ class MlflowTrialLogger(Callback):
         run_id = self.run_id(trial)
         # Tune writes the error text locally and syncs it to storage later: read the local file
         error_file = Path(trial.error_file) if trial.error_file else None
-        message = error_file.read_text() if error_file is not None and error_file.is_file() else "trial failed (no error text)"
-        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error", root_cause(message)[:4000])])
+        message = (
+            error_file.read_text()
+            if error_file is not None and error_file.is_file()
+            else "trial failed (no error text)"
+        )
+        self.client.log_batch(
+            run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error", root_cause(message)[:4000])]
+        )
         self._log_artifacts(run_id, trial)
         self.client.set_terminated(run_id, "FAILED")
 

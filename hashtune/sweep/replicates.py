@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import pickle
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ray.tune.search import Searcher
 
@@ -33,7 +34,16 @@ from hashtune.sweep.replication_plan import Replicates
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import TAG
 
-__all__ = ["Replicates", "Arm", "arm_of", "arm_verdicts", "next_round", "ReplicationSearcher", "CLAIM_METRIC", "STATUS_TAG"]
+__all__ = [
+    "Replicates",
+    "Arm",
+    "arm_of",
+    "arm_verdicts",
+    "next_round",
+    "ReplicationSearcher",
+    "CLAIM_METRIC",
+    "STATUS_TAG",
+]
 
 CLAIM_METRIC = "test/mAP"
 """What the arms are compared on: the metric of the study's ablation table (TransHash Tab. 2 reports test mAP)."""
@@ -62,11 +72,15 @@ def arm_verdicts(values: dict[Arm, dict[int, float]], reference: str, plan: Repl
         if variant == reference or base is None:
             continue
         shared = sorted(set(per_seed) & set(base))
-        verdicts[variant, rest] = claim_verdict([per_seed[s] - base[s] for s in shared], delta=plan.delta, alpha=plan.alpha_per_look)
+        verdicts[variant, rest] = claim_verdict(
+            [per_seed[s] - base[s] for s in shared], delta=plan.delta, alpha=plan.alpha_per_look
+        )
     return verdicts
 
 
-def next_round(attempted: dict[Arm, int], values: dict[Arm, dict[int, float]], reference: str, plan: Replicates) -> dict[Arm, list[int]]:
+def next_round(
+    attempted: dict[Arm, int], values: dict[Arm, dict[int, float]], reference: str, plan: Replicates
+) -> dict[Arm, list[int]]:
     """The seeds each arm runs next (empty: the schedule is done).
 
     `attempted[arm]` counts the seeds the arm has run (0 .. n-1, finished or failed); `values` holds the
@@ -104,8 +118,16 @@ class ReplicationSearcher(Searcher):
             metric `replicates/round`, artifact `replicates.json`).
     """
 
-    def __init__(self, *, points: Iterable[dict], plan: Replicates, reference: str, tracking: TrialTracking | None,
-                 metric: str, mode: str) -> None:
+    def __init__(
+        self,
+        *,
+        points: Iterable[dict],
+        plan: Replicates,
+        reference: str,
+        tracking: TrialTracking | None,
+        metric: str,
+        mode: str,
+    ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.plan, self.reference, self.tracking = plan, reference, tracking
         self.labels = {(arm_of(p), _seed_of(p)): p["label"] for p in points}
@@ -140,7 +162,9 @@ class ReplicationSearcher(Searcher):
         for arm, seeds in new.items():
             self.attempted[arm] += len(seeds)
         # seed-major, so the pairs of a seed finish together
-        self.queue = sorted(((arm, seed) for arm, seeds in new.items() for seed in seeds), key=lambda item: (item[1], item[0]))
+        self.queue = sorted(
+            ((arm, seed) for arm, seeds in new.items() for seed in seeds), key=lambda item: (item[1], item[0])
+        )
         if new:
             self.rounds += 1
         self._show(done=not new)
@@ -154,11 +178,21 @@ class ReplicationSearcher(Searcher):
             entry: dict[str, Any] = {"seeds_run": n, "seeds_finished": len(self.values[arm])}
             if arm in verdicts:
                 verdict = verdicts[arm]
-                entry |= {"vs_reference": RELATIVE.get(verdict.verdict, verdict.verdict), "difference": verdict.difference.mean, "pairs": verdict.n,
-                          "settled": verdict.verdict != "inconclusive", "at_max": n >= self.plan.max}
+                entry |= {
+                    "vs_reference": RELATIVE.get(verdict.verdict, verdict.verdict),
+                    "difference": verdict.difference.mean,
+                    "pairs": verdict.n,
+                    "settled": verdict.verdict != "inconclusive",
+                    "at_max": n >= self.plan.max,
+                }
             arms[" ".join(part for part in arm if part)] = entry
-        return {"rounds": self.rounds, "looks": self.plan.looks, "alpha_per_look": self.plan.alpha_per_look,
-                "budget_spent": self.budget_spent, "arms": arms}
+        return {
+            "rounds": self.rounds,
+            "looks": self.plan.looks,
+            "alpha_per_look": self.plan.alpha_per_look,
+            "budget_spent": self.budget_spent,
+            "arms": arms,
+        }
 
     def _show(self, done: bool) -> None:
         if self.tracking is None:

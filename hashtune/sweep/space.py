@@ -46,16 +46,23 @@ grids list them as infeasible, and TPE/random sample `k_groups` only within the 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric, to_flat_dict
+from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric
 from hashtune.paths import shipped_spaces
 from hashtune.strict_yaml import YamlError, read_yaml
 from hashtune.sweep.replication_plan import Replicates
-from hashtune.sweep.space_settings import SpaceError, number, parse_budget, parse_replicates, parse_scheduler, parse_sampler
+from hashtune.sweep.space_checks import check_space
+from hashtune.sweep.space_settings import (
+    SpaceError,
+    number,
+    parse_budget,
+    parse_replicates,
+    parse_sampler,
+    parse_scheduler,
+)
 from hashtune.train.bits import is_feasible
 
 __all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "space_text"]
@@ -63,9 +70,27 @@ __all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "s
 SEARCHES = ("grid", "tpe", "random")
 DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
-    "description", "search", "metric", "mode", "num_samples", "max_concurrent", "workers", "cpus_per_trial",
-    "gpus_per_worker", "time_budget_s", "scheduler", "seeds", "fixed", "variants", "params", "max_failures",
-    "checkpoints_to_keep", "budget", "base", "replicates", "sampler",
+    "description",
+    "search",
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "workers",
+    "cpus_per_trial",
+    "gpus_per_worker",
+    "time_budget_s",
+    "scheduler",
+    "seeds",
+    "fixed",
+    "variants",
+    "params",
+    "max_failures",
+    "checkpoints_to_keep",
+    "budget",
+    "base",
+    "replicates",
+    "sampler",
 }
 
 
@@ -103,6 +128,7 @@ class SearchSpace:
         if self.budget is None:
             return None
         return f"cost/{self.budget['resource']}_seconds", self.budget["hours"] * 3600.0
+
     time_budget_s: float | None = None
     scheduler: dict = field(default_factory=lambda: {"type": "none"})
     seeds: tuple = (0,)
@@ -155,7 +181,9 @@ def space_text(name_or_path: str) -> tuple[str, str, str]:
         return path.stem, str(path), _read_text(path, str(path))
     shipped = shipped_spaces()
     if name_or_path not in shipped:
-        raise SpaceError(f"unknown space {name_or_path!r}; shipped spaces: {', '.join(sorted(shipped))} (or give a .yaml path)")
+        raise SpaceError(
+            f"unknown space {name_or_path!r}; shipped spaces: {', '.join(sorted(shipped))} (or give a .yaml path)"
+        )
     return name_or_path, f"search_spaces/{name_or_path}.yaml", _read_text(shipped[name_or_path], name_or_path)
 
 
@@ -176,7 +204,10 @@ def _check_overrides(where: str, base: Config, overrides: dict[str, Any]) -> Non
 def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) -> Domain:
     kinds = [name for name in spec if name != "when"] if isinstance(spec, dict) else []
     if len(kinds) != 1 or kinds[0] not in DOMAIN_KINDS:
-        raise SpaceError(f"{where}: params.{key} must be one of {{{', '.join(DOMAIN_KINDS)}: ...}} (and optionally when:), got {spec!r}")
+        raise SpaceError(
+            f"{where}: params.{key} must be one of {{{', '.join(DOMAIN_KINDS)}: ...}} (and optionally when:), got "
+            f"{spec!r}"
+        )
     kind, values = kinds[0], spec[kinds[0]]
     if not isinstance(values, list) or not values:
         raise SpaceError(f"{where}: params.{key}: {kind} needs a non-empty list, got {values!r}")
@@ -193,12 +224,17 @@ def _parse_domain(where: str, key: str, spec: Any, base: Config, search: str) ->
         raise SpaceError(f"{where}: params.{key}: grid domains need search: grid (use choice with {search})")
     repeated = [value for index, value in enumerate(values) if value in values[:index]]
     if kind in ("choice", "grid") and repeated:
-        raise SpaceError(f"{where}: params.{key}: {kind} lists {repeated[0]!r} more than once in {values!r}; list each value once")
+        raise SpaceError(
+            f"{where}: params.{key}: {kind} lists {repeated[0]!r} more than once in {values!r}; list each value once"
+        )
     for value in values:
         _check_overrides(f"{where}: params.{key}", base, {key: value})
     when = spec.get("when")
     if when is not None and (search == "grid" or not isinstance(when, dict) or not when):
-        raise SpaceError(f"{where}: params.{key}.when must be a mapping {{key: value}} in a tpe or random space, got {when!r} ({search})")
+        raise SpaceError(
+            f"{where}: params.{key}.when must be a mapping {{key: value}} in a tpe or random space, got {when!r} "
+            f"({search})"
+        )
     return Domain(kind=kind, values=tuple(values), when=dict(when) if when else None)
 
 
@@ -207,25 +243,43 @@ def _check_conditions(where: str, params: dict[str, Domain]) -> None:
     for key, domain in params.items():
         for other, value in (domain.when or {}).items():
             condition = params.get(other)
-            if other == key or condition is None or condition.kind != "choice" or condition.when or value not in condition.values:
-                raise SpaceError(f"{where}: params.{key}.when: {other}: {value!r} must name another searched key with an "
-                                 f"unconditional choice domain and one of its values")
+            if (
+                other == key
+                or condition is None
+                or condition.kind != "choice"
+                or condition.when
+                or value not in condition.values
+            ):
+                raise SpaceError(
+                    f"{where}: params.{key}.when: {other}: {value!r} must name another searched key with an "
+                    f"unconditional choice domain and one of its values"
+                )
 
 
 def _parse_seeds(where: str, seeds: Any, search: str) -> tuple:
     if isinstance(seeds, dict):
         if set(seeds) != {"data", "train"} or search != "grid":
-            raise SpaceError(f"{where}: crossed seeds are {{data: [...], train: [...]}} in a grid space, got {seeds!r} ({search})")
+            raise SpaceError(
+                f"{where}: crossed seeds are {{data: [...], train: [...]}} in a grid space, got {seeds!r} ({search})"
+            )
         data, train = (_parse_seeds(f"{where}: seeds.{key}", seeds[key], search) for key in ("data", "train"))
         return tuple(itertools.product(data, train))
     seeds = [seeds] if isinstance(seeds, int) else seeds
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise SpaceError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
     if search != "grid" and len(seeds) != 1:
-        raise SpaceError(f"{where}: a {search} search takes one seed, got {seeds}; replicate chosen configs with a grid space")
+        raise SpaceError(
+            f"{where}: a {search} search takes one seed, got {seeds}; replicate chosen configs with a grid space"
+        )
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if repeated:
-        raise SpaceError(f"{where}: seeds {repeated} appear more than once in {seeds}; each seed is one replicate, list it once")
+        raise SpaceError(
+            f"{where}: seeds {repeated} appear more than once in {seeds}; each seed is one replicate, list it once"
+        )
     return tuple(seeds)
 
 
@@ -261,8 +315,10 @@ def _read_tree(where: str, text: str) -> dict:
 
 def _settings(where: str, tree: dict) -> dict[str, Any]:
     """The space's scalar settings, each checked for its type and range."""
-    settings = {key: number(where, tree, key, default, int, default if key != "max_concurrent" else 1)
-                for key, default in INTEGERS.items()}
+    settings = {
+        key: number(where, tree, key, default, int, default if key != "max_concurrent" else 1)
+        for key, default in INTEGERS.items()
+    }
     settings |= {key: number(where, tree, key, default, float, 0.0) for key, default in NUMBERS.items()}
     if tree.get("time_budget_s") is not None:
         settings["time_budget_s"] = number(where, tree, "time_budget_s", None, float, 1e-9)
@@ -284,7 +340,10 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
     search = tree.get("search", "grid")
     if search not in SEARCHES:
         raise SpaceError(f"{where}: search must be one of {', '.join(SEARCHES)}, got {search!r}")
-    fixed, variants = dict(tree.get("fixed") or {}), {name: dict(o or {}) for name, o in (tree.get("variants") or {}).items()}
+    fixed, variants = (
+        dict(tree.get("fixed") or {}),
+        {name: dict(o or {}) for name, o in (tree.get("variants") or {}).items()},
+    )
     _check_overrides(f"{where}: fixed", base, fixed)
     for name, overrides in variants.items():
         _check_overrides(f"{where}: variants.{name}", base, {**fixed, **overrides})
@@ -293,74 +352,18 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         raise SpaceError(f"{where}: nothing to search; give params or variants")
     _check_conditions(where, params)
     space = SearchSpace(
-        name=space_name, search=search, **_settings(where, tree), scheduler=parse_scheduler(where, tree.get("scheduler")),
-        seeds=_parse_seeds(where, tree.get("seeds", [0]), search), fixed=fixed, variants=variants, params=params,
-        budget=parse_budget(where, tree.get("budget")), base=_parse_base(where, tree.get("base")),
-        replicates=parse_replicates(where, tree), sampler=parse_sampler(where, tree.get("sampler"), search),
+        name=space_name,
+        search=search,
+        **_settings(where, tree),
+        scheduler=parse_scheduler(where, tree.get("scheduler")),
+        seeds=_parse_seeds(where, tree.get("seeds", [0]), search),
+        fixed=fixed,
+        variants=variants,
+        params=params,
+        budget=parse_budget(where, tree.get("budget")),
+        base=_parse_base(where, tree.get("base")),
+        replicates=parse_replicates(where, tree),
+        sampler=parse_sampler(where, tree.get("sampler"), search),
     )
-    _check_grid_size(where, space)
-    _check_feasible(where, space, base)
-    _check_scheduler(where, space, base)
+    check_space(where, space, base)
     return space
-
-
-MAX_GRID_POINTS = 10_000
-"""The most points a grid space may have (the most trials `benchmarks/bench_scale.py` measures a sweep at)."""
-
-
-def _check_grid_size(where: str, space: SearchSpace) -> None:
-    """Refuse a grid too large to run, counted from its dimensions (expanding 2.6e10 points would fill memory)."""
-    if space.search != "grid":
-        return
-    seeds = space.replicates.seeds if space.replicates else space.seeds
-    dimensions = [len(space.variants) or 1, len(seeds)] + [len(domain.values) for domain in space.params.values()]
-    points = math.prod(dimensions)
-    if points > MAX_GRID_POINTS:
-        raise SpaceError(f"{where}: the grid has {points:,} points ({' x '.join(map(str, dimensions))}: variants, seeds, then each "
-                         f"param's values); at most {MAX_GRID_POINTS:,}: use search: tpe or random with num_samples instead")
-
-
-def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
-    """ASHA's rungs must fit inside the trials' epochs (they are counted in epochs)."""
-    if space.scheduler["type"] != "asha":
-        return
-    epochs = base.replace(space.fixed).train.epochs
-    grace = space.scheduler.get("grace_period", max(1, epochs // 6))
-    factor = space.scheduler.get("reduction_factor", 3)
-    if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= epochs:
-        raise SpaceError(f"{where}: scheduler.grace_period must be an integer in [1, train.epochs={epochs}], got {grace!r}")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
-        raise SpaceError(f"{where}: scheduler.reduction_factor must be a number > 1, got {factor!r}")
-
-
-def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:
-    if space.search == "grid":
-        feasible, infeasible = space.grid_points(base)
-        if not feasible:
-            raise SpaceError(f"{where}: every one of the {len(infeasible)} grid points has an infeasible model.bits/model.k_groups allocation")
-        _check_arms_run_together(where, space, feasible, infeasible)
-        return
-    bits = _values(space, base, "model.bits")
-    groups = _values(space, base, "model.k_groups")
-    if not any(is_feasible(base.replace({**space.fixed, "model.bits": b, "model.k_groups": k})) for b in bits for k in groups):
-        raise SpaceError(f"{where}: no model.bits in {sorted(bits)} works with any model.k_groups in {sorted(groups)}")
-
-
-def _check_arms_run_together(where: str, space: SearchSpace, feasible: list[dict], infeasible: list[dict]) -> None:
-    """A variant infeasible at a grid point where another variant runs would silently drop out of a comparison."""
-    if len(space.variants) < 2:
-        return
-    running = {point["label"].removeprefix(point["variant"]).strip() for point in feasible}
-    for point in infeasible:
-        at = point["label"].removeprefix(point["variant"]).strip()
-        if at in running:
-            raise SpaceError(f"{where}: variant {point['variant']!r} has an infeasible model.bits/model.k_groups allocation at "
-                             f"{at!r}, where other variants run; change its k_groups or bits so every arm runs at every point")
-
-
-def _values(space: SearchSpace, base: Config, key: str) -> list:
-    """The values a key can take in a search (an int range expanded), or its fixed/base value."""
-    if key in space.params:
-        domain = space.params[key]
-        return list(range(domain.values[0], domain.values[1] + 1)) if domain.kind == "int" else list(domain.values)
-    return [to_flat_dict(base.replace(space.fixed))[key]]

@@ -33,7 +33,12 @@ def parse_budget(where: str, budget: Any) -> dict[str, Any] | None:
         price = number(where, budget, "usd_per_gpu_hour", None, float, 0.0)
     if not isinstance(budget.get("hard", False), bool):
         raise SpaceError(f"{where}: budget.hard must be true or false, got {budget['hard']!r}")
-    return {"resource": resources[0].split("_")[0], "hours": hours, "hard": budget.get("hard", False), "usd_per_gpu_hour": price}
+    return {
+        "resource": resources[0].split("_")[0],
+        "hours": hours,
+        "hard": budget.get("hard", False),
+        "usd_per_gpu_hour": price,
+    }
 
 
 REPLICATES_KEYS = ("min", "max", "step", "delta", "alpha")
@@ -46,15 +51,23 @@ def parse_replicates(where: str, tree: dict) -> Replicates | None:
     if not isinstance(spec, dict) or set(spec) - set(REPLICATES_KEYS):
         raise SpaceError(f"{where}: replicates must be a mapping of {', '.join(REPLICATES_KEYS)}, got {spec!r}")
     if tree.get("search", "grid") != "grid" or len(tree.get("variants") or {}) < 2:
-        raise SpaceError(f"{where}: replicates needs search: grid and at least two variants (the first is the reference)")
+        raise SpaceError(
+            f"{where}: replicates needs search: grid and at least two variants (the first is the reference)"
+        )
     if "seeds" in tree:
-        raise SpaceError(f"{where}: replicates chooses the seeds (0, 1, 2, ... per arm); remove seeds: {tree['seeds']!r}")
+        raise SpaceError(
+            f"{where}: replicates chooses the seeds (0, 1, 2, ... per arm); remove seeds: {tree['seeds']!r}"
+        )
     if (tree.get("scheduler") or {"type": "none"}) not in ("none", {"type": "none"}):
-        raise SpaceError(f"{where}: replicates compares finished trials; use scheduler: {{type: none}}, not {tree['scheduler']!r}")
+        raise SpaceError(
+            f"{where}: replicates compares finished trials; use scheduler: {{type: none}}, not {tree['scheduler']!r}"
+        )
     default, at = Replicates(), f"{where}: replicates"
     plan = Replicates(
-        min=number(at, spec, "min", default.min, int, 2), max=number(at, spec, "max", default.max, int, 2),
-        step=number(at, spec, "step", default.step, int, 1), delta=number(at, spec, "delta", default.delta, float, 1e-12),
+        min=number(at, spec, "min", default.min, int, 2),
+        max=number(at, spec, "max", default.max, int, 2),
+        step=number(at, spec, "step", default.step, int, 1),
+        delta=number(at, spec, "delta", default.delta, float, 1e-12),
         alpha=number(at, spec, "alpha", default.alpha, float, 1e-12),
     )
     if plan.max < plan.min or plan.alpha >= 1:
@@ -69,7 +82,10 @@ def parse_scheduler(where: str, scheduler: Any) -> dict:
     if scheduler in (None, "none"):
         return {"type": "none"}
     if not isinstance(scheduler, dict) or scheduler.get("type") not in ("none", "asha"):
-        raise SpaceError(f"{where}: scheduler must be {{type: none}} or {{type: asha, grace_period: N, reduction_factor: N, brackets: N}}")
+        raise SpaceError(
+            f"{where}: scheduler must be {{type: none}} or "
+            f"{{type: asha, grace_period: N, reduction_factor: N, brackets: N}}"
+        )
     unknown = set(scheduler) - set(SCHEDULER_KEYS)
     if unknown:
         raise SpaceError(f"{where}: unknown scheduler keys {sorted(unknown)}; valid: {', '.join(SCHEDULER_KEYS)}")
@@ -82,7 +98,8 @@ SAMPLER_KEYS = ("multivariate", "group", "n_startup_trials")
 
 
 def parse_sampler(where: str, sampler: Any, search: str) -> dict | None:
-    """Optuna TPE options: `{multivariate: true, group: true, n_startup_trials: N}` (tpe only; group needs multivariate)."""
+    """Optuna TPE options: `{multivariate: true, group: true, n_startup_trials: N}` (tpe only; group needs
+    multivariate)."""
     if sampler is None:
         return None
     if search != "tpe":
@@ -93,7 +110,9 @@ def parse_sampler(where: str, sampler: Any, search: str) -> dict | None:
         if not isinstance(sampler.get(key, False), bool):
             raise SpaceError(f"{where}: sampler.{key} must be true or false, got {sampler[key]!r}")
     if sampler.get("group") and not sampler.get("multivariate"):
-        raise SpaceError(f"{where}: sampler.group: true needs multivariate: true (Optuna's grouped TPE is multivariate)")
+        raise SpaceError(
+            f"{where}: sampler.group: true needs multivariate: true (Optuna's grouped TPE is multivariate)"
+        )
     if "n_startup_trials" in sampler:
         number(f"{where}: sampler", sampler, "n_startup_trials", 10, int, 0)
     return dict(sampler)
@@ -101,7 +120,9 @@ def parse_sampler(where: str, sampler: Any, search: str) -> dict | None:
 
 def number(where: str, tree: dict, key: str, default, kind: type, minimum):
     value = tree.get(key, default)
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
+    valid = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
+    )
     if not valid or (kind is int and not isinstance(value, int)):
         expected = f"an integer >= {minimum}" if kind is int else f"a number >= {minimum}"
         raise SpaceError(f"{where}: {key} must be {expected}, got {value!r}")

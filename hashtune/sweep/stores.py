@@ -9,9 +9,10 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -20,7 +21,18 @@ from hashtune.paths import check_name
 from hashtune.sweep.space import SearchSpace
 from hashtune.tracking import resolve_tracking
 
-__all__ = ["SweepError", "SweepStores", "TrialTracking", "resolve_stores", "sweep_lock", "open_tracking", "space_record", "changed_keys", "saved_space_record", "SPACE_ARTIFACT"]
+__all__ = [
+    "SweepError",
+    "SweepStores",
+    "TrialTracking",
+    "resolve_stores",
+    "sweep_lock",
+    "open_tracking",
+    "space_record",
+    "changed_keys",
+    "saved_space_record",
+    "SPACE_ARTIFACT",
+]
 
 SPACE_ARTIFACT = "space.json"
 
@@ -83,7 +95,9 @@ def sweep_lock(stores: SweepStores) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         pid = holder.read_text().strip() if holder.is_file() else "unknown"
-        raise SweepError(f"sweep {stores.name!r} is already running (pid {pid}); wait for it to end or pick another --name") from None
+        raise SweepError(
+            f"sweep {stores.name!r} is already running (pid {pid}); wait for it to end or pick another --name"
+        ) from None
     try:
         holder.write_text(f"{os.getpid()}\n")
         yield
@@ -110,7 +124,9 @@ def space_record(space: SearchSpace, base: Config) -> dict[str, Any]:
     config = to_flat_dict(base)
     defaults = to_flat_dict(Config())
     overrides = {key: value for key, value in config.items() if defaults[key] != value}
-    return json.loads(json.dumps({"space": dataclasses.asdict(space), "overrides": overrides, "config": config}, default=str))
+    return json.loads(
+        json.dumps({"space": dataclasses.asdict(space), "overrides": overrides, "config": config}, default=str)
+    )
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

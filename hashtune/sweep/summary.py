@@ -15,8 +15,19 @@ from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import COST_METRICS, TAG, find_runs, sweep_cost
 
-__all__ = ["ELAPSED_METRIC", "SUMMARY_ARTIFACT", "summarize", "spent", "limit_reached", "ended_by", "priced", "close_parent", "recorded_summary",
-           "replicates_record", "disk_bytes"]
+__all__ = [
+    "ELAPSED_METRIC",
+    "SUMMARY_ARTIFACT",
+    "summarize",
+    "spent",
+    "limit_reached",
+    "ended_by",
+    "priced",
+    "close_parent",
+    "recorded_summary",
+    "replicates_record",
+    "disk_bytes",
+]
 
 ELAPSED_METRIC = "sweep/elapsed_s"
 """The sweep's wall-clock seconds on its parent run, summed over every `--resume` (the stopper adds to it)."""
@@ -86,8 +97,13 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
             skipped.append(result)
         else:
             stopped.append(result)
-    summary: dict[str, Any] = {"trials": len(results), "finished": len(finished), "stopped_early": len(stopped), "failed": len(failed),
-                               "skipped_budget": len(skipped)}
+    summary: dict[str, Any] = {
+        "trials": len(results),
+        "finished": len(finished),
+        "stopped_early": len(stopped),
+        "failed": len(failed),
+        "skipped_budget": len(skipped),
+    }
     if not finished:
         return summary
     sign = 1 if space.mode == "max" else -1
@@ -120,13 +136,17 @@ def ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTrackin
         record = summary.get("replicates")
         if record is not None:
             unsettled = [arm for arm, entry in record["arms"].items() if "settled" in entry and not entry["settled"]]
-            return (f"replicates schedule done after {record['rounds']} round(s): "
-                    + (f"{len(unsettled)} arm(s) at max seeds, unsettled ({', '.join(unsettled)}); the rest settled" if unsettled else "every arm settled"))
+            return f"replicates schedule done after {record['rounds']} round(s): " + (
+                f"{len(unsettled)} arm(s) at max seeds, unsettled ({', '.join(unsettled)}); the rest settled"
+                if unsettled
+                else "every arm settled"
+            )
         return "every trial ran"
     spent, limit = summary["cost"][budget[0]] / 3600.0, budget[1] / 3600.0
     unit = f"{space.budget['resource'].upper()}-hours"
-    return (f"budget spent: {spent:.4f} of {limit:g} {unit}; {summary['skipped_budget']} trial(s) not trained"
-            + ("; running trials were stopped (hard budget)" if space.budget["hard"] else "; running trials finished"))
+    return f"budget spent: {spent:.4f} of {limit:g} {unit}; {summary['skipped_budget']} trial(s) not trained" + (
+        "; running trials were stopped (hard budget)" if space.budget["hard"] else "; running trials finished"
+    )
 
 
 def close_parent(client, parent_run_id: str, summary: dict[str, Any]) -> None:
@@ -140,5 +160,7 @@ def close_parent(client, parent_run_id: str, summary: dict[str, Any]) -> None:
         for key in ("val/best_mAP", "test/mAP"):
             if best.get(key) is not None:
                 client.log_metric(parent_run_id, f"best/{key}", best[key])
-    client.log_text(parent_run_id, json.dumps(summary, indent=2, default=str), SUMMARY_ARTIFACT)  # what a --resume of it says
+    client.log_text(
+        parent_run_id, json.dumps(summary, indent=2, default=str), SUMMARY_ARTIFACT
+    )  # what a --resume of it says
     client.set_terminated(parent_run_id, "FINISHED")

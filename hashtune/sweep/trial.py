@@ -51,8 +51,11 @@ class TrialResolver:
         """The grid point's label, or the sampled values of a search trial."""
         if "point" in trial_config:
             return trial_config["point"]
-        return " ".join(f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
-                        for key, value in sorted(trial_config.items()) if "." in key)
+        return " ".join(
+            f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+            for key, value in sorted(trial_config.items())
+            if "." in key
+        )
 
 
 class _TuneReporter:
@@ -115,8 +118,14 @@ def _fit_with_ray_train(config: Config, *, space: SearchSpace, storage: str) -> 
     trainer = build_torch_trainer(
         config,
         name=f"train-trial_id={tune.get_context().get_trial_id()}",  # a restarted trial resumes this run
-        storage=storage, workers=space.workers, cpus_per_worker=space.cpus_per_trial, gpus_per_worker=space.gpus_per_worker,
-        max_failures=space.max_failures, num_to_keep=space.checkpoints_to_keep, score_attribute=space.metric, score_order=space.mode,
+        storage=storage,
+        workers=space.workers,
+        cpus_per_worker=space.cpus_per_trial,
+        gpus_per_worker=space.gpus_per_worker,
+        max_failures=space.max_failures,
+        num_to_keep=space.checkpoints_to_keep,
+        score_attribute=space.metric,
+        score_order=space.mode,
         callbacks=[TuneReportCallback()],
     )
     trainer.fit()
@@ -144,8 +153,17 @@ def _process_environment() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
-    return {f"{TAG}cpu_model": cpu} | {f"{TAG}version.{name}": version(name) for name in ("torch", "numba", "timm", "numpy")}
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    return {f"{TAG}cpu_model": cpu} | {
+        f"{TAG}version.{name}": version(name) for name in ("torch", "numba", "timm", "numpy")
+    }
 
 
 def _is_fresh(run, checkpoint) -> bool:
@@ -175,7 +193,9 @@ def _fake_trial(spec: str, variant: str, flat: dict[str, Any], epochs: int, extr
     tune.report(metrics | {"epoch": epochs, "final": 1.0} | extra)
 
 
-def run_trial(trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking) -> None:
+def run_trial(
+    trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking
+) -> None:
     """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it.
 
     Tune may run it in a process an earlier trial used (`reuse_actors`): nothing here or in `fit` keeps

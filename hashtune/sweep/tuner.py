@@ -20,8 +20,15 @@ from hashtune.sweep.summary import ELAPSED_METRIC
 from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
 from hashtune.train.bits import is_feasible
 
-__all__ = ["OptunaSpace", "build_tuner", "trial_trainable", "DRIVER_RESOURCE", "reuse_trial_processes", "SweepStopper", "sweep_stopper"]
-
+__all__ = [
+    "OptunaSpace",
+    "build_tuner",
+    "trial_trainable",
+    "DRIVER_RESOURCE",
+    "reuse_trial_processes",
+    "SweepStopper",
+    "sweep_stopper",
+]
 
 
 class OptunaSpace:
@@ -36,7 +43,9 @@ class OptunaSpace:
         sampled: dict[str, Any] = {}
         for key in sorted(self.params, key=lambda name: (self.params[name].when is not None, name == "model.k_groups")):
             domain = self.params[key]
-            if domain.when and any(sampled.get(other, self.start[other]) != value for other, value in domain.when.items()):
+            if domain.when and any(
+                sampled.get(other, self.start[other]) != value for other, value in domain.when.items()
+            ):
                 continue  # the trial keeps the base value, which its other choices make irrelevant
             low, high = domain.values[0], domain.values[-1]
             if domain.kind == "choice":
@@ -72,55 +81,96 @@ def _scheduler(space: SearchSpace, epochs: int):
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(
-        time_attr="epoch", max_t=epochs, grace_period=int(space.scheduler.get("grace_period", max(1, epochs // 6))),
-        reduction_factor=float(space.scheduler.get("reduction_factor", 3)), brackets=int(space.scheduler.get("brackets", 1)),
+        time_attr="epoch",
+        max_t=epochs,
+        grace_period=int(space.scheduler.get("grace_period", max(1, epochs // 6))),
+        reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
+        brackets=int(space.scheduler.get("brackets", 1)),
     )
 
 
 def build_tuner(
-    space: SearchSpace, base: Config, *, name: str, storage: str, callbacks: list, optuna_journal: Path, max_concurrent: int,
+    space: SearchSpace,
+    base: Config,
+    *,
+    name: str,
+    storage: str,
+    callbacks: list,
+    optuna_journal: Path,
+    max_concurrent: int,
     tracking: TrialTracking,
 ):
     """The `Tuner` of a sweep (fresh; `Tuner.restore` rebuilds it from storage on --resume)."""
     from ray import tune
 
     resolver = TrialResolver(base, space)
-    trainable = trial_trainable(space, resolver, storage, tracking)
-    tune_config: dict[str, Any] = dict(metric=space.metric, mode=space.mode, max_concurrent_trials=max_concurrent,
-                                       scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs))
+    search_alg, param_space, num_samples = _search(
+        space, base, resolver, name=name, optuna_journal=optuna_journal, tracking=tracking
+    )
+    return tune.Tuner(
+        trial_trainable(space, resolver, storage, tracking),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            max_concurrent_trials=max_concurrent,
+            scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs),
+            search_alg=search_alg,
+            num_samples=num_samples,
+            trial_dirname_creator=trial_dirname,
+            reuse_actors=reuse_trial_processes(space),
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=0),
+            stop=sweep_stopper(space, tracking),
+            # the best checkpoint(s) by the selection metric; Ray never deletes a trial's latest one
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=space.checkpoints_to_keep,
+                checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode,
+            ),
+        ),
+    )
+
+
+def _search(space: SearchSpace, base: Config, resolver: TrialResolver, *, name: str, optuna_journal: Path, tracking):
+    """What chooses the trials, `(search_alg, param_space, num_samples)`: the replication schedule, a grid, or
+    Optuna."""
+    from ray import tune
+
     if space.replicates is not None:
         from hashtune.sweep.replicates import ReplicationSearcher
 
-        tune_config["search_alg"] = ReplicationSearcher(points=resolver.points.values(), plan=space.replicates, reference=space.reference,
-                                                        tracking=tracking, metric=space.metric, mode=space.mode)
-        tune_config["num_samples"] = len(resolver.points)  # a bound: the schedule ends itself
-        param_space = None
-    elif space.search == "grid":
-        param_space = {"point": tune.grid_search(list(resolver.points))}
-        tune_config["num_samples"] = 1
-    else:
-        import optuna
-
-        sampler = (optuna.samplers.TPESampler(seed=space.seeds[0], **(space.sampler or {})) if space.search == "tpe"
-                   else optuna.samplers.RandomSampler(seed=space.seeds[0]))
-        tune_config["search_alg"] = _fidelity_aware_optuna_search(
-            space=OptunaSpace(space.params, base, space.fixed), metric=space.metric, mode=space.mode, sampler=sampler,
-            study_name=name, storage=_journal_storage(optuna_journal),
+        searcher = ReplicationSearcher(
+            points=resolver.points.values(),
+            plan=space.replicates,
+            reference=space.reference,
+            tracking=tracking,
+            metric=space.metric,
+            mode=space.mode,
         )
-        tune_config["num_samples"] = space.num_samples
-        param_space = None
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(**tune_config, trial_dirname_creator=trial_dirname, reuse_actors=reuse_trial_processes(space)),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
-            stop=sweep_stopper(space, tracking),
-            # the best checkpoint(s) by the selection metric; Ray never deletes a trial's latest one
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep, checkpoint_score_attribute=space.metric,
-                                                    checkpoint_score_order=space.mode),
-        ),
+        return searcher, None, len(resolver.points)  # a bound: the schedule ends itself
+    if space.search == "grid":
+        return None, {"point": tune.grid_search(list(resolver.points))}, 1
+    import optuna
+
+    sampler = (
+        optuna.samplers.TPESampler(seed=space.seeds[0], **(space.sampler or {}))
+        if space.search == "tpe"
+        else optuna.samplers.RandomSampler(seed=space.seeds[0])
     )
+    searcher = _fidelity_aware_optuna_search(
+        space=OptunaSpace(space.params, base, space.fixed),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=sampler,
+        study_name=name,
+        storage=_journal_storage(optuna_journal),
+    )
+    return searcher, None, space.num_samples
 
 
 def _journal_storage(path: Path):
@@ -160,7 +210,9 @@ def trial_trainable(space: SearchSpace, resolver: TrialResolver, storage: str, t
     if space.workers == 0:
         resources = {"cpu": space.cpus_per_trial} | ({"gpu": space.gpus_per_worker} if space.gpus_per_worker else {})
     else:
-        resources = {"cpu": 0.01} | _driver_resource()  # the trial only drives its TorchTrainer; the workers hold the resources
+        resources = {
+            "cpu": 0.01
+        } | _driver_resource()  # the trial only drives its TorchTrainer; the workers hold the resources
     return tune.with_resources(trainable, resources)
 
 
@@ -179,7 +231,9 @@ def _driver_resource() -> dict[str, float]:
 class SweepStopper(Stopper):
     """The sweep's limits, read from MLflow so that a resumed sweep continues them (see `sweep_stopper`)."""
 
-    def __init__(self, *, tracking: TrialTracking, time_budget_s: float | None, budget: tuple[str, float] | None, every_s: float) -> None:
+    def __init__(
+        self, *, tracking: TrialTracking, time_budget_s: float | None, budget: tuple[str, float] | None, every_s: float
+    ) -> None:
         self.tracking, self.time_budget_s, self.budget, self.every_s = tracking, time_budget_s, budget, every_s
         self._fresh()
 

@@ -13,7 +13,8 @@ like every other item (`encoder`, the default); the trainer logs both (`test/mAP
 `test/mAP_learned`) for this strategy.
 
 Choices where the papers are vague: `s_ij` is +1/-1 (ADSH); the loss is divided by `n * m * bits^2`, so its
-scale (and the classification weight's meaning) does not depend on set sizes or code length; `B` starts as random signs (seeded).
+scale (and the classification weight's meaning) does not depend on set sizes or code length; `B` starts as random signs
+(seeded).
 Under DDP, `B` is replicated on every rank: the sampled codes are all-gathered and every rank runs
 the same deterministic update, so `B` needs no broadcast and stays identical.
 """
@@ -67,8 +68,12 @@ class AsymmetricStrategy:
     def _loader(self, sample: np.ndarray) -> DataLoader:
         t, runtime = self.config.train, self.runtime
         subset = Subset(self.train_set, sample)
-        sampler = DistributedSampler(subset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=t.seed)
-        return DataLoader(subset, batch_size=self.per_worker_batch, sampler=sampler, num_workers=self.config.data.num_workers)
+        sampler = DistributedSampler(
+            subset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=t.seed
+        )
+        return DataLoader(
+            subset, batch_size=self.per_worker_batch, sampler=sampler, num_workers=self.config.data.num_workers
+        )
 
     def train_one_epoch(self, model: nn.Module, optimizer, scheduler, epoch: int) -> EpochResult:
         """One outer iteration: inner passes over a sample with `B` fixed, then the discrete update of `B`."""
@@ -86,7 +91,13 @@ class AsymmetricStrategy:
                 with autocast(config, device):
                     out = model(images)
                 codes = out.codes.float()
-                asym = asymmetric_loss(codes, codes_b, similarity_matrix(labels, train_labels), codes_b[positions], gamma_a=config.loss.gamma_a)
+                asym = asymmetric_loss(
+                    codes,
+                    codes_b,
+                    similarity_matrix(labels, train_labels),
+                    codes_b[positions],
+                    gamma_a=config.loss.gamma_a,
+                )
                 cls = classification_loss(out.logits.float(), labels, multi_label=self.multi_label)
                 loss = asym + config.loss.cls_weight * cls
                 check_finite(loss, epoch, steps, scheduler.get_last_lr()[0])
@@ -107,7 +118,9 @@ class AsymmetricStrategy:
         sampled_codes[runtime.all_gather(torch.cat(last_positions))] = runtime.all_gather(torch.cat(last_codes))
         sample_index = torch.from_numpy(sample).to(device)
         sim = similarity_matrix(train_labels[sample_index], train_labels)
-        new_codes = update_database_codes(sampled_codes[sample_index], codes_b, sim, sample_index, gamma_a=self.config.loss.gamma_a)
+        new_codes = update_database_codes(
+            sampled_codes[sample_index], codes_b, sim, sample_index, gamma_a=self.config.loss.gamma_a
+        )
         return new_codes.cpu()
 
     def database_codes_for(self, data: RetrievalData, encoder_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,9 @@ def max_k_groups(bits: int, min_local_bits: int = MIN_LOCAL_BITS) -> int:
     return (bits - bits // 2) // min_local_bits
 
 
-def bit_allocation(bits: int, k_groups: int, dual_stream: bool = True, min_local_bits: int = MIN_LOCAL_BITS) -> list[int]:
+def bit_allocation(
+    bits: int, k_groups: int, dual_stream: bool = True, min_local_bits: int = MIN_LOCAL_BITS
+) -> list[int]:
     """Split `bits` over the hash heads, global head first.
 
     The global head takes `bits // 2`; the rest is split over the K local heads as evenly as possible,

@@ -20,7 +20,13 @@ from typing import Any
 import torch
 
 __all__ = [
-    "CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "copy_run_folder",
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "copy_run_folder",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -80,7 +86,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable hashtune checkpoint (truncated or corrupt: {reason[:200]})") from None
+        raise CheckpointError(
+            f"{path} is not a readable hashtune checkpoint (truncated or corrupt: {reason[:200]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a hashtune checkpoint (expected format {FORMAT})")
     missing = [key for key in REQUIRED_KEYS if key not in state]

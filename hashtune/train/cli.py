@@ -30,10 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML file of config values")
     parser.add_argument("--out", type=Path, help="run folder (default: the --resume folder)")
     parser.add_argument("--resume", type=Path, help="continue the run in this folder from its checkpoint")
-    parser.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0: the plain single-process loop)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="Ray Train DDP workers (0: the plain single-process loop)"
+    )
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray Train worker (NCCL when > 0)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
-                        help="CPUs (and torch threads) per worker; a GPU worker wants several (results/gpu.md: 1 CPU fed an H200 0.70x)")
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs (and torch threads) per worker; a GPU worker wants several "
+        "(results/gpu.md: 1 CPU fed an H200 0.70x)",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--storage", help="Ray Train storage path or s3:// URI (default: <out>/ray)")
     parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts Ray Train may make")
@@ -70,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print("hashtune.train: error: give --out DIR (or --resume DIR)", file=sys.stderr)
         return 2
     if args.workers < 0:
-        print(f"hashtune.train: error: --workers={args.workers}; expected 0 (plain loop) or a positive number", file=sys.stderr)
+        print(
+            f"hashtune.train: error: --workers={args.workers}; expected 0 (plain loop) or a positive number",
+            file=sys.stderr,
+        )
         return 2
     try:
         _check_out(out, args.resume)
@@ -79,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             from hashtune.train.distributed import fit_distributed
 
             metrics = fit_distributed(
-                config, run_dir=out, resume_from=args.resume, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                cpus_per_worker=args.cpus_per_worker, address=args.address, storage=args.storage, max_failures=args.max_failures,
+                config,
+                run_dir=out,
+                resume_from=args.resume,
+                workers=args.workers,
+                gpus_per_worker=args.gpus_per_worker,
+                cpus_per_worker=args.cpus_per_worker,
+                address=args.address,
+                storage=args.storage,
+                max_failures=args.max_failures,
             )
         else:
             metrics = fit(config, run_dir=out, resume_from=args.resume, show_progress=not args.no_progress)

@@ -45,8 +45,11 @@ class CostMeter:
         self._last_totals = {"cpu": cpu, "wall": wall, "main_cpu": main_cpu}
         gpus = self.runtime.world_size if self.runtime.device.type == "cuda" else 0
         return {
-            "cost/cpu_seconds": cpu, "cost/cpu_seconds_main": main_cpu, "cost/gpu_seconds": wall * gpus,
-            "cost/wall_seconds": wall, "cost/images_seen": float(self.images_seen),
+            "cost/cpu_seconds": cpu,
+            "cost/cpu_seconds_main": main_cpu,
+            "cost/gpu_seconds": wall * gpus,
+            "cost/wall_seconds": wall,
+            "cost/images_seen": float(self.images_seen),
             "time/train_s": self.train_seconds,
             "throughput/images_per_s": self.images_seen / self.train_seconds if self.train_seconds else 0.0,
         }

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -31,7 +31,11 @@ from hashtune.train.runtime import DistributedRuntime
 from hashtune.train.trainer import fit
 
 __all__ = [
-    "RayTrainRuntime", "restore_run_folder", "train_loop_per_worker", "build_torch_trainer", "fit_distributed",
+    "RayTrainRuntime",
+    "restore_run_folder",
+    "train_loop_per_worker",
+    "build_torch_trainer",
+    "fit_distributed",
 ]
 
 
@@ -120,15 +124,21 @@ def build_torch_trainer(
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_flat_dict(config), "resume_from": str(Path(resume_from).absolute()) if resume_from else None},
+        train_loop_config={
+            "config": to_flat_dict(config),
+            "resume_from": str(Path(resume_from).absolute()) if resume_from else None,
+        },
         torch_config=TorchConfig(backend=backend or ("nccl" if use_gpu else "gloo")),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources, placement_strategy=placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources, placement_strategy=placement_strategy
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=score_attribute,
-                                               checkpoint_score_order=score_order),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=num_to_keep, checkpoint_score_attribute=score_attribute, checkpoint_score_order=score_order
+            ),
             callbacks=list(callbacks),
             # torch's intra-op threads match the worker's CPU share (Ray would otherwise leave 1)
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker)))}},
@@ -156,8 +166,12 @@ def fit_distributed(
     started = init_ray(address)
     try:
         trainer = build_torch_trainer(
-            config, name=f"train-{run_dir.name}", storage=storage or str(run_dir / "ray"), workers=workers,
-            resume_from=resume_from, **trainer_options,
+            config,
+            name=f"train-{run_dir.name}",
+            storage=storage or str(run_dir / "ray"),
+            workers=workers,
+            resume_from=resume_from,
+            **trainer_options,
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as folder:

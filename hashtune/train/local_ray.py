@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["LocalRayError", "check_local_ray_temp_dir", "init_ray", "shutdown_ray"]
 
@@ -70,8 +70,10 @@ def check_local_ray_temp_dir() -> None:
     longest = len((ray_dir + _LONGEST_SOCKET).encode())
     if longest > _MAX_SOCKET_PATH:
         room = _MAX_SOCKET_PATH - len(_LONGEST_SOCKET.encode()) - len("/ray")
-        raise LocalRayError(f"Ray's temp dir {ray_dir!r} is too long for its Unix sockets ({longest} > {_MAX_SOCKET_PATH} bytes): "
-                            f"set RAY_TMPDIR to a folder of at most {room} characters, e.g. RAY_TMPDIR=/tmp")
+        raise LocalRayError(
+            f"Ray's temp dir {ray_dir!r} is too long for its Unix sockets ({longest} > {_MAX_SOCKET_PATH} bytes): "
+            f"set RAY_TMPDIR to a folder of at most {room} characters, e.g. RAY_TMPDIR=/tmp"
+        )
 
 
 @contextlib.contextmanager

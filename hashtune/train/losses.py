@@ -65,8 +65,14 @@ def _pair_counts(sim: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
 
 
 def pairwise_likelihood_loss(
-    codes: torch.Tensor, sim: torch.Tensor, *, gamma: float, prob: str = "cauchy", columns: torch.Tensor | None = None,
-    row_offset: int = 0, column_sim: torch.Tensor | None = None,
+    codes: torch.Tensor,
+    sim: torch.Tensor,
+    *,
+    gamma: float,
+    prob: str = "cauchy",
+    columns: torch.Tensor | None = None,
+    row_offset: int = 0,
+    column_sim: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted Bayesian pair loss over all ordered pairs i != j of a batch (TransHash Eq. 4-8).
 
@@ -98,7 +104,9 @@ def pairwise_likelihood_loss(
         half_inner = (codes @ columns.T) / 2.0
         pair_loss = F.softplus(half_inner) - sim * half_inner
     similar, dissimilar = (sim > 0) & pairs, (sim <= 0) & pairs
-    total_pairs, n_similar, n_dissimilar = _pair_counts(sim if column_sim is None else column_sim.to(codes.dtype), codes.dtype)
+    total_pairs, n_similar, n_dissimilar = _pair_counts(
+        sim if column_sim is None else column_sim.to(codes.dtype), codes.dtype
+    )
     weights = torch.zeros_like(pair_loss)
     if n_similar > 0:
         weights = torch.where(similar, total_pairs / n_similar, weights)
@@ -131,7 +139,7 @@ def transhash_objective(
     quant_weight: float,
     cls_weight: float,
     multi_label: bool,
-    batch: "WholeBatch | None" = None,
+    batch: WholeBatch | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TransHash's objective with He & Wei's classification term.
 
@@ -164,10 +172,17 @@ def transhash_objective(
             value = value + torch.stack([per_head(head) for head in range(1, len(head_codes))]).mean()
         return value
 
-    pair = batch.world_size * combine(lambda head: pairwise_likelihood_loss(
-        head_codes[head], sim, gamma=gamma, prob=prob, columns=batch.head_codes[head], row_offset=batch.row_offset,
-        column_sim=column_sim,
-    ))
+    pair = batch.world_size * combine(
+        lambda head: pairwise_likelihood_loss(
+            head_codes[head],
+            sim,
+            gamma=gamma,
+            prob=prob,
+            columns=batch.head_codes[head],
+            row_offset=batch.row_offset,
+            column_sim=column_sim,
+        )
+    )
     quant = combine(lambda head: cauchy_quantization_loss(head_codes[head], gamma=gamma))
     cls = classification_loss(logits, labels, multi_label=multi_label)
     total = pair + quant_weight * quant + cls_weight * cls

@@ -56,9 +56,13 @@ def create_backbone(
     overrides = dict(img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim, num_heads=num_heads)
     kwargs = {key: value for key, value in overrides.items() if value is not None}
     if name not in timm.list_models():
-        raise ValueError(f"model.backbone={name!r} is not a timm model; e.g. vit_tiny_patch16_224, vit_base_patch16_224")
+        raise ValueError(
+            f"model.backbone={name!r} is not a timm model; e.g. vit_tiny_patch16_224, vit_base_patch16_224"
+        )
     if pretrained and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"model.pretrained={pretrained!r} is not a file; give a local .pth/.safetensors path or ''")
+        raise FileNotFoundError(
+            f"model.pretrained={pretrained!r} is not a file; give a local .pth/.safetensors path or ''"
+        )
     try:
         backbone = timm.create_model(
             name,
@@ -87,8 +91,12 @@ def preprocessing(config: Config) -> Preprocessing:
     from timm.data import resolve_data_config
 
     resolved = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(config.model.backbone).to_dict())
-    return Preprocessing(mean=tuple(resolved["mean"]), std=tuple(resolved["std"]), interpolation=resolved["interpolation"],
-                         crop_pct=float(resolved["crop_pct"]))
+    return Preprocessing(
+        mean=tuple(resolved["mean"]),
+        std=tuple(resolved["std"]),
+        interpolation=resolved["interpolation"],
+        crop_pct=float(resolved["crop_pct"]),
+    )
 
 
 def _group_order(num_patches: int, k_groups: int) -> torch.Tensor:
@@ -131,7 +139,9 @@ class TransHash(nn.Module):
         self.local_branch = copy.deepcopy(self.global_branch) if dual_stream else None
         num_patches = backbone.patch_embed.num_patches
         if dual_stream and k_groups > num_patches:
-            raise ValueError(f"k_groups={k_groups} exceeds the {num_patches} patch tokens; use k_groups <= {num_patches}")
+            raise ValueError(
+                f"k_groups={k_groups} exceeds the {num_patches} patch tokens; use k_groups <= {num_patches}"
+            )
         self.register_buffer("group_order", _group_order(num_patches, k_groups), persistent=False)
         self.hash_heads = nn.ModuleList(nn.Linear(width, head_bits) for head_bits in self.head_bits)
         self.classifier = nn.Linear(bits, num_classes)

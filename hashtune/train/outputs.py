@@ -10,11 +10,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from hashtune.metrics import RetrievalMetrics  # noqa: E402
+from hashtune.metrics import RetrievalMetrics
 
-__all__ = ["write_history", "write_metrics", "read_metrics", "write_pr_curve", "read_pr_curve", "plot_pr_curve", "plot_pr_curves"]
+__all__ = [
+    "write_history",
+    "write_metrics",
+    "read_metrics",
+    "write_pr_curve",
+    "read_pr_curve",
+    "plot_pr_curve",
+    "plot_pr_curves",
+]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -47,8 +55,10 @@ def read_metrics(path: str | Path) -> dict[str, float]:
 
 def write_pr_curve(metrics: RetrievalMetrics, path: str | Path) -> None:
     """The precision-recall points by Hamming radius as CSV (radius, precision, recall)."""
-    rows = [{"radius": int(r), "precision": float(p), "recall": float(q)}
-            for r, p, q in zip(metrics.pr_radius, metrics.pr_precision, metrics.pr_recall)]
+    rows = [
+        {"radius": int(r), "precision": float(p), "recall": float(q)}
+        for r, p, q in zip(metrics.pr_radius, metrics.pr_precision, metrics.pr_recall)
+    ]
     write_history(rows, path)
 
 

@@ -7,8 +7,8 @@ alone, inside a Ray Tune trial, or as a Ray Train worker (`hashtune.train.distri
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist

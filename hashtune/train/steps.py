@@ -47,12 +47,16 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def sharded_loader(dataset, runtime: LocalRuntime, *, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
+def sharded_loader(
+    dataset, runtime: LocalRuntime, *, batch_size: int, shuffle: bool, seed: int, num_workers: int
+) -> DataLoader:
     """This rank's share of `dataset`; the order is a pure function of (seed, epoch) via `set_epoch`.
 
     Evaluation shards (`shuffle=False`) are padded by the sampler; `encode` removes the duplicates.
     """
-    sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle, seed=seed)
+    sampler = DistributedSampler(
+        dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle, seed=seed
+    )
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=False)
 
 

@@ -26,11 +26,22 @@ def symmetric_loss(out: HashOutput, labels: torch.Tensor, *, config: Config, run
     head_codes = [codes.float() for codes in out.head_codes]
     batch = None
     if runtime.world_size > 1:  # every rank's batch has the same size: DistributedSampler pads the shards
-        batch = WholeBatch(head_codes=tuple(runtime.all_gather_with_grad(codes) for codes in head_codes),
-                           labels=runtime.all_gather(labels), row_offset=runtime.rank * len(labels), world_size=runtime.world_size)
+        batch = WholeBatch(
+            head_codes=tuple(runtime.all_gather_with_grad(codes) for codes in head_codes),
+            labels=runtime.all_gather(labels),
+            row_offset=runtime.rank * len(labels),
+            world_size=runtime.world_size,
+        )
     return transhash_objective(
-        head_codes, out.logits.float(), labels, gamma=config.loss.gamma, prob=config.loss.prob,
-        quant_weight=config.loss.quant_weight, cls_weight=config.loss.cls_weight, multi_label=multi_label, batch=batch,
+        head_codes,
+        out.logits.float(),
+        labels,
+        gamma=config.loss.gamma,
+        prob=config.loss.prob,
+        quant_weight=config.loss.quant_weight,
+        cls_weight=config.loss.cls_weight,
+        multi_label=multi_label,
+        batch=batch,
     )
 
 
@@ -46,8 +57,14 @@ class SymmetricStrategy:
 
     def __init__(self, *, config: Config, data: RetrievalData, runtime: LocalRuntime, per_worker_batch: int) -> None:
         self.config, self.runtime, self.multi_label = config, runtime, data.multi_label
-        self.loader = sharded_loader(data.train, runtime, batch_size=per_worker_batch, shuffle=True, seed=config.train.seed,
-                                     num_workers=config.data.num_workers)
+        self.loader = sharded_loader(
+            data.train,
+            runtime,
+            batch_size=per_worker_batch,
+            shuffle=True,
+            seed=config.train.seed,
+            num_workers=config.data.num_workers,
+        )
 
     def steps_per_epoch(self) -> int:
         return len(self.loader)

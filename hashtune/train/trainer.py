@@ -41,10 +41,19 @@ def build_model(config: Config, data: RetrievalData) -> TransHash:
     """The TransHash network for `config.model` on `data`'s channels and classes."""
     m = config.model
     backbone = create_backbone(
-        m.backbone, pretrained=m.pretrained, img_size=m.img_size, patch_size=m.patch_size, depth=m.depth,
-        embed_dim=m.embed_dim, num_heads=m.num_heads, in_chans=data.channels, drop_path_rate=m.drop_path_rate,
+        m.backbone,
+        pretrained=m.pretrained,
+        img_size=m.img_size,
+        patch_size=m.patch_size,
+        depth=m.depth,
+        embed_dim=m.embed_dim,
+        num_heads=m.num_heads,
+        in_chans=data.channels,
+        drop_path_rate=m.drop_path_rate,
     )
-    return TransHash(backbone=backbone, bits=m.bits, k_groups=m.k_groups, num_classes=data.num_classes, dual_stream=m.dual_stream)
+    return TransHash(
+        backbone=backbone, bits=m.bits, k_groups=m.k_groups, num_classes=data.num_classes, dual_stream=m.dual_stream
+    )
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -77,8 +86,14 @@ def encode(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: 
 
 
 def evaluate(
-    model: nn.Module, query_loader: DataLoader, database_loader: DataLoader, *, runtime: LocalRuntime, config: Config,
-    database_codes: torch.Tensor | None = None, protocol_topk: int | None = None,
+    model: nn.Module,
+    query_loader: DataLoader,
+    database_loader: DataLoader,
+    *,
+    runtime: LocalRuntime,
+    config: Config,
+    database_codes: torch.Tensor | None = None,
+    protocol_topk: int | None = None,
 ) -> RetrievalMetrics:
     """Retrieval metrics of the query set against the database (codes from the network unless given).
 
@@ -88,13 +103,20 @@ def evaluate(
     if database_codes is None:
         database_codes = encode(model, database_loader, runtime, config)
     return retrieval_metrics(
-        query_codes, database_codes, query_loader.dataset.labels, database_loader.dataset.labels,
-        topk=config.eval.topk if config.eval.topk is not None else protocol_topk, precision_at=(config.eval.precision_at,), radii=(2,),
+        query_codes,
+        database_codes,
+        query_loader.dataset.labels,
+        database_loader.dataset.labels,
+        topk=config.eval.topk if config.eval.topk is not None else protocol_topk,
+        precision_at=(config.eval.precision_at,),
+        radii=(2,),
         ties=config.eval.ties,
     )
 
 
-def _restore(config: Config, resume_from: Path | None, device: torch.device) -> tuple[Config, dict | None, Splits | None]:
+def _restore(
+    config: Config, resume_from: Path | None, device: torch.device
+) -> tuple[Config, dict | None, Splits | None]:
     if resume_from is None:
         return config, None, None
     state = load_checkpoint(resume_from, map_location=device)
@@ -107,7 +129,11 @@ def _restore(config: Config, resume_from: Path | None, device: torch.device) -> 
 
 
 def fit(
-    config: Config, *, runtime: LocalRuntime | None = None, run_dir: str | Path, resume_from: str | Path | None = None,
+    config: Config,
+    *,
+    runtime: LocalRuntime | None = None,
+    run_dir: str | Path,
+    resume_from: str | Path | None = None,
     show_progress: bool = False,
 ) -> dict[str, float]:
     """Train `config`, writing the run folder on the main rank; returns the final metrics.
@@ -115,7 +141,8 @@ def fit(
     Args:
         config: the resolved configuration.
         runtime: where the loop runs (default: this process on `train.device`).
-        run_dir: folder for config.yaml, splits.npz, checkpoint.pt, history.csv, metrics.json, pr_curve.png, pr_curve.csv.
+        run_dir: folder for config.yaml, splits.npz, checkpoint.pt, history.csv, metrics.json, pr_curve.png,
+        pr_curve.csv.
         resume_from: a run folder or checkpoint file to continue from (its config must equal `config`).
         show_progress: a progress bar over epochs.
     """
@@ -136,7 +163,13 @@ def fit(
     torch.manual_seed(config.train.seed * 1009 + runtime.rank + run.epoch)  # per-rank augmentation/dropout stream
     if state is not None:
         set_rng_state(state["rng"])
-    epochs = tqdm(range(run.epoch, config.train.epochs), initial=run.epoch, total=config.train.epochs, disable=not show_progress, desc="epochs")
+    epochs = tqdm(
+        range(run.epoch, config.train.epochs),
+        initial=run.epoch,
+        total=config.train.epochs,
+        disable=not show_progress,
+        desc="epochs",
+    )
     for epoch in epochs:
         row = run.train_epoch(epoch)
         last = epoch + 1 == config.train.epochs
@@ -153,9 +186,16 @@ def fit(
 
 def build_data(config: Config, splits: Splits | None = None) -> RetrievalData:
     """The protocol's datasets for `config` (or for given `splits`), preprocessed as the backbone expects."""
-    return build_retrieval_data(name=config.data.name, root=config.data.root, seed=config.data.seed, img_size=input_size(config),
-                                preprocessing=preprocessing(config), splits=splits, val_per_class=config.data.val_per_class,
-                                protocol=config.data.protocol)
+    return build_retrieval_data(
+        name=config.data.name,
+        root=config.data.root,
+        seed=config.data.seed,
+        img_size=input_size(config),
+        preprocessing=preprocessing(config),
+        splits=splits,
+        val_per_class=config.data.val_per_class,
+        protocol=config.data.protocol,
+    )
 
 
 def input_size(config: Config) -> int:
@@ -168,14 +208,18 @@ def input_size(config: Config) -> int:
 class _TrainingRun:
     """The mutable state of one run, and the steps `fit` calls on it."""
 
-    def __init__(self, config: Config, data: RetrievalData, model: TransHash, runtime: LocalRuntime, run_dir: Path) -> None:
+    def __init__(
+        self, config: Config, data: RetrievalData, model: TransHash, runtime: LocalRuntime, run_dir: Path
+    ) -> None:
         self.config, self.data, self.runtime, self.run_dir = config, data, runtime, run_dir
         self.model = model.to(runtime.device)
         self.ddp_model = runtime.prepare_model(self.model)  # training only: evaluation has no collective in forward
         self.optimizer = build_optimizer(config, self.model)
         t = config.train
         self.per_worker_batch = max(1, t.batch_size // runtime.world_size)
-        self.strategy = STRATEGIES[t.strategy](config=config, data=data, runtime=runtime, per_worker_batch=self.per_worker_batch)
+        self.strategy = STRATEGIES[t.strategy](
+            config=config, data=data, runtime=runtime, per_worker_batch=self.per_worker_batch
+        )
         loader_args = dict(batch_size=self.per_worker_batch, seed=t.seed, num_workers=config.data.num_workers)
         self.val_loader = sharded_loader(data.val_query, runtime, shuffle=False, **loader_args)
         self.test_loader = sharded_loader(data.test_query, runtime, shuffle=False, **loader_args)
@@ -197,16 +241,31 @@ class _TrainingRun:
         return {"epoch": epoch + 1, **result.metrics, "train/lr": self.scheduler.get_last_lr()[0]}
 
     def _evaluate(self, query_loader: DataLoader, database_codes: torch.Tensor | None = None) -> RetrievalMetrics:
-        return evaluate(self.model, query_loader, self.database_loader, runtime=self.runtime, config=self.config,
-                        database_codes=database_codes, protocol_topk=self.data.topk)
+        return evaluate(
+            self.model,
+            query_loader,
+            self.database_loader,
+            runtime=self.runtime,
+            config=self.config,
+            database_codes=database_codes,
+            protocol_topk=self.data.topk,
+        )
 
     def validate(self) -> dict[str, float]:
         if len(self.data.val_query) == 0:  # data.val_per_class=0: no selection, the last epoch's weights are reported
-            self.best = {"val/mAP": float("nan"), "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
+            self.best = {
+                "val/mAP": float("nan"),
+                "epoch": self.epoch + 1,
+                "model": copy.deepcopy(self.model.state_dict()),
+            }
             return self.cost.metrics()
         metrics = self._evaluate(self.val_loader)
         if metrics.map > self.best["val/mAP"]:
-            self.best = {"val/mAP": metrics.map, "epoch": self.epoch + 1, "model": copy.deepcopy(self.model.state_dict())}
+            self.best = {
+                "val/mAP": metrics.map,
+                "epoch": self.epoch + 1,
+                "model": copy.deepcopy(self.model.state_dict()),
+            }
         return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"]} | self.cost.metrics()
 
     def _test_metrics(self) -> tuple[RetrievalMetrics, dict[str, float]]:
@@ -215,20 +274,33 @@ class _TrainingRun:
         `test/*` follow `eval.database_codes`; asymmetric runs also log `test/mAP_encoder` and
         `test/mAP_learned` (training images in the database retrieved by their learned B, as ADSH does).
         """
-        learned = self.strategy.database_codes_for(self.data, encode(self.model, self.database_loader, self.runtime, self.config))
+        learned = self.strategy.database_codes_for(
+            self.data, encode(self.model, self.database_loader, self.runtime, self.config)
+        )
         if learned is None:
             return self._evaluate(self.test_loader), {}
         encoder_codes, learned_codes = learned
-        by_encoder, by_learned = self._evaluate(self.test_loader, encoder_codes), self._evaluate(self.test_loader, learned_codes)
+        by_encoder, by_learned = (
+            self._evaluate(self.test_loader, encoder_codes),
+            self._evaluate(self.test_loader, learned_codes),
+        )
         chosen = by_learned if self.config.eval.database_codes == "learned" else by_encoder
         return chosen, {"test/mAP_encoder": by_encoder.map, "test/mAP_learned": by_learned.map}
 
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "config": to_flat_dict(self.config),
-            "rng": rng_state(), "history": self.history, "best": self.best, "strategy": self.strategy.state_dict(),
-            "splits": {name: torch.from_numpy(np.asarray(getattr(self.data.splits, name))) for name in self.data.splits.sizes()},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "config": to_flat_dict(self.config),
+            "rng": rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "strategy": self.strategy.state_dict(),
+            "splits": {
+                name: torch.from_numpy(np.asarray(getattr(self.data.splits, name))) for name in self.data.splits.sizes()
+            },
             "timing": self.cost.state_dict(),
         }
 
@@ -262,12 +334,20 @@ class _TrainingRun:
         self.model.load_state_dict(final_weights)
         last = self.history[-1] if self.history else {}
         metrics = {key: value for key, value in last.items() if key.startswith(("train/", "val/"))}
-        metrics |= test.as_dict("test") | extra | {"epoch": self.epoch, "best_epoch": self.best["epoch"], "resumed_at_epoch": self.resumed_at_epoch}
+        metrics |= (
+            test.as_dict("test")
+            | extra
+            | {"epoch": self.epoch, "best_epoch": self.best["epoch"], "resumed_at_epoch": self.resumed_at_epoch}
+        )
         metrics |= {"val/best_mAP": self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
         metrics |= self.cost.metrics()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
-            outputs.plot_pr_curve(test, self.run_dir / "pr_curve.png", title=f"{self.config.model.bits} bits, best val epoch {self.best['epoch']}")
+            outputs.plot_pr_curve(
+                test,
+                self.run_dir / "pr_curve.png",
+                title=f"{self.config.model.bits} bits, best val epoch {self.best['epoch']}",
+            )
         self.runtime.report(metrics | {"final": 1.0}, self.run_dir if self.runtime.is_main else None)
         return metrics

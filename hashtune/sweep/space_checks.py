@@ -1,0 +1,97 @@
+"""Checks that read a whole search space: its grid's size (counted, never expanded), feasible bit allocations, every
+arm running at every point, and ASHA's rungs inside the trials' epochs. `load_space` runs them once the space is parsed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from hashtune.config import Config, to_flat_dict
+from hashtune.sweep.space_settings import SpaceError
+from hashtune.train.bits import is_feasible
+
+if TYPE_CHECKING:
+    from hashtune.sweep.space import SearchSpace
+
+__all__ = ["MAX_GRID_POINTS", "check_space"]
+
+
+def check_space(where: str, space: SearchSpace, base: Config) -> None:
+    """Raise `SpaceError` (one line naming `where`) for a space that cannot run as a whole."""
+    _check_grid_size(where, space)
+    _check_feasible(where, space, base)
+    _check_scheduler(where, space, base)
+
+
+MAX_GRID_POINTS = 10_000
+"""The most points a grid space may have (the most trials `benchmarks/bench_scale.py` measures a sweep at)."""
+
+
+def _check_grid_size(where: str, space: SearchSpace) -> None:
+    """Refuse a grid too large to run, counted from its dimensions (expanding 2.6e10 points would fill memory)."""
+    if space.search != "grid":
+        return
+    seeds = space.replicates.seeds if space.replicates else space.seeds
+    dimensions = [len(space.variants) or 1, len(seeds)] + [len(domain.values) for domain in space.params.values()]
+    points = math.prod(dimensions)
+    if points > MAX_GRID_POINTS:
+        raise SpaceError(
+            f"{where}: the grid has {points:,} points ({' x '.join(map(str, dimensions))}: variants, seeds, then each "
+            f"param's values); at most {MAX_GRID_POINTS:,}: use search: tpe or random with num_samples instead"
+        )
+
+
+def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
+    """ASHA's rungs must fit inside the trials' epochs (they are counted in epochs)."""
+    if space.scheduler["type"] != "asha":
+        return
+    epochs = base.replace(space.fixed).train.epochs
+    grace = space.scheduler.get("grace_period", max(1, epochs // 6))
+    factor = space.scheduler.get("reduction_factor", 3)
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= epochs:
+        raise SpaceError(
+            f"{where}: scheduler.grace_period must be an integer in [1, train.epochs={epochs}], got {grace!r}"
+        )
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+        raise SpaceError(f"{where}: scheduler.reduction_factor must be a number > 1, got {factor!r}")
+
+
+def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:
+    if space.search == "grid":
+        feasible, infeasible = space.grid_points(base)
+        if not feasible:
+            raise SpaceError(
+                f"{where}: every one of the {len(infeasible)} grid points has an infeasible model.bits/model.k_groups "
+                "allocation"
+            )
+        _check_arms_run_together(where, space, feasible, infeasible)
+        return
+    bits = _values(space, base, "model.bits")
+    groups = _values(space, base, "model.k_groups")
+    if not any(
+        is_feasible(base.replace({**space.fixed, "model.bits": b, "model.k_groups": k})) for b in bits for k in groups
+    ):
+        raise SpaceError(f"{where}: no model.bits in {sorted(bits)} works with any model.k_groups in {sorted(groups)}")
+
+
+def _check_arms_run_together(where: str, space: SearchSpace, feasible: list[dict], infeasible: list[dict]) -> None:
+    """A variant infeasible at a grid point where another variant runs would silently drop out of a comparison."""
+    if len(space.variants) < 2:
+        return
+    running = {point["label"].removeprefix(point["variant"]).strip() for point in feasible}
+    for point in infeasible:
+        at = point["label"].removeprefix(point["variant"]).strip()
+        if at in running:
+            raise SpaceError(
+                f"{where}: variant {point['variant']!r} has an infeasible model.bits/model.k_groups allocation at "
+                f"{at!r}, where other variants run; change its k_groups or bits so every arm runs at every point"
+            )
+
+
+def _values(space: SearchSpace, base: Config, key: str) -> list:
+    """The values a key can take in a search (an int range expanded), or its fixed/base value."""
+    if key in space.params:
+        domain = space.params[key]
+        return list(range(domain.values[0], domain.values[1] + 1)) if domain.kind == "int" else list(domain.values)
+    return [to_flat_dict(base.replace(space.fixed))[key]]
