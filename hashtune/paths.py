@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-__all__ = ["MAX_NAME", "RESULTS_DIR", "SPACES_PACKAGE", "shipped_spaces", "check_name"]
+__all__ = ["MAX_NAME", "RESULTS_DIR", "SPACES_PACKAGE", "shipped_spaces", "check_name", "no_world_write"]
 
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -41,3 +42,12 @@ def check_name(name: str, what: str) -> str:
             f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME} (it names folders and files)"
         )
     return name
+
+
+def no_world_write() -> int:
+    """Add `o-w` to this process's umask (every command calls it first): stores, checkpoints, bundles and studies
+    are then never writable by other users, whatever umask the shell passed on; a stricter one is kept.
+    Returns the umask now in force."""
+    umask = os.umask(0) | 0o002
+    os.umask(umask)
+    return umask

@@ -10,8 +10,20 @@ from benchmarks import bench_metrics, digits_baselines
 def test_bench_metrics_table(tmp_path):
     out = tmp_path / "metrics.md"
     bench_metrics.main(["--scale", "0.01", "--out", str(out)])
-    text = out.read_text()
-    assert "| CIFAR-10-sized, mAP@all | 10 x 540 |" in text and "True" in text and "False" not in text
+    rows = [
+        line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    header, rows = [cell.strip() for cell in rows[0]], [[cell.strip() for cell in row] for row in rows[1:]]
+    assert [row[0] for row in rows] == [
+        "CIFAR-10-sized, mAP@all",
+        "ImageNet-100-sized, mAP@1000",
+        "NUS-WIDE-shaped (21 labels, multi-label), mAP@5000",
+    ]
+    assert rows[0][1] == "10 x 540"
+    for row in map(dict, (zip(header, row) for row in rows)):
+        assert row["agree to 1e-9"] == "True" and 0.0 < float(row["mAP"]) <= 1.0  # the kernel equals the argsort loop
+        assert float(row["hashtune s (best of 5)"]) > 0 and float(row["limit s (best of 5)"]) > 0
+        assert row["hashtune / limit"].endswith("x") and row["speed-up over the loop"].endswith("x")
 
 
 def test_digits_baselines_table(tmp_path):

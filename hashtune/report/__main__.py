@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from hashtune.config import ConfigError, require_val_metric
-from hashtune.paths import RESULTS_DIR
+from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.report.build import build_report
 from hashtune.report.runs import ReportError
 from hashtune.tracking import resolve_tracking
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
 
     args = build_parser().parse_args(argv)
+    no_world_write()
     try:
         require_val_metric(args.metric)
         uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)

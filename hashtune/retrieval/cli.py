@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashtune.paths import no_world_write
 from hashtune.retrieval.bundle import BundleError
 from hashtune.retrieval.retriever import Retriever, SearchResult, evaluate_bundle
 
@@ -67,6 +68,7 @@ def _evaluate(bundle: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    no_world_write()
     try:
         if args.eval:
             return _evaluate(args.bundle)

@@ -30,7 +30,7 @@ from hashtune.config import ConfigError, config_from_dict, require_val_metric, s
 from hashtune.data import Splits
 from hashtune.data.datasets import native_size
 from hashtune.metrics import pack_codes, retrieval_metrics
-from hashtune.paths import RESULTS_DIR
+from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.retrieval.bundle import BundleError, write_manifest
 from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
 from hashtune.tracking import best_finished_run, resolve_tracking
@@ -247,6 +247,7 @@ def _index_options(args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    no_world_write()
     try:
         if args.run_dir is not None:
             state = load_checkpoint(args.run_dir)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from hashtune.config import Config, ConfigError, load_config, parse_overrides
-from hashtune.paths import RESULTS_DIR
+from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.sweep.base import BaseError, tuned_base
 from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    no_world_write()
     from hashtune.train.local_ray import LocalRayError  # Ray: not for --help
 
     try:

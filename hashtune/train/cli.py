@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from hashtune.config import Config, ConfigError, load_config
+from hashtune.paths import no_world_write
 from hashtune.train.checkpoint import CheckpointError
 from hashtune.train.steps import NonFiniteLossError
 from hashtune.train.trainer import fit
@@ -72,6 +73,7 @@ def _check_out(out: Path, resume: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    no_world_write()
     out = args.out or args.resume
     if out is None:
         print("hashtune.train: error: give --out DIR (or --resume DIR)", file=sys.stderr)

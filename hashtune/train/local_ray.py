@@ -8,10 +8,13 @@ State API), with its daemons blocking SIGTERM; `shutdown_ray` ends a Ray it star
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
-__all__ = ["LocalRayError", "check_local_ray_temp_dir", "init_ray", "shutdown_ray"]
+__all__ = ["LocalRayError", "check_local_ray_temp_dir", "init_ray", "private_ray_temp_dir", "shutdown_ray"]
 
 # The longest Unix socket a local Ray 2.60 makes under its temp dir: session folder (pid up to 7 digits) + the
 # longest dashboard module socket (MetricsHead: the one that failed on CI under pytest-102).
@@ -37,8 +40,15 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
         ray.init(address=address, log_to_driver=False)
     else:
         check_local_ray_temp_dir()
+        temp_dir = private_ray_temp_dir()
         with _daemons_block_sigterm():
-            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=False,
+                _temp_dir=temp_dir,
+            )
     return True
 
 
@@ -74,6 +84,29 @@ def check_local_ray_temp_dir() -> None:
             f"Ray's temp dir {ray_dir!r} is too long for its Unix sockets ({longest} > {_MAX_SOCKET_PATH} bytes): "
             f"set RAY_TMPDIR to a folder of at most {room} characters, e.g. RAY_TMPDIR=/tmp"
         )
+
+
+def private_ray_temp_dir(environ: Mapping[str, str] = os.environ, parent: str = "/tmp") -> str | None:
+    """Where a local Ray keeps its sessions: Ray's own choice when `RAY_TMPDIR` or `TMPDIR` names a folder, else
+    `<parent>/hashtune-ray-<uid>/ray`, inside a folder only this user may enter (0700).
+
+    Ray makes its session folders (sockets, logs, runtime resources) 0777 without the sticky bit, so under a
+    shared /tmp/ray any user of the machine could write into them; behind a 0700 parent no one else reaches them.
+    """
+    if environ.get("RAY_TMPDIR") or environ.get("TMPDIR"):
+        return None
+    private = Path(parent) / f"hashtune-ray-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        private.mkdir(mode=0o700)
+    info = os.lstat(private)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise LocalRayError(
+            f"{private} is not a folder of yours (uid {info.st_uid}, mode {stat.filemode(info.st_mode)}): "
+            "remove it, or set RAY_TMPDIR to a folder of your own"
+        )
+    if info.st_mode & 0o077:
+        private.chmod(0o700)
+    return str(private / "ray")
 
 
 @contextlib.contextmanager
