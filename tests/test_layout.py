@@ -129,3 +129,12 @@ def test_wheel_ships_every_space_and_resolves_them_outside_the_repo(tmp_path):
         check=True,
     ).stdout.split()
     assert found[0] == "ablations" and found[1].startswith(str(site))
+
+
+def test_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    tree = layout[layout.index("```") : layout.index("```", layout.index("```") + 3)]
+    named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", tree))
+    modules = [path for path in PACKAGE.rglob("*.py") if path.stem not in ("__init__", "__main__")]
+    assert sorted(str(path.relative_to(ROOT)) for path in modules if path.stem not in named) == []
