@@ -671,6 +671,9 @@ def _start_cluster(nodes: int):
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_TMPDIR"] = RAY_TMPDIR
+    # the nodes listen on 127.0.0.1 only; without this, Ray resolves a loopback address to the host's outward IP
+    # (`resolve_ip_for_localhost`), where no node listens: the launches (children) inherit it
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
     )
@@ -678,6 +681,7 @@ def _start_cluster(nodes: int):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     return cluster
+
 
 
 def main(argv=None) -> None:

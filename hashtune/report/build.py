@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hashtune.data.protocol import PROTOCOLS
-from hashtune.report.importance import parameter_importances, rebuild_study
+from hashtune.report.importance import FANOVA_MAX_TRIALS, parameter_importances, rebuild_study
 from hashtune.report.k_sensitivity import SELECTION_METRIC, k_findings, k_versus_best, k_versus_best_markdown
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
@@ -204,14 +204,20 @@ def _sensitivity_files(folder: _StudyFolder, study: Study) -> list[str]:
 
 
 def _importance_files(folder: _StudyFolder, study: Study, metric: str) -> None:
-    importances = parameter_importances(rebuild_study(study.runs, metric))
+    rebuilt = rebuild_study(study.runs, metric)
+    importances = parameter_importances(rebuilt)
     if not importances:
         return
+    ranked = len(rebuilt.trials)
+    sampled = (
+        f"; fANOVA on a seeded sample of {FANOVA_MAX_TRIALS} of its {ranked}" if ranked > FANOVA_MAX_TRIALS else ""
+    )
     rows = [f"{name},{param},{value:.6f}" for name, values in importances.items() for param, value in values.items()]
     folder.write(
         "importance.csv",
         "evaluator,parameter,importance\n" + "\n".join(rows) + "\n",
-        f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished runs)",
+        f"parameter importance for `{metric}` (Optuna fANOVA and PED-ANOVA on a study rebuilt from the finished "
+        f"runs{sampled})",
     )
     folder.add(plot_importance(importances, folder.out / "importance.png"), "the same as bar charts")
 
