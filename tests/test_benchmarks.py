@@ -22,8 +22,9 @@ def test_bench_metrics_table(tmp_path):
     assert rows[0][1] == "10 x 540"
     for row in map(dict, (zip(header, row) for row in rows)):
         assert row["agree to 1e-9"] == "True" and 0.0 < float(row["mAP"]) <= 1.0  # the kernel equals the argsort loop
-        assert float(row["hashtune s (best of 5)"]) > 0 and float(row["limit s (best of 5)"]) > 0
-        assert row["hashtune / limit"].endswith("x") and row["speed-up over the loop"].endswith("x")
+        assert float(row["hashtune s (best of 5)"]) >= 0 and float(row["limit s (best of 5)"]) >= 0  # ms at this size
+        assert float(row["argsort loop s"]) > 0 and float(row["speed-up over the loop"].removesuffix("x")) > 0
+        assert row["hashtune / limit"].endswith("x")
 
 
 def test_digits_baselines_table(tmp_path):

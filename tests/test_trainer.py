@@ -26,7 +26,8 @@ SMALL = [
 
 
 def small_config(*overrides):
-    return load_config(overrides=SMALL + list(overrides))
+    given = {pair.split("=")[0] for pair in overrides}  # a key is given once: the test's value replaces SMALL's
+    return load_config(overrides=[pair for pair in SMALL if pair.split("=")[0] not in given] + list(overrides))
 
 
 def test_warmup_cosine_schedule():

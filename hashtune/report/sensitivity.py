@@ -45,7 +45,7 @@ class SensitivityTable:
         rows = [[f"K={k}"] + [self.cell_text(k, b) for b in self.bits] for k in self.k_values]
         return markdown_table(["K"] + [f"{b} bits" for b in self.bits], rows)
 
-    def tocsv_table(self) -> str:
+    def to_csv(self) -> str:
         rows = []
         for k in self.k_values:
             for b in self.bits:

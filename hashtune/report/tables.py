@@ -128,7 +128,7 @@ class AblationTable:
         p_value = "" if math.isnan(d.p_value) else f", p={d.p_value:.3f}"
         return f"{d.difference.mean:+.3f}{interval}{p_value} ({d.wins}/{d.n} seeds higher)"
 
-    def tocsv_table(self) -> str:
+    def to_csv(self) -> str:
         header = [
             "variant",
             "bits",
