@@ -683,7 +683,6 @@ def _start_cluster(nodes: int):
     return cluster
 
 
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
