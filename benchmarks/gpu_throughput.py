@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from benchmarks._table import markdown_table, write_report
-from hashtune.config import load_config, to_flat_dict
+from hashtune.config import load_config, parse_overrides, to_flat_dict
 from hashtune.train.runtime import LocalRuntime, resolve_device
 from hashtune.train.symmetric import SymmetricStrategy
 from hashtune.train.trainer import build_model, build_optimizer
@@ -132,8 +132,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", default="results/gpu_throughput.md")
     args = parser.parse_args(argv)
-    overrides = VIT_B + (TINY if args.tiny else []) + [f"train.batch_size={args.batch_size}"]
-    fp32, bf16 = (load_config(overrides=overrides + [f"train.precision={precision}"]) for precision in ("fp32", "bf16"))
+    # TINY replaces some of ViT-B's keys: merged as mappings (a key given twice in one list is refused)
+    overrides = (
+        parse_overrides(VIT_B) | (parse_overrides(TINY) if args.tiny else {}) | {"train.batch_size": args.batch_size}
+    )
+    fp32, bf16 = (load_config(overrides=overrides | {"train.precision": precision}) for precision in ("fp32", "bf16"))
     device = resolve_device(bf16.train.device)
     rates = {
         "plain loop, fp32": measure(fp32, LocalRuntime(device), images=args.images, epochs=args.epochs),
