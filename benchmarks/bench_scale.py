@@ -274,6 +274,9 @@ def _launches(folder: Path) -> list[dict]:
 
 
 def _folder_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (0 when it does not exist)."""
+    if path.is_file():
+        return path.stat().st_size
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) if path.exists() else 0
 
 
@@ -533,7 +536,12 @@ def target_lines(records: dict[Row, dict]) -> list[str]:
     return lines
 
 
-def write_scale_report(args: argparse.Namespace, records: dict[Row, dict], planned: list[Row]) -> None:
+def write_scale_report(
+    args: argparse.Namespace,
+    records: dict[Row, dict],
+    planned: list[Row],
+    unfinished: dict[Row, list[float]] | None = None,
+) -> None:
     header = [
         "trials",
         "N",
@@ -566,6 +574,16 @@ def write_scale_report(args: argparse.Namespace, records: dict[Row, dict], plann
         if len(records) == len(planned)
         else f"**Partial: {len(records)} of {len(planned)} rows done; the same command continues.** "
     )
+    for row, spacing in (unfinished or {}).items():
+        partial += (
+            f"Unfinished: {row.label}, N = {row.trials:,}, {row.arm}, stopped after {500 * len(spacing):,}+ trials; "
+            f"seconds between trials per 500 trials: {', '.join(f'{value:.3f}' for value in spacing)}. "
+        )
+    if args.stock_max_trials is not None:
+        partial += (
+            f"The stock stack runs the rows up to N = {args.stock_max_trials:,} (`--stock-max-trials`): no target "
+            "compares it beyond. "
+        )
     notes = (
         f"{partial}Each row is one sweep in its own process, rows one after the other in one benchmark run on this "
         "machine; "
@@ -654,6 +672,9 @@ def run_benchmark(args: argparse.Namespace, keep: Path) -> None:
             if row.nodes > 1:
                 cluster = cluster or _start_cluster(row.nodes)
                 address = cluster.address
+            elif cluster is not None:  # a local row after the cluster's: its launch would join the cluster instead
+                _stop_cluster(cluster)
+                cluster = None
             records[row] = run_row(row, keep / row.slug, address)
             print(
                 f"bench_scale: {row.label}, N={row.trials}, {row.arm}: {_per_trial(records[row], 'wall_s'):.3f} s per "
@@ -663,7 +684,7 @@ def run_benchmark(args: argparse.Namespace, keep: Path) -> None:
             write_scale_report(args, records, planned)
     finally:
         if cluster is not None:
-            cluster.shutdown()
+            _stop_cluster(cluster)
 
 
 def _start_cluster(nodes: int):
@@ -681,6 +702,44 @@ def _start_cluster(nodes: int):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     return cluster
+
+
+def report_kept(args: argparse.Namespace, keep: Path) -> None:
+    """`--report-only`: the report of the rows finished in `keep` (store sizes read from its folders now), and the
+    per-trial spacing of each unfinished row so far; runs nothing."""
+    planned, records, unfinished = planned_rows(args), {}, {}
+    for row in planned:
+        folder = keep / row.slug
+        if (folder / "record.json").is_file():
+            record = json.loads((folder / "record.json").read_text())
+            record["mlflow_bytes"] = _folder_bytes(folder / "mlflow.db") + _folder_bytes(folder / "mlartifacts")
+            records[row] = record
+        elif (folder / "mlflow.db").is_file():
+            unfinished[row] = _spacing_by_block(row, folder)
+    if not records:
+        raise SystemExit(f"bench_scale: no row has finished in {keep}; run without --report-only")
+    write_scale_report(args, records, planned, unfinished)
+
+
+def _spacing_by_block(row: Row, folder: Path, block: int = 500) -> list[float]:
+    """Seconds between consecutive trials' MLflow end times, averaged over each `block` of trials (in end order)."""
+    from mlflow import MlflowClient
+
+    from hashtune.tracking import find_runs
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(row.slug)
+    ends = sorted(run.info.end_time for run in find_runs(client, experiment.experiment_id) if run.info.end_time)
+    return [
+        (ends[start + block - 1] - ends[start]) / 1000.0 / (block - 1)
+        for start in range(0, len(ends) - block + 1, block)
+    ]
+
+
+def _stop_cluster(cluster) -> None:
+    """Shut the simulated cluster down (its address file goes with it) and let Ray resolve addresses as before."""
+    cluster.shutdown()
+    os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
 
 
 def main(argv=None) -> None:
@@ -704,6 +763,7 @@ def main(argv=None) -> None:
         help="keep every row's stores here and continue what is there (default: a temporary folder)",
     )
     parser.add_argument("--out", default="results/bench_scale.md")
+    parser.add_argument("--report-only", action="store_true", help="write the report of the rows finished in --keep")
     parser.add_argument("--launch", help=argparse.SUPPRESS)  # internal: one launch of a row, in a child process
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
@@ -718,7 +778,11 @@ def main(argv=None) -> None:
         return
     Path(RAY_TMPDIR).mkdir(exist_ok=True)
     try:
-        if args.keep:
+        if args.report_only:
+            if not args.keep:
+                raise SystemExit("bench_scale: --report-only reads the rows kept by --keep DIR")
+            report_kept(args, args.keep.absolute())
+        elif args.keep:
             run_benchmark(args, args.keep.absolute())
         else:
             with tempfile.TemporaryDirectory() as scratch:
