@@ -15,6 +15,12 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+def with_overrides(base: list[str], overrides: list[str]) -> list[str]:
+    """`base` overrides with each key that `overrides` gives replaced by its value there (a key may be given once)."""
+    given = {pair.split("=")[0] for pair in overrides}
+    return [pair for pair in base if pair.split("=")[0] not in given] + list(overrides)
+
+
 def write_cifar_folder(root: Path, per_batch: int, seed: int = 0) -> Path:
     """A `cifar-10-batches-py` folder with `per_batch` images per batch, classes round-robin."""
     folder = root / "cifar-10-batches-py"

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_cifar_folder, write_listfile_folder
+from conftest import with_overrides, write_cifar_folder, write_listfile_folder
 
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
@@ -182,19 +182,7 @@ TRAIN_OVERRIDE_CASES = {
 def test_train_refuses_inconsistent_config_before_writing(case, tmp_path, capsys):
     overrides, message = TRAIN_OVERRIDE_CASES[case]
     out = tmp_path / "run"
-    given = {pair.split("=")[0] for pair in overrides}  # a key may be given once: the case's value replaces TINY's
-    assert (
-        train_main(
-            [
-                "--out",
-                str(out),
-                "--no-progress",
-                *[pair for pair in TINY if pair.split("=")[0] not in given],
-                *overrides,
-            ]
-        )
-        == 2
-    )
+    assert train_main(["--out", str(out), "--no-progress", *with_overrides(TINY, overrides)]) == 2
     assert message in _one_error_line(capsys, "hashtune.train: error:")
     assert not out.exists()
 

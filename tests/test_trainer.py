@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import with_overrides
 
 from hashtune.config import load_config
 from hashtune.data import build_retrieval_data
@@ -26,8 +27,7 @@ SMALL = [
 
 
 def small_config(*overrides):
-    given = {pair.split("=")[0] for pair in overrides}  # a key is given once: the test's value replaces SMALL's
-    return load_config(overrides=[pair for pair in SMALL if pair.split("=")[0] not in given] + list(overrides))
+    return load_config(overrides=with_overrides(SMALL, list(overrides)))
 
 
 def test_warmup_cosine_schedule():
