@@ -46,7 +46,14 @@ PARAMS = {"train.lr": (3.0e-4, 1.0e-2), "loss.gamma": (1.0, 50.0), "loss.quant_w
 """The searched keys (log-uniform) of every row."""
 INSTANT_EPOCHS = 9
 """Instant trials report once, at this epoch (ASHA's max_t); ASHA: grace period 1, reduction factor 3."""
-TINY = {"model.depth": 1, "model.embed_dim": 16, "model.num_heads": 2, "train.epochs": 1, "train.eval_every": 1}
+TINY = {
+    "model.depth": 1,
+    "model.embed_dim": 16,
+    "model.num_heads": 2,
+    "train.epochs": 1,
+    "train.eval_every": 1,
+    "train.warmup_epochs": 0,
+}
 ARMS = ("hashtune", "stock")
 TARGET_STOCK, TARGET_FLAT, TARGET_SECONDS = 1.2, 1.5, 60.0
 RAY_TMPDIR = "/tmp/bench_scale_ray"
@@ -93,7 +100,7 @@ class Row:
 
 def space_yaml(row: Row) -> str:
     """hashtune's space for a row (the stock stack is given the same domains, sampler seed and ASHA)."""
-    fixed = {"train.epochs": INSTANT_EPOCHS} if row.scenario == "instant" else TINY
+    fixed = {"train.epochs": INSTANT_EPOCHS, "train.warmup_epochs": 0} if row.scenario == "instant" else TINY
     lines = [
         "search: tpe",
         "metric: val/best_mAP",

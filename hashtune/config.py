@@ -25,6 +25,7 @@ from hashtune.strict_yaml import YamlError, read_yaml
 
 __all__ = [
     "ConfigError",
+    "check_schedule",
     "config_from_params",
     "DataConfig",
     "ModelConfig",
@@ -113,6 +114,7 @@ class TrainConfig:
     epochs: int = 300
     """Epochs; for the asymmetric strategy, outer iterations of `asym_inner_epochs` passes over a sample."""
     warmup_epochs: int = 10
+    """Epochs of linear learning-rate warmup before the cosine decay; below `epochs` (0 for none)."""
     eval_every: int = 25
     seed: int = 0
     device: str = "auto"
@@ -230,6 +232,16 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: expected at least {MINIMUM[key][0]} ({MINIMUM[key][1]}), got {value!r}")
     if key in MAXIMUM and value > MAXIMUM[key][0]:
         raise ConfigError(f"{key}: expected at most {MAXIMUM[key][0]} ({MAXIMUM[key][1]}), got {value!r}")
+
+
+def check_schedule(config: Config) -> None:
+    """Refuse a warmup the run never finishes: its learning rate would never reach `train.lr`."""
+    warmup, epochs = config.train.warmup_epochs, config.train.epochs
+    if warmup and warmup >= epochs:
+        raise ConfigError(
+            f"train.warmup_epochs={warmup} is not below train.epochs={epochs}: the learning rate would never reach "
+            f"train.lr; give train.warmup_epochs in [0, {epochs - 1}]"
+        )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,7 +8,7 @@ from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
 from hashtune.train.model import create_backbone
 
-TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1"]
+TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1", "train.warmup_epochs=0"]
 
 
 def _space(tmp_path, text: str) -> str:
@@ -175,6 +175,11 @@ TRAIN_OVERRIDE_CASES = {
         "model.k_groups=5 exceeds the 4 patch tokens",
     ),
     "an infinite learning rate": (["train.lr=inf"], "train.lr: expected a finite number, got inf"),
+    "a warmup the run never finishes": (
+        ["train.epochs=2", "train.warmup_epochs=2"],
+        "train.warmup_epochs=2 is not below train.epochs=2: the learning rate would never reach train.lr; give "
+        "train.warmup_epochs in [0, 1]",
+    ),
 }
 
 
@@ -248,6 +253,14 @@ SPACE_TEXT_CASES = {
             )
         ),
         "the grid has 25,600,000,000 points (1 x 1 x 20 x 20 x 20 x 20 x 20 x 20 x 20 x 20",
+    ),
+    "a warmup longer than one variant's epochs": (
+        "fixed: {train.warmup_epochs: 5}\nvariants:\n  full: {}\n  short: {train.epochs: 3}\n",
+        "train.warmup_epochs=5 is not below train.epochs=3",
+    ),
+    "a warmup longer than the fewest epochs searched": (
+        "search: grid\nparams: {train.epochs: {grid: [4, 300]}}\n",
+        "train.warmup_epochs=10 is not below train.epochs=4",
     ),
     "YAML aliases (billion laughs)": (
         'a: &a ["lol", "lol"]\nb: &b [*a, *a]\nc: [*b, *b]\n',

@@ -30,7 +30,18 @@ def test_bench_metrics_table(tmp_path):
 def test_digits_baselines_table(tmp_path):
     out = tmp_path / "baselines.md"
     digits_baselines.main(
-        ["--bits", "16", "--seeds", "0", "--extra", "train.epochs=1", "model.depth=2", "--out", str(out)]
+        [
+            "--bits",
+            "16",
+            "--seeds",
+            "0",
+            "--extra",
+            "train.epochs=1",
+            "train.warmup_epochs=0",
+            "model.depth=2",
+            "--out",
+            str(out),
+        ]
     )
     rows = {
         line.split("|")[1].strip(): line.split("|")[2].strip()
@@ -64,7 +75,7 @@ def ray_session():
 def test_ray_benchmarks_at_tiny_size(tmp_path, ray_session):
     from benchmarks import bench_ray_overhead, gpu_throughput
 
-    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
+    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.warmup_epochs=0"]
     bench_ray_overhead.main(["--epochs", "1", "--threads", "2", "--extra", *tiny, "--out", str(tmp_path / "ray.md")])
     assert (tmp_path / "ray.md").read_text().count("| Ray Train |") == 2
     gpu_throughput.main(
@@ -84,7 +95,7 @@ def test_ray_benchmarks_at_tiny_size(tmp_path, ray_session):
 def test_search_benchmark_at_tiny_size(tmp_path, ray_session):
     from benchmarks import bench_search
 
-    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2"]
+    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.warmup_epochs=0"]
     out, keep = tmp_path / "search.md", tmp_path / "keep"
     arguments = [
         "--trials",

@@ -17,6 +17,7 @@ from hashtune.train.trainer import build_model
 CONFIG = [
     "model.depth=1",
     "model.embed_dim=16",
+    "train.warmup_epochs=0",
     "model.num_heads=2",
     "model.bits=16",
     "model.k_groups=2",

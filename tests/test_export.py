@@ -25,6 +25,7 @@ from hashtune.train.trainer import fit
 TINY = [
     "model.depth=1",
     "model.embed_dim=16",
+    "train.warmup_epochs=0",
     "model.num_heads=2",
     "train.epochs=2",
     "train.eval_every=1",

@@ -36,7 +36,14 @@ def two_node_cluster(monkeypatch):
 def test_two_workers_spread_over_two_nodes(two_node_cluster, tmp_path):
     assert len([node for node in ray.nodes() if node["Alive"]]) == 2
     config = load_config(
-        overrides=["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "train.epochs=2", "train.eval_every=1"]
+        overrides=[
+            "model.depth=2",
+            "model.embed_dim=32",
+            "model.num_heads=2",
+            "train.epochs=2",
+            "train.eval_every=1",
+            "train.warmup_epochs=0",
+        ]
     )
     metrics = fit_distributed(config, run_dir=tmp_path / "run", workers=2, placement_strategy="SPREAD")
     assert metrics["epoch"] == 2 and "test/mAP" in metrics

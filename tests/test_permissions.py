@@ -58,7 +58,14 @@ def test_a_run_folder_and_its_checkpoint_are_not_world_writable(tmp_path, permis
     from hashtune.train.cli import main as train_main
 
     out = tmp_path / "run"
-    tiny = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=1", "train.eval_every=1"]
+    tiny = [
+        "model.depth=1",
+        "model.embed_dim=16",
+        "model.num_heads=2",
+        "train.epochs=1",
+        "train.eval_every=1",
+        "train.warmup_epochs=0",
+    ]
     assert train_main(["--out", str(out), "--no-progress", *tiny]) == 0
     assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
     assert _world_writable(out) == []

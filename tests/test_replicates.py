@@ -189,7 +189,7 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     space = tmp_path / "rep.yaml"
     space.write_text(
         "search: grid\nmax_concurrent: 2\nreplicates: {min: 3, max: 6, step: 3, delta: 0.02}\nfixed:\n  train.epochs: "
-        "2\n"
+        "2\n  train.warmup_epochs: 0\n"
         "variants:\n  full: {}\n  w/o Q: {loss.quant_weight: 0.0}\n  same: {loss.gamma: 2.0}\n  noisy: "
         "{loss.cls_weight: 0.5}\n"
     )

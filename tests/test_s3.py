@@ -16,7 +16,14 @@ from hashtune.train.cli import main as train_main
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BUCKET = "hashtune-test"
-TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "train.epochs=2", "train.eval_every=1"]
+TINY = [
+    "model.depth=1",
+    "model.embed_dim=16",
+    "model.num_heads=2",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.warmup_epochs=0",
+]
 
 
 def _free_port() -> int:

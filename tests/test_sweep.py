@@ -18,7 +18,9 @@ from hashtune.sweep.cli import main as sweep_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
-TINY = "  train.eval_every: 1\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"
+TINY = (
+    "  train.eval_every: 1\n  train.warmup_epochs: 0\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -144,8 +146,9 @@ def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
     # the only one recorded) stops it, whatever the defaults are (a random search left that to sampled learning rates)
     space.write_text(
         "search: grid\nmax_concurrent: 1\nworkers: 1\nseeds: [0]\n"
-        "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}\nfixed:\n  train.epochs: 4\n  "
-        "train.warmup_epochs: 0\n" + TINY + "variants:\n  learns: {train.lr: 1.0e-2}\n  frozen: {train.lr: 1.0e-9}\n"
+        "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}\nfixed:\n  train.epochs: 4\n"
+        + TINY
+        + "variants:\n  learns: {train.lr: 1.0e-2}\n  frozen: {train.lr: 1.0e-9}\n"
     )
     assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

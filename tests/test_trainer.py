@@ -118,7 +118,7 @@ def test_non_finite_loss_fails_the_run(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign"])
 def test_damaged_checkpoint_is_one_clear_error(tmp_path, damage):
-    fit(small_config("train.epochs=1"), run_dir=tmp_path)
+    fit(small_config("train.epochs=1", "train.warmup_epochs=0"), run_dir=tmp_path)
     path = tmp_path / "checkpoint.pt"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -169,6 +169,7 @@ def test_list_file_protocols_log_the_literatures_cut_off(listfile_root, tmp_path
             "model.patch_size=4",
             "model.depth=1",
             "model.embed_dim=16",
+            "train.warmup_epochs=0",
             "model.num_heads=2",
             "train.epochs=1",
         ]

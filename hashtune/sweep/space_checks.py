@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from hashtune.config import Config, to_flat_dict
+from hashtune.config import Config, ConfigError, check_schedule, to_flat_dict
 from hashtune.sweep.space_settings import SpaceError
 from hashtune.train.bits import is_feasible
 
@@ -22,6 +22,7 @@ def check_space(where: str, space: SearchSpace, base: Config) -> None:
     _check_grid_size(where, space)
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)
+    _check_warmup(where, space, base)
 
 
 MAX_GRID_POINTS = 10_000
@@ -55,6 +56,19 @@ def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
         )
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
         raise SpaceError(f"{where}: scheduler.reduction_factor must be a number > 1, got {factor!r}")
+
+
+def _check_warmup(where: str, space: SearchSpace, base: Config) -> None:
+    """Every arm's longest warmup below its fewest epochs (the trainer's rule, over what the space can sample)."""
+    for variant in space.variants.values() if space.variants else [{}]:
+        arm = base.replace({**space.fixed, **variant})
+        epochs, warmups = (
+            _domain_values(space, key) or [to_flat_dict(arm)[key]] for key in ("train.epochs", "train.warmup_epochs")
+        )
+        try:
+            check_schedule(arm.replace({"train.epochs": min(epochs), "train.warmup_epochs": max(warmups)}))
+        except ConfigError as error:
+            raise SpaceError(f"{where}: {error}") from None
 
 
 def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:
@@ -91,7 +105,12 @@ def _check_arms_run_together(where: str, space: SearchSpace, feasible: list[dict
 
 def _values(space: SearchSpace, base: Config, key: str) -> list:
     """The values a key can take in a search (an int range expanded), or its fixed/base value."""
-    if key in space.params:
-        domain = space.params[key]
-        return list(range(domain.values[0], domain.values[1] + 1)) if domain.kind == "int" else list(domain.values)
-    return [to_flat_dict(base.replace(space.fixed))[key]]
+    return _domain_values(space, key) or [to_flat_dict(base.replace(space.fixed))[key]]
+
+
+def _domain_values(space: SearchSpace, key: str) -> list:
+    """The values a searched key can take (an int range expanded); none for a key the space does not search."""
+    if key not in space.params:
+        return []
+    domain = space.params[key]
+    return list(range(domain.values[0], domain.values[1] + 1)) if domain.kind == "int" else list(domain.values)

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from hashtune.config import Config, ConfigError, load_config
+from hashtune.config import Config, ConfigError, check_schedule, load_config
 from hashtune.paths import no_world_write
 from hashtune.train.checkpoint import CheckpointError
 from hashtune.train.steps import NonFiniteLossError
@@ -59,7 +59,9 @@ def resolve_cli_config(args: argparse.Namespace) -> Config:
         if args.config is not None:
             raise ConfigError("--config cannot be combined with --resume: the run keeps the config it was started with")
         return config
-    return load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
+    check_schedule(config)
+    return config
 
 
 def _check_out(out: Path, resume: Path | None) -> None:

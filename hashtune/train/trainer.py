@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hashtune.config import Config, ConfigError, config_from_dict, save_config, to_flat_dict
+from hashtune.config import Config, ConfigError, check_schedule, config_from_dict, save_config, to_flat_dict
 from hashtune.data import RetrievalData, Splits, build_retrieval_data
 from hashtune.metrics import RetrievalMetrics, retrieval_metrics
 from hashtune.train import outputs
@@ -146,6 +146,8 @@ def fit(
         resume_from: a run folder or checkpoint file to continue from (its config must equal `config`).
         show_progress: a progress bar over epochs.
     """
+    if resume_from is None:
+        check_schedule(config)  # a run started before the rule existed may still be continued
     runtime = runtime or LocalRuntime(resolve_device(config.train.device))
     run_dir = Path(run_dir)
     config, state, splits = _restore(config, Path(resume_from) if resume_from else None, runtime.device)
