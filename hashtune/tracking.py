@@ -9,9 +9,13 @@ needs no Ray.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,10 @@ __all__ = [
     "log_infeasible_points",
     "mark_orphans_killed",
     "root_cause",
+    "StoreClient",
+    "StoreUnavailable",
+    "STORE_RETRY_S",
+    "is_transient",
 ]
 
 TAG = "hashtune."
@@ -77,7 +85,9 @@ def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True)
         uri, artifacts = default_tracking_uri(results_dir), (results_dir / "mlartifacts").absolute().as_uri()
     else:
         artifacts = None  # a server decides where artifacts go
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    # MLflow's own retries (7, up to about 4 minutes) off: the start-up check answers at once, and a sweep's calls
+    # ride out an outage through `StoreClient`, whose bound the sweep sets
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         MlflowClient(uri).search_experiments(max_results=1)
@@ -226,3 +236,99 @@ def root_cause(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     causes = [line for line in lines if ("Error:" in line or "Exception:" in line) and not line.startswith("ray.")]
     return causes[-1] if causes else (lines[-1] if lines else message)
+
+
+_logger = logging.getLogger(__name__)
+
+STORE_RETRY_S = 180.0
+"""How long a sweep's MLflow calls wait out a store that does not answer (`hashtune.sweep --store-retry-s`)."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The MLflow store did not answer within the retry bound; nothing it already holds is lost."""
+
+    def __init__(self, uri: str, waited_s: float, cause: Exception) -> None:
+        first_line = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
+        super().__init__(f"the MLflow store {uri} did not answer for {waited_s:.0f} s ({first_line})")
+        self.uri, self.waited_s = uri, waited_s
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an MLflow call failed because the store did not answer (refused, reset, timed out, 429/5xx after
+    MLflow's own retries), not because the request was wrong: what a retry can fix."""
+    import requests
+
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    text = str(error)
+    return text.startswith("API request to ") and (
+        "failed with exception" in text or "failed with timeout exception" in text
+    )
+
+
+def _never_sent(error: BaseException) -> bool:
+    """A failure before the request reached the store (so a create can be sent again without making two)."""
+    text = str(error)
+    return any(sign in text for sign in ("Connection refused", "NewConnectionError", "Name or service not known"))
+
+
+class StoreClient:
+    """An `MlflowClient` whose calls ride out an outage of the store: a call that fails because the store does not
+    answer is sent again with backoff (0.5 s doubling to 30 s) until it answers or `retry_s` have passed since its
+    first failure, then `StoreUnavailable` says so in one line.
+
+    Every call is safe to send again: MLflow keeps one value per param, tag and (metric, step, timestamp), and
+    `set_terminated` is idempotent; `create_run` alone is sent again only when the store never received it.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        retry_s: float = STORE_RETRY_S,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self._client, self.uri, self.retry_s, self._sleep, self._clock = MlflowClient(uri), uri, retry_s, sleep, clock
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._client.tracking_uri
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def retried(*args, **kwargs):
+            return self._call(name, attribute, args, kwargs)
+
+        return retried
+
+    def _call(self, name: str, method, args: tuple, kwargs: dict):
+        first_failure, delay = None, 0.5
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                if name == "create_run" and not _never_sent(error):  # it may have been made: a resume finds it
+                    raise StoreUnavailable(self.uri, 0.0, error) from error
+                now = self._clock()
+                if first_failure is None:
+                    first_failure = now
+                    _logger.warning(
+                        "the MLflow store %s did not answer %s (%s); retrying for up to %g s",
+                        self.uri,
+                        name,
+                        str(error).splitlines()[0][:200],
+                        self.retry_s,
+                    )
+                if now - first_failure >= self.retry_s:
+                    raise StoreUnavailable(self.uri, now - first_failure, error) from error
+                self._sleep(min(delay, first_failure + self.retry_s - now))
+                delay = min(2 * delay, 30.0)

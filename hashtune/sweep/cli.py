@@ -24,7 +24,7 @@ from hashtune.sweep.base import BaseError, tuned_base
 from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
 from hashtune.sweep.space_settings import parse_budget
-from hashtune.tracking import resolve_tracking
+from hashtune.tracking import STORE_RETRY_S, StoreClient, StoreUnavailable, resolve_tracking
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap the sweep's cost, as a space's `budget:` (and replacing it), e.g. '{cpu_hours: 2}' or "
         "'{gpu_hours: 8, hard: true, usd_per_gpu_hour: 3.06}'; a resumed sweep keeps the budget it started with",
     )
+    parser.add_argument(
+        "--store-retry-s",
+        type=float,
+        default=STORE_RETRY_S,
+        help=f"how long MLflow calls wait out a store that does not answer before the sweep stops for --resume "
+        f"(exit 75; default {STORE_RETRY_S:g})",
+    )
     return parser
 
 
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"--max-concurrent must be at least 1, got {args.max_concurrent} (leave it out for the space's "
                 "max_concurrent)"
             )
+        if not args.store_retry_s >= 0:
+            raise SpaceError(f"--store-retry-s must be a number of seconds >= 0, got {args.store_retry_s}")
         base = load_config(overrides=args.overrides)
         space = load_space(args.space, base)
         base, space, provenance = _tuned(args, base, space)
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     if summary.get("best"):
-        _report(summary, Path(args.results_dir))
+        _report(summary, Path(args.results_dir), args.store_retry_s)
     return 0 if summary.get("best") else 1
 
 
@@ -102,10 +111,8 @@ def _tuned(args, base: Config, space: SearchSpace) -> tuple[Config, SearchSpace,
     name = args.base or space.base
     if name is None:
         return base, space, None
-    from mlflow import MlflowClient
-
     uri, _ = resolve_tracking(args.mlflow_uri, Path(args.results_dir), create=False)
-    tuned, provenance = tuned_base(MlflowClient(uri), name, space.metric)
+    tuned, provenance = tuned_base(StoreClient(uri, args.store_retry_s), name, space.metric)
     tuned = tuned.replace(parse_overrides(args.overrides))
     return tuned, dataclasses.replace(load_space(args.space, tuned), fixed={}, base=name), provenance
 
@@ -127,16 +134,17 @@ def _with_budget(space: SearchSpace, text: str | None) -> SearchSpace:
     return dataclasses.replace(space, budget=parse_budget("--budget", mapping))
 
 
-def _report(summary: dict, results_dir: Path) -> None:
+def _report(summary: dict, results_dir: Path, store_retry_s: float) -> None:
     """The study of the sweep's experiment into `results/<experiment>/` (and onto its parent run)."""
-    from mlflow import MlflowClient
-
     from hashtune.report import ReportError, build_report
 
     out = results_dir / summary["experiment"].replace("/", "_")
     try:
-        build_report(MlflowClient(summary["mlflow_uri"]), summary["experiment"], out)
-    except ReportError as error:  # the sweep's runs are safe in MLflow; the report can be rebuilt later
+        build_report(StoreClient(summary["mlflow_uri"], store_retry_s), summary["experiment"], out)
+    except (
+        ReportError,
+        StoreUnavailable,
+    ) as error:  # the sweep's runs are safe in MLflow; the report can be rebuilt later
         print(f"hashtune.sweep: report not built: {error}", file=sys.stderr)
         return
     print(f"study written to {out} (python -m hashtune.report --experiment {summary['experiment']} rebuilds it)")

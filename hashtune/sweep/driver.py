@@ -40,9 +40,20 @@ from hashtune.sweep.summary import (
 )
 from hashtune.sweep.trial import TrialResolver, TrialTracking
 from hashtune.sweep.tuner import build_tuner, trial_trainable
-from hashtune.tracking import TAG, get_or_create_experiment, log_infeasible_points, mark_orphans_killed
+from hashtune.tracking import (
+    TAG,
+    StoreClient,
+    StoreUnavailable,
+    get_or_create_experiment,
+    log_infeasible_points,
+    mark_orphans_killed,
+)
 
 __all__ = ["SweepError", "SweepInterrupted", "run_sweep"]
+
+
+STORE_UNAVAILABLE_EXIT = 75
+"""The exit code of a sweep stopped by an MLflow store that did not answer within `--store-retry-s` (EX_TEMPFAIL)."""
 
 
 class SweepInterrupted(SweepError):
@@ -148,11 +159,9 @@ def _run_locked(
     provenance: dict | None,
     resume_line: str | None,
 ) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
     resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
     uri, artifacts = tracking_store
-    client = MlflowClient(uri)
+    client = StoreClient(uri, args.store_retry_s)
     existing = client.get_experiment_by_name(stores.name)
     explicit = None if provenance else set(parse_overrides(getattr(args, "overrides", None) or []))
     state = resume_state(
@@ -164,16 +173,23 @@ def _run_locked(
             print(f"sweep {stores.name!r} has finished: nothing to run (its summary is read back from its parent run)")
             return finished
     tracking = _open_parent(client, existing, stores, state, artifacts, uri)
-    interruption = _Interruption(client, tracking, stores.name, resume_line or _resume_line(args, stores.name))
-    results, stop_signal = _fit(
-        args,
-        state.base,
-        state.space,
-        stores,
-        tracking,
-        resume,
-        lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr),
-    )
+    resume_line = resume_line or _resume_line(args, stores.name)
+    interruption = _Interruption(client, tracking, stores.name, resume_line)
+    try:
+        results, stop_signal = _fit(
+            args,
+            state.base,
+            state.space,
+            stores,
+            tracking,
+            resume,
+            lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr),
+        )
+    except StoreUnavailable as error:  # its runs are marked KILLED by the --resume that finds the store back
+        raise SweepInterrupted(
+            f"sweep {stores.name!r} stopped: {error}; {resume_line}",
+            exit_code=STORE_UNAVAILABLE_EXIT,
+        ) from None
     if stop_signal is not None:
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     return _close(results, state.space, client, stores, tracking)
@@ -193,7 +209,7 @@ def _open_parent(client, existing, stores: SweepStores, state: ResumeState, arti
         log_infeasible_points(
             client, experiment_id, parent_run_id, state.space.name, infeasible, to_flat_dict(state.base)
         )
-    return TrialTracking(uri, experiment_id, parent_run_id)
+    return TrialTracking(uri, experiment_id, parent_run_id, client.retry_s)
 
 
 def _close(results, space: SearchSpace, client, stores: SweepStores, tracking: TrialTracking) -> dict[str, Any]:
@@ -341,9 +357,7 @@ def _interrupted(results, space: SearchSpace, grid_size: int, tracking: TrialTra
     if results.num_terminated + results.num_errors < len(results):
         return True
     if space.replicates is not None:  # the schedule says on the parent run when it is done
-        from mlflow import MlflowClient
-
-        done = MlflowClient(tracking.uri).get_run(tracking.parent_run_id).data.tags.get(REPLICATES_TAG) == "done"
+        done = tracking.client().get_run(tracking.parent_run_id).data.tags.get(REPLICATES_TAG) == "done"
         return not done and limit_reached(space, tracking) is None
     planned = grid_size if space.search == "grid" else space.num_samples
     return len(results) < planned and limit_reached(space, tracking) is None

@@ -88,9 +88,7 @@ class MlflowTrialLogger(Callback):
     @property
     def client(self):
         if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(self.tracking.uri)
+            self._client = self.tracking.client()
         return self._client
 
     @property

@@ -197,9 +197,7 @@ class ReplicationSearcher(Searcher):
     def _show(self, done: bool) -> None:
         if self.tracking is None:
             return
-        from mlflow import MlflowClient
-
-        client = MlflowClient(self.tracking.uri)
+        client = self.tracking.client()
         parent = self.tracking.parent_run_id
         client.log_metric(parent, "replicates/round", self.rounds, step=self.rounds)
         client.log_dict(parent, self.summary(), "replicates.json")

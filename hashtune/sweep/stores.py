@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 from hashtune.config import Config, to_flat_dict
 from hashtune.paths import check_name
 from hashtune.sweep.space import SearchSpace
-from hashtune.tracking import resolve_tracking
+from hashtune.tracking import STORE_RETRY_S, StoreClient, resolve_tracking
 
 __all__ = [
     "SweepError",
@@ -44,6 +44,13 @@ class TrialTracking:
     uri: str
     experiment_id: str
     parent_run_id: str
+    store_retry_s: float = STORE_RETRY_S
+    """How long its MLflow calls wait out a store that does not answer (a sweep restored by --resume keeps the
+    bound in its Tune state for its logger)."""
+
+    def client(self) -> StoreClient:
+        """An MLflow client of the store that rides out an outage of up to `store_retry_s`."""
+        return StoreClient(self.uri, self.store_retry_s)
 
 
 class SweepError(RuntimeError):

@@ -64,9 +64,7 @@ def disk_bytes(experiment_path: str) -> int | None:
 
 def limit_reached(space: SearchSpace, tracking: TrialTracking) -> str | None:
     """Which of the sweep's limits its runs have reached, as MLflow holds them (over every --resume), or None."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking.uri)
+    client = tracking.client()
     elapsed = client.get_run(tracking.parent_run_id).data.metrics.get(ELAPSED_METRIC, 0.0)
     if space.time_budget_s is not None and elapsed >= space.time_budget_s:
         return f"time budget spent: {elapsed:.0f} of {space.time_budget_s:g} s (summed over every --resume)"

@@ -89,9 +89,7 @@ def _fit_in_trial(config: Config, recorded_checkpoint: str | None, extra: dict[s
 def _recorded_run(tracking: TrialTracking, trial_id: str):
     """This trial's MLflow run: the driver's logger created or adopted it (tagged with this trial id) before the
     trial started. Its `completed` tag and checkpoint say whether an earlier attempt finished or trained."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking.uri)
+    client = tracking.client()
     return client, find_trial_run(client, tracking.experiment_id, trial_id)
 
 

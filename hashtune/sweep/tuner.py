@@ -253,9 +253,7 @@ class SweepStopper(Stopper):
     def stop_all(self) -> bool:
         if self.stop or time.monotonic() - self.checked_at < self.every_s:
             return self.stop
-        from mlflow import MlflowClient
-
-        client, self.checked_at, parent = MlflowClient(self.tracking.uri), time.monotonic(), self.tracking.parent_run_id
+        client, self.checked_at, parent = self.tracking.client(), time.monotonic(), self.tracking.parent_run_id
         if self.elapsed_before is None:
             self.elapsed_before = client.get_run(parent).data.metrics.get(ELAPSED_METRIC, 0.0)
         elapsed = self.elapsed_before + time.monotonic() - self.started
