@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from hashtune.paths import atomic_write_text
 from hashtune.strict_yaml import YamlError, read_yaml
 
 __all__ = [
@@ -390,7 +391,7 @@ def to_flat_dict(config: Config) -> dict[str, Any]:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as nested YAML (readable back with `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def require_val_metric(metric: str) -> str:

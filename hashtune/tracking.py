@@ -261,6 +261,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return True
     text = str(error)
+    if "database or disk is full" in text or "database is locked" in text:  # a local SQLite store: space or a writer
+        return True
     return text.startswith("API request to ") and (
         "failed with exception" in text or "failed with timeout exception" in text
     )

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from hashtune.data.sources import ImageSource
+from hashtune.paths import atomic_file
 
 __all__ = ["ProtocolSpec", "PROTOCOLS", "LIST_PROTOCOLS", "Splits", "build_splits", "protocol_topk"]
 
@@ -103,7 +104,7 @@ class Splits:
 
     def save(self, path: str | Path) -> None:
         """Write the four index arrays to an `.npz` file."""
-        with Path(path).open("wb") as handle:
+        with atomic_file(path, "wb") as handle:
             np.savez(handle, **{name: getattr(self, name) for name in SPLIT_NAMES})
 
     @classmethod

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from hashtune.config import ConfigError, require_val_metric
-from hashtune.paths import RESULTS_DIR, no_world_write
+from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.report.build import build_report
 from hashtune.report.runs import ReportError
 from hashtune.tracking import resolve_tracking
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ReportError, ConfigError, ConnectionError) as error:
         print(f"hashtune.report: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        return report_disk_full("hashtune.report", error, args.out or RESULTS_DIR)
     print(f"study of {args.experiment!r} written to {out}:")
     for path in written:
         print(f"  {path.name}")

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hashtune.data.protocol import PROTOCOLS
+from hashtune.paths import atomic_write_text
 from hashtune.report.importance import FANOVA_MAX_TRIALS, parameter_importances, rebuild_study
 from hashtune.report.k_sensitivity import SELECTION_METRIC, k_findings, k_versus_best, k_versus_best_markdown
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
@@ -42,7 +43,7 @@ class _StudyFolder:
         out.mkdir(parents=True, exist_ok=True)
 
     def write(self, name: str, text: str, note: str) -> None:
-        (self.out / name).write_text(text)
+        atomic_write_text(self.out / name, text)
         self.add(self.out / name, note)
 
     def add(self, path: Path, note: str) -> None:

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from hashtune.paths import atomic_file
 from hashtune.report.runs import TrialRun
 from hashtune.report.sensitivity import BinnedCurve
 from hashtune.report.tables import ClaimRow
@@ -19,7 +20,8 @@ __all__ = ["plot_importance", "plot_sensitivity", "plot_search_progress", "plot_
 
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
     plt.close(figure)
     return path
 
@@ -111,6 +113,7 @@ def plot_forest(rows: list[ClaimRow], delta: float, path: Path) -> Path:
     axis.set_xlabel("paired difference in test/mAP, in the claim's direction (> 0: the claim holds)")
     axis.legend(fontsize=8, loc="lower right")
     figure.subplots_adjust(left=0.38, right=0.8)
-    figure.savefig(path, dpi=110)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
     plt.close(figure)
     return path

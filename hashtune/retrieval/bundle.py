@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import hashtune
+from hashtune.paths import atomic_write_text
 
 __all__ = ["FORMAT_VERSION", "BUNDLE_FILES", "BundleError", "write_manifest", "verify_bundle", "MANIFEST"]
 
@@ -81,7 +82,7 @@ def write_manifest(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
         **content,
         "files": files,
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

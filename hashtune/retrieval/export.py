@@ -30,7 +30,7 @@ from hashtune.config import ConfigError, config_from_dict, require_val_metric, s
 from hashtune.data import Splits
 from hashtune.data.datasets import native_size
 from hashtune.metrics import pack_codes, retrieval_metrics
-from hashtune.paths import RESULTS_DIR, no_world_write
+from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.retrieval.bundle import BundleError, write_manifest
 from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
 from hashtune.tracking import best_finished_run, resolve_tracking
@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ConfigError, CheckpointError, BundleError, ConnectionError) as error:
         print(f"hashtune.export: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the staging folder beside --out is removed: nothing half-written is left
+        return report_disk_full("hashtune.export", error, args.out)
     run_map = manifest["provenance"].get("run_metrics", {}).get("test/mAP")
     summary = (
         f"bundle written to {args.out} ({manifest['num_database']} database codes of {manifest['bits']} bits); "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hashtune.config import Config, parse_overrides, to_flat_dict
-from hashtune.paths import RESULTS_DIR
+from hashtune.paths import DISK_FULL_EXIT, RESULTS_DIR, disk_full
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.resume import ResumeState, resume_state
@@ -52,8 +52,9 @@ from hashtune.tracking import (
 __all__ = ["SweepError", "SweepInterrupted", "run_sweep"]
 
 
-STORE_UNAVAILABLE_EXIT = 75
-"""The exit code of a sweep stopped by an MLflow store that did not answer within `--store-retry-s` (EX_TEMPFAIL)."""
+STORE_UNAVAILABLE_EXIT = DISK_FULL_EXIT
+"""The exit code of a sweep stopped by an MLflow store that did not answer within `--store-retry-s`, as by a full
+disk (75, EX_TEMPFAIL: run it again with --resume once the store answers)."""
 
 
 class SweepInterrupted(SweepError):
@@ -190,6 +191,11 @@ def _run_locked(
             f"sweep {stores.name!r} stopped: {error}; {resume_line}",
             exit_code=STORE_UNAVAILABLE_EXIT,
         ) from None
+    except OSError as error:
+        full = disk_full(error, stores.results_dir)
+        if full is None:
+            raise
+        raise SweepInterrupted(f"sweep {stores.name!r} stopped: {full}; {resume_line}", exit_code=DISK_FULL_EXIT) from None
     if stop_signal is not None:
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     return _close(results, state.space, client, stores, tracking)

@@ -7,17 +7,17 @@ strategy, the learned database codes. One loader serves `--resume DIR` and Ray T
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import shutil
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hashtune.paths import atomic_file
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -55,18 +55,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` to `path` atomically: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            torch.save({"format": FORMAT, **state}, temp_file)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        torch.save({"format": FORMAT, **state}, handle)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hashtune.config import Config, ConfigError, check_schedule, load_config
-from hashtune.paths import no_world_write
+from hashtune.paths import no_world_write, report_disk_full
 from hashtune.train.checkpoint import CheckpointError
 from hashtune.train.steps import NonFiniteLossError
 from hashtune.train.trainer import fit
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"hashtune.train: failed: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        return report_disk_full("hashtune.train", error, out)
     print(json.dumps({key: metrics[key] for key in sorted(metrics) if key.startswith("test/")}, indent=2))
     print(f"run folder: {out}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from hashtune.metrics import RetrievalMetrics
+from hashtune.paths import atomic_file, atomic_write_text
 
 __all__ = [
     "write_history",
@@ -25,28 +25,19 @@ __all__ = [
 ]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
 def write_history(rows: list[dict[str, float]], path: str | Path) -> None:
     """One row per epoch; columns are the union of every row's keys (evaluation columns blank between evals)."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    with temp.open("w", newline="") as handle:
+    with atomic_file(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temp, path)
 
 
 def write_metrics(metrics: dict[str, float], path: str | Path) -> None:
-    _atomic_write_text(Path(path), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(path: str | Path) -> dict[str, float]:
@@ -83,7 +74,8 @@ def plot_pr_curves(curves: dict[str, dict[str, list[float]]], path: str | Path, 
     if len(curves) > 1:
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
     plt.close(figure)
     return Path(path)
 
