@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition import PCA
 
+from hashtune.errors import InputError
+
 __all__ = ["LSH", "ITQ"]
 
 
@@ -41,7 +43,7 @@ class ITQ:
 
     def fit(self, features: np.ndarray) -> ITQ:
         if self.bits > min(features.shape):
-            raise ValueError(
+            raise InputError(
                 f"ITQ with bits={self.bits} needs at least that many features and images, got {features.shape}"
             )
         self.pca_ = PCA(n_components=self.bits, random_state=self.seed).fit(features)

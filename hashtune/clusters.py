@@ -19,10 +19,12 @@ from typing import Any
 
 import yaml
 
+from hashtune.errors import InputError
+
 __all__ = ["ClusterConfigError", "check_cluster_file", "ec2_node_config_keys"]
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(InputError):
     """A cluster file that `ray up` would reject or that would not run hashtune as intended (one line)."""
 
 

@@ -14,6 +14,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import IO
 
+from hashtune.errors import HashtuneError, InputError
+
 __all__ = [
     "MAX_NAME",
     "RESULTS_DIR",
@@ -56,11 +58,11 @@ def check_name(name: str, what: str) -> str:
     """`name` if it is safe as a folder name (letters, digits, `.`, `_`, `-`; not `.` or `..`; at most
     `MAX_NAME` characters), else ValueError."""
     if not NAME.fullmatch(name or "") or set(name) == {"."}:
-        raise ValueError(
+        raise InputError(
             f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (it names folders); e.g. ablations-2"
         )
     if len(name) > MAX_NAME:
-        raise ValueError(
+        raise InputError(
             f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME} (it names folders and files)"
         )
     return name
@@ -75,8 +77,10 @@ def no_world_write() -> int:
     return umask
 
 
-class DiskFullError(OSError):
+class DiskFullError(HashtuneError, OSError):
     """A write that found the disk full; the file it was writing is left as it was before (or absent)."""
+
+    exit_code = 75  # DISK_FULL_EXIT
 
     def __init__(self, path: Path, written: int | None = None) -> None:
         folder = path if path.is_dir() else path.parent

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from hashtune.errors import InputError
+
 __all__ = ["YamlError", "read_yaml"]
 
 _FLOAT = re.compile(
@@ -28,7 +30,7 @@ _FLOAT = re.compile(
 )
 
 
-class YamlError(ValueError):
+class YamlError(InputError):
     """Text that is not YAML hashtune accepts; the message is one line with the line number."""
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hashtune.errors import HashtuneError, NotFoundError
+
 __all__ = [
     "TAG",
     "COMPLETED_TAG",
@@ -40,6 +42,7 @@ __all__ = [
     "mark_orphans_killed",
     "root_cause",
     "StoreClient",
+    "StoreError",
     "StoreUnavailable",
     "STORE_RETRY_S",
     "is_transient",
@@ -79,7 +82,7 @@ def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True)
     if not create:
         database = Path((uri or default_tracking_uri(results_dir)).removeprefix("sqlite:///"))
         if (uri is None or uri.startswith("sqlite:///")) and not database.is_file():
-            raise ConnectionError(f"no MLflow store at {database}; run a sweep first or pass --mlflow-uri")
+            raise StoreError(f"no MLflow store at {database}; run a sweep first or pass --mlflow-uri")
     if uri is None:
         results_dir.mkdir(parents=True, exist_ok=True)
         uri, artifacts = default_tracking_uri(results_dir), (results_dir / "mlartifacts").absolute().as_uri()
@@ -92,9 +95,7 @@ def resolve_tracking(uri: str | None, results_dir: Path, *, create: bool = True)
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
-        raise ConnectionError(
-            f"MLflow tracking URI {uri!r} is unreachable: {str(error).splitlines()[0][:200]}"
-        ) from None
+        raise StoreError(f"MLflow tracking URI {uri!r} is unreachable: {str(error).splitlines()[0][:200]}") from None
     if create and uri.startswith("sqlite:///"):
         index_tags(Path(uri.removeprefix("sqlite:///")))
     return uri, artifacts
@@ -170,7 +171,7 @@ def best_finished_run(client, experiment: str, metric: str):
     """
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise LookupError(f"no MLflow experiment named {experiment!r} at {display_uri(client.tracking_uri)}")
+        raise NotFoundError(f"no MLflow experiment named {experiment!r} at {display_uri(client.tracking_uri)}")
     # the store sorts and returns one run (reading every finished run took 20 s at 10,000 runs here)
     best = client.search_runs(
         [found.experiment_id],
@@ -179,7 +180,7 @@ def best_finished_run(client, experiment: str, metric: str):
         max_results=1,
     )
     if not best:
-        raise LookupError(f"experiment {experiment!r} has no finished trial run with {metric}")
+        raise NotFoundError(f"experiment {experiment!r} has no finished trial run with {metric}")
     return best[0]
 
 
@@ -244,8 +245,14 @@ STORE_RETRY_S = 180.0
 """How long a sweep's MLflow calls wait out a store that does not answer (`hashtune.sweep --store-retry-s`)."""
 
 
-class StoreUnavailable(ConnectionError):
+class StoreError(HashtuneError, ConnectionError):
+    """An MLflow store that cannot be used: not there, or not answering."""
+
+
+class StoreUnavailable(StoreError):
     """The MLflow store did not answer within the retry bound; nothing it already holds is lost."""
+
+    exit_code = 75  # EX_TEMPFAIL: run it again once the store answers
 
     def __init__(self, uri: str, waited_s: float, cause: Exception) -> None:
         first_line = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__

@@ -69,3 +69,24 @@ def test_bad_files_and_pairs(tmp_path):
 def test_ints_are_accepted_for_floats():
     assert load_config(overrides=["loss.gamma=3"]).loss.gamma == 3.0
     assert isinstance(load_config(overrides=["loss.gamma=3"]).loss.gamma, float)
+
+
+def test_every_error_hashtune_defines_derives_from_its_one_root():
+    """The CLIs catch `HashtuneError` alone: an error class outside it would surface as a traceback."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import hashtune
+    from hashtune.errors import HashtuneError
+
+    outside = []
+    for module_info in pkgutil.walk_packages(hashtune.__path__, "hashtune."):
+        if module_info.name.endswith("__main__") or module_info.name.startswith("hashtune.search_spaces"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == module.__name__:
+                if not issubclass(value, HashtuneError):
+                    outside.append(f"{module.__name__}.{name}")
+    assert outside == []

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from hashtune.data.protocol import SPLIT_NAMES, Splits, build_splits, protocol_topk
 from hashtune.data.sources import ImageSource, load_source
+from hashtune.errors import DataError
 
 __all__ = ["HashingDataset", "Preprocessing", "RetrievalData", "build_transform", "build_retrieval_data", "native_size"]
 
@@ -92,7 +93,7 @@ class HashingDataset(Dataset):
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from None
+            raise DataError(f"cannot read image {path}: {error}") from None
 
     def __getitem__(self, position: int):
         image = self.transform(self._image(int(self.indices[position])))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from hashtune.data.sources import ImageSource
+from hashtune.errors import DataError
 from hashtune.paths import atomic_file
 
 __all__ = ["ProtocolSpec", "PROTOCOLS", "LIST_PROTOCOLS", "Splits", "build_splits", "protocol_topk"]
@@ -87,9 +88,9 @@ class Splits:
         database = set(self.database.tolist())
         for name in ("val_query", "test_query"):
             if database & set(getattr(self, name).tolist()):
-                raise ValueError(f"split violates the protocol: {name} images are in the database")
+                raise DataError(f"split violates the protocol: {name} images are in the database")
         if set(self.val_query.tolist()) & (set(self.test_query.tolist()) | set(self.train.tolist())):
-            raise ValueError("split violates the protocol: val queries overlap the test queries or the training images")
+            raise DataError("split violates the protocol: val queries overlap the test queries or the training images")
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
@@ -129,7 +130,7 @@ def _single_label_splits(source: ImageSource, spec: ProtocolSpec, rng: np.random
     for label in range(source.num_classes):
         members = rng.permutation(np.flatnonzero(classes == label))
         if len(members) < needed:
-            raise ValueError(f"{source.name} class {label} has {len(members)} images; its protocol needs {needed}")
+            raise DataError(f"{source.name} class {label} has {len(members)} images; its protocol needs {needed}")
         test, train, rest = np.split(members, [spec.test_per_class, spec.test_per_class + spec.train_per_class])
         if spec.database == "train":  # val out of the train set, removed from train and database alike
             val, train = train[:n_val], train[n_val:]
@@ -171,6 +172,6 @@ def build_splits(
         return _predefined_splits(source, rng, val_per_class)
     protocol = protocol or source.name
     if protocol not in PROTOCOLS:
-        raise ValueError(f"no retrieval protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))} and list files")
+        raise DataError(f"no retrieval protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))} and list files")
     spec = PROTOCOLS[protocol]
     return _single_label_splits(source, spec, rng, _val_count(spec, val_per_class))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hashtune.errors import DataError, DataNotFoundError
+
 __all__ = ["ImageSource", "load_source", "SOURCES"]
 
 SOURCES = ("digits", "cifar10", "cifar10-1", "cifar10-2", "listfile")
@@ -74,7 +76,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             batch = pickle.load(handle, encoding="bytes")
         data, labels = batch[b"data"], batch[b"labels"]
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(error).__name__}: {error})") from None
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(error).__name__}: {error})") from None
     return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels)
 
 
@@ -87,7 +89,7 @@ def load_cifar10_source(root: str | Path) -> ImageSource:
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     missing = [name for name in CIFAR_BATCHES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data.root={str(root)!r} lacks CIFAR-10 batches {missing}; expected the cifar-10-batches-py folder "
             f"with {', '.join(CIFAR_BATCHES)}"
         )
@@ -106,13 +108,13 @@ def _read_list_file(path: Path) -> list[tuple[str, np.ndarray]]:
         if width is None:
             width = len(values)
         if len(values) != width or not all(value in ("0", "1") for value in values):
-            raise ValueError(
+            raise DataError(
                 f"{path}:{line_number}: label row of width {len(values)} ({' '.join(values[:8])}...) where "
                 f"{width} values in {{0, 1}} were expected"
             )
         rows.append((relative, np.asarray(values, dtype=np.float32)))
     if not rows:
-        raise ValueError(f"{path} holds no images; expected lines like 'relative/path.jpg 0 1 0 ...'")
+        raise DataError(f"{path} holds no images; expected lines like 'relative/path.jpg 0 1 0 ...'")
     return rows
 
 
@@ -125,11 +127,11 @@ def load_listfile_source(root: str | Path) -> ImageSource:
     root = Path(root)
     missing = [name for name in LIST_FILES if not (root / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"data.root={str(root)!r} lacks list files {missing}; expected {', '.join(LIST_FILES)}")
+        raise DataNotFoundError(f"data.root={str(root)!r} lacks list files {missing}; expected {', '.join(LIST_FILES)}")
     lists = {name.removesuffix(".txt"): _read_list_file(root / name) for name in LIST_FILES}
     widths = {name: len(rows[0][1]) for name, rows in lists.items()}
     if len(set(widths.values())) != 1:
-        raise ValueError(f"list files under {root} disagree on the label width: {widths}")
+        raise DataError(f"list files under {root} disagree on the label width: {widths}")
     position: dict[str, int] = {}
     paths: list[str] = []
     labels: list[np.ndarray] = []
@@ -160,9 +162,9 @@ def load_source(name: str, root: str | Path = "") -> ImageSource:
     if name == "digits":
         return load_digits_source()
     if name not in SOURCES:
-        raise ValueError(f"data.name={name!r} is not a dataset; expected one of {SOURCES}")
+        raise DataError(f"data.name={name!r} is not a dataset; expected one of {SOURCES}")
     if not root or not Path(root).is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data.root={str(root)!r} is not a directory; data.name={name} reads its files from there"
         )
     return load_listfile_source(root) if name == "listfile" else load_cifar10_source(root)  # the cifar10* protocols

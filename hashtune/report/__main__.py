@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from hashtune.config import ConfigError, require_val_metric
+from hashtune.config import require_val_metric
+from hashtune.errors import HashtuneError
 from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.report.build import build_report
-from hashtune.report.runs import ReportError
 from hashtune.tracking import resolve_tracking
 
 
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             reference=args.reference,
             log_to_parent=not args.no_log,
         )
-    except (ReportError, ConfigError, ConnectionError) as error:
+    except HashtuneError as error:
         print(f"hashtune.report: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except OSError as error:
         return report_disk_full("hashtune.report", error, args.out or RESULTS_DIR)
     print(f"study of {args.experiment!r} written to {out}:")

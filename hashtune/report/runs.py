@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hashtune.config import Config, ConfigError, config_from_params
+from hashtune.errors import HashtuneError
 from hashtune.tracking import TAG, find_runs
 
 __all__ = ["ReportError", "TrialRun", "Study", "load_study"]
@@ -13,7 +14,7 @@ __all__ = ["ReportError", "TrialRun", "Study", "load_study"]
 REQUIRED_METRIC = "test/mAP"
 
 
-class ReportError(RuntimeError):
+class ReportError(HashtuneError, RuntimeError):
     """An experiment the report cannot be built from; the message says which and why, in one line."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import hashtune
+from hashtune.errors import HashtuneError
 from hashtune.paths import atomic_write_text
 
 __all__ = ["FORMAT_VERSION", "BUNDLE_FILES", "BundleError", "write_manifest", "verify_bundle", "MANIFEST"]
@@ -50,7 +51,7 @@ BUNDLE_FILES = (
 """Every file a bundle holds besides its manifest; the Retriever and `--eval` read only these, each checksummed."""
 
 
-class BundleError(RuntimeError):
+class BundleError(HashtuneError, RuntimeError):
     """A bundle that cannot be used: missing, tampered with, or from incompatible versions (one line)."""
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hashtune.errors import HashtuneError
 from hashtune.paths import no_world_write
-from hashtune.retrieval.bundle import BundleError
 from hashtune.retrieval.retriever import Retriever, SearchResult, evaluate_bundle
 
 TOLERANCE = 1e-9
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = retriever.search(codes, args.k)
             per_query = [_neighbours(result, i) for i in range(len(codes))]
-    except (BundleError, ValueError) as error:
+    except HashtuneError as error:
         print(f"hashtune.retrieve: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     output = {
         "bundle": str(args.bundle),
         "k": None if args.radius is not None else args.k,

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashtune.config import ConfigError, config_from_dict, require_val_metric, save_config
+from hashtune.config import config_from_dict, require_val_metric, save_config
 from hashtune.data import Splits
 from hashtune.data.datasets import native_size
+from hashtune.errors import HashtuneError
 from hashtune.metrics import pack_codes, retrieval_metrics
 from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
-from hashtune.retrieval.bundle import BundleError, write_manifest
+from hashtune.retrieval.bundle import write_manifest
 from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
 from hashtune.tracking import best_finished_run, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
@@ -42,7 +43,7 @@ from hashtune.train.trainer import build_data, build_model, input_size
 __all__ = ["HashEncoder", "ExportError", "best_run", "export_bundle", "main"]
 
 
-class ExportError(RuntimeError):
+class ExportError(HashtuneError, RuntimeError):
     """An export that cannot be done as asked (one line naming the run, file or value)."""
 
 
@@ -130,10 +131,7 @@ def export_bundle(
     splits = Splits.from_arrays(state["splits"])
     data = build_data(config, splits)
     if index == "ivf":  # before minutes of encoding
-        try:
-            check_nlist(index_spec["nlist"], len(data.database))
-        except ValueError as error:
-            raise ExportError(str(error)) from None
+        check_nlist(index_spec["nlist"], len(data.database))
     model = build_model(config, data)
     model.load_state_dict(state["best"]["model"] if state.get("best") else state["model"])
     encoder = HashEncoder(model).eval()
@@ -280,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             version = _log_to_mlflow(client, run, args.out, args.model_name)
             if version is not None:
                 print(f"registered as MLflow model {args.model_name!r} version {version}")
-    except (ExportError, ConfigError, CheckpointError, BundleError, ConnectionError) as error:
+    except HashtuneError as error:
         print(f"hashtune.export: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except OSError as error:  # the staging folder beside --out is removed: nothing half-written is left
         return report_disk_full("hashtune.export", error, args.out)
     run_map = manifest["provenance"].get("run_metrics", {}).get("test/mAP")

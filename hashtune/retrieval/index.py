@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from hashtune.errors import InputError
+
 __all__ = ["INDEX_TYPES", "build_index", "check_nlist", "index_type", "index_params"]
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -29,7 +31,7 @@ TRAIN_POINTS_PER_LIST, TRAIN_ITERATIONS = 64, 10  # k-means on a sample: seconds
 def index_params(kind: str, **given: Any) -> dict[str, Any]:
     """The parameters of an index type: its defaults, updated with the non-None `given` values it takes."""
     if kind not in INDEX_TYPES:
-        raise ValueError(f"index {kind!r} is not an index type; expected one of {', '.join(INDEX_TYPES)}")
+        raise InputError(f"index {kind!r} is not an index type; expected one of {', '.join(INDEX_TYPES)}")
     params = dict(DEFAULTS[kind])
     params.update({key: value for key, value in given.items() if key in params and value is not None})
     return params
@@ -38,7 +40,7 @@ def index_params(kind: str, **given: Any) -> dict[str, Any]:
 def check_nlist(nlist: int | None, database_size: int) -> None:
     """Refuse more IVF lists than database codes (faiss's k-means needs a code per list; 39 per list trains well)."""
     if nlist is not None and nlist > database_size:
-        raise ValueError(
+        raise InputError(
             f"--nlist {nlist:,} exceeds the {database_size:,} database codes: an inverted list needs codes to train "
             "on; "
             f"give at most {max(1, database_size // 39):,} (39 codes per list) or leave it out for about 4 sqrt(n)"

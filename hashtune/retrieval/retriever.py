@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hashtune.config import load_config
 from hashtune.data import Preprocessing, build_transform
+from hashtune.errors import InputError
 from hashtune.metrics import pack_codes, retrieval_metrics, unpack_codes
 from hashtune.retrieval.bundle import BundleError, verify_bundle
 from hashtune.retrieval.index import build_index, index_type
@@ -48,7 +49,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 def _check_pixels(image, width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(
+        raise InputError(
             f"image {image} is {width} x {height} = {width * height:,} pixels; at most {MAX_IMAGE_PIXELS:,} are "
             "decoded "
             "(resize it first)"
@@ -68,19 +69,19 @@ def image_to_tensor(image, channels: int) -> torch.Tensor:
                 _check_pixels(image, *opened.size)
                 array = _pil_to_array(opened, channels)
         except Image.DecompressionBombError as error:  # PIL's own refusal, past twice its limit: a size in the message
-            raise ValueError(f"image {image} is refused before decoding: {error}") from None
+            raise InputError(f"image {image} is refused before decoding: {error}") from None
         except (OSError, UnidentifiedImageError) as error:
-            raise ValueError(f"cannot read image {image}: {error}") from None
+            raise InputError(f"cannot read image {image}: {error}") from None
     else:
         array = _pil_to_array(image, channels) if isinstance(image, Image.Image) else np.asarray(image)
     if array.ndim not in (2, 3):
-        raise ValueError(f"an image is (H, W) or (H, W, C), got shape {array.shape}")
+        raise InputError(f"an image is (H, W) or (H, W, C), got shape {array.shape}")
     if array.dtype == np.uint16:
         array = array.astype(np.float32) / 65535.0
     elif array.dtype.kind == "f":
         array = np.clip(array.astype(np.float32), 0.0, 1.0)
     elif array.dtype != np.uint8:
-        raise ValueError(f"cannot read an image array of dtype {array.dtype}; give uint8, uint16 or float in [0, 1]")
+        raise InputError(f"cannot read an image array of dtype {array.dtype}; give uint8, uint16 or float in [0, 1]")
     pixels = (
         torch.from_numpy(np.array(array, order="C")).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)[:3]
     )
@@ -206,7 +207,7 @@ class Retriever:
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return images
         if self._transforms is None:
-            raise ValueError("this retriever has no encoder (built from codes): give packed uint8 codes")
+            raise InputError("this retriever has no encoder (built from codes): give packed uint8 codes")
         size, channels = self.preprocess_spec["img_size"], self.preprocess_spec["channels"]
         batch = []
         for image in images:
@@ -217,14 +218,14 @@ class Retriever:
     def encode(self, images) -> np.ndarray:
         """Packed binary codes, uint8 (n, ceil(bits/8)), of preprocessed tensors or raw images."""
         if self.encoder is None:
-            raise ValueError("this retriever has no encoder (built from codes): give packed uint8 codes")
+            raise InputError("this retriever has no encoder (built from codes): give packed uint8 codes")
         with torch.inference_mode():
             return pack_codes(self.encoder(self.preprocess(images)))
 
     def _codes(self, queries) -> np.ndarray:
         if isinstance(queries, np.ndarray) and queries.dtype == np.uint8 and queries.ndim == 2:
             if queries.shape[1] != self.code_bytes:
-                raise ValueError(
+                raise InputError(
                     f"packed codes must have {self.code_bytes} bytes per row for {self.bits} bits, got "
                     f"{queries.shape[1]}"
                 )
@@ -234,7 +235,7 @@ class Retriever:
     def search(self, queries, k: int = 10) -> SearchResult:
         """The k nearest database items of each query (images or packed codes) by Hamming distance."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InputError(f"k must be >= 1, got {k}")
         codes = self._codes(queries)
         distances, rows = self.index.search(codes, min(k, len(self)))
         return SearchResult(rows, distances, self.ids, self.labels)
@@ -242,10 +243,10 @@ class Retriever:
     def search_radius(self, queries, radius: int) -> list[SearchResult]:
         """Every database item within Hamming distance `radius` (inclusive) of each query, nearest first."""
         if not 0 <= radius <= self.bits:
-            raise ValueError(f"radius must be in [0, {self.bits}] for {self.bits}-bit codes, got {radius}")
+            raise InputError(f"radius must be in [0, {self.bits}] for {self.bits}-bit codes, got {radius}")
         codes = self._codes(queries)
         if index_type(self.index) == "hnsw":
-            raise ValueError("radius search needs a flat or ivf index; this bundle's index is hnsw (use k nearest)")
+            raise InputError("radius search needs a flat or ivf index; this bundle's index is hnsw (use k nearest)")
         limits, distances, rows = self.index.range_search(codes, radius + 1)  # faiss keeps distance < threshold
         results = []
         for i in range(len(codes)):
@@ -265,12 +266,12 @@ class Retriever:
         width = self.labels.shape[1]
         labels = np.zeros((len(new_ids), width), np.uint8) if labels is None else np.asarray(labels, np.uint8)
         if labels.shape != (len(new_ids), width):
-            raise ValueError(
+            raise InputError(
                 f"labels must have shape ({len(new_ids)}, {width}) for {len(new_ids)} ids, got {labels.shape}"
             )
         codes = self._codes(images)
         if len(codes) != len(new_ids):
-            raise ValueError(f"got {len(codes)} images but {len(new_ids)} ids")
+            raise InputError(f"got {len(codes)} images but {len(new_ids)} ids")
         self.index.add(codes)
         self.ids = _joined_ids(self.ids, new_ids)
         self.labels = np.concatenate([self.labels, labels])
@@ -279,14 +280,14 @@ class Retriever:
         new_ids = [value.item() if isinstance(value, np.generic) else value for value in ids]
         wrong = next((value for value in new_ids if isinstance(value, bool) or not isinstance(value, (int, str))), None)
         if wrong is not None:
-            raise ValueError(f"an id is an int or a str, got {type(wrong).__name__} {wrong!r}")
+            raise InputError(f"an id is an int or a str, got {type(wrong).__name__} {wrong!r}")
         repeated = next((value for index, value in enumerate(new_ids) if value in new_ids[:index]), None)
         if repeated is not None:
-            raise ValueError(f"id {repeated!r} is given twice in one add; ids name database items one each")
+            raise InputError(f"id {repeated!r} is given twice in one add; ids name database items one each")
         taken = set(self.ids.tolist())
         clash = next((value for value in new_ids if value in taken), None)
         if clash is not None:
-            raise ValueError(f"id {clash!r} is already in the database; give ids not yet used")
+            raise InputError(f"id {clash!r} is already in the database; give ids not yet used")
         return new_ids
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from hashtune.config import Config, config_from_params
+from hashtune.errors import InputError
 from hashtune.tracking import TAG, best_finished_run, display_uri, sweep_parents
 
 __all__ = ["BaseError", "tuned_base"]
 
 
-class BaseError(ValueError):
+class BaseError(InputError):
     """A base experiment that cannot serve: missing, unfinished, or without a finished trial (one line)."""
 
 

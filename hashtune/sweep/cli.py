@@ -18,10 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-from hashtune.config import Config, ConfigError, load_config, parse_overrides
+from hashtune.config import Config, load_config, parse_overrides
+from hashtune.errors import HashtuneError
 from hashtune.paths import RESULTS_DIR, no_world_write
-from hashtune.sweep.base import BaseError, tuned_base
-from hashtune.sweep.driver import SweepError, SweepInterrupted, run_sweep
+from hashtune.sweep.base import tuned_base
+from hashtune.sweep.driver import SweepInterrupted, run_sweep
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
 from hashtune.sweep.space_settings import parse_budget
 from hashtune.tracking import STORE_RETRY_S, StoreClient, StoreUnavailable, resolve_tracking
@@ -73,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     no_world_write()
-    from hashtune.train.local_ray import LocalRayError  # Ray: not for --help
 
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    except (ConfigError, SpaceError, SweepError, BaseError, ConnectionError, FileNotFoundError, LocalRayError) as error:
+    except HashtuneError as error:
         print(f"hashtune.sweep: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     print(json.dumps(summary, indent=2, default=str))
     print(
         f"hashtune.sweep: {summary['experiment']}: {summary['ended_by']}; cost "

@@ -195,7 +195,9 @@ def _run_locked(
         full = disk_full(error, stores.results_dir)
         if full is None:
             raise
-        raise SweepInterrupted(f"sweep {stores.name!r} stopped: {full}; {resume_line}", exit_code=DISK_FULL_EXIT) from None
+        raise SweepInterrupted(
+            f"sweep {stores.name!r} stopped: {full}; {resume_line}", exit_code=DISK_FULL_EXIT
+        ) from None
     if stop_signal is not None:
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     return _close(results, state.space, client, stores, tracking)

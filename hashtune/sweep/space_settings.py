@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hashtune.errors import InputError
 from hashtune.sweep.replication_plan import Replicates
 
 __all__ = ["SpaceError", "number", "parse_budget", "parse_replicates", "parse_scheduler", "parse_sampler"]
@@ -15,7 +16,7 @@ __all__ = ["SpaceError", "number", "parse_budget", "parse_replicates", "parse_sc
 BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """A search space that cannot be run; the message names the file, the key and what would be valid."""
 
 

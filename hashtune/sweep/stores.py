@@ -17,6 +17,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from hashtune.config import Config, to_flat_dict
+from hashtune.errors import HashtuneError
 from hashtune.paths import check_name
 from hashtune.sweep.space import SearchSpace
 from hashtune.tracking import STORE_RETRY_S, StoreClient, resolve_tracking
@@ -53,7 +54,7 @@ class TrialTracking:
         return StoreClient(self.uri, self.store_retry_s)
 
 
-class SweepError(RuntimeError):
+class SweepError(HashtuneError, RuntimeError):
     """A sweep that cannot start or resume as asked; the message says what to do instead."""
 
 
@@ -82,10 +83,7 @@ class SweepStores:
 
 def resolve_stores(args: argparse.Namespace, space: SearchSpace) -> SweepStores:
     """The sweep's stores from the CLI arguments (defaults under `--results-dir`); writes nothing."""
-    try:
-        name = check_name(args.name or space.name, "--name" if args.name else "the space's file name (pass --name)")
-    except ValueError as error:
-        raise SweepError(str(error)) from None
+    name = check_name(args.name or space.name, "--name" if args.name else "the space's file name (pass --name)")
     results_dir = Path(args.results_dir).absolute()
     return SweepStores(name, results_dir, args.storage or str(results_dir / "ray"), args.mlflow_uri)
 

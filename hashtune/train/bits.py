@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hashtune.config import Config
+from hashtune.errors import InputError
 
 __all__ = ["MIN_LOCAL_BITS", "bit_allocation", "max_k_groups", "is_feasible"]
 
@@ -28,9 +29,9 @@ def bit_allocation(
         ValueError: for non-positive `bits` or `k_groups`, or a local head under `min_local_bits`.
     """
     if bits < 1:
-        raise ValueError(f"bits={bits} must be a positive number of bits, e.g. 16, 32, 48 or 64")
+        raise InputError(f"bits={bits} must be a positive number of bits, e.g. 16, 32, 48 or 64")
     if k_groups < 1:
-        raise ValueError(f"k_groups={k_groups} must be a positive number of local groups, e.g. 1..6")
+        raise InputError(f"k_groups={k_groups} must be a positive number of local groups, e.g. 1..6")
     if not dual_stream:
         return [bits]
     global_bits = bits // 2
@@ -39,7 +40,7 @@ def bit_allocation(
         max_groups = max_k_groups(bits, min_local_bits)
         min_bits = 2 * min_local_bits * k_groups - 1
         fix = f"k_groups <= {max_groups}" if max_groups >= 1 else "dual_stream=False"
-        raise ValueError(
+        raise InputError(
             f"bits={bits} with k_groups={k_groups} leaves local heads of {base} bits, under "
             f"min_local_bits={min_local_bits}; use {fix} or bits >= {min_bits}"
         )
@@ -50,6 +51,6 @@ def is_feasible(config: Config) -> bool:
     """Whether the config's bit allocation works (the paper's '-' cells are the ones that do not)."""
     try:
         bit_allocation(config.model.bits, config.model.k_groups, config.model.dual_stream)
-    except ValueError:
+    except InputError:
         return False
     return True

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from hashtune.errors import InputError
 from hashtune.paths import atomic_file
 
 __all__ = [
@@ -34,7 +35,7 @@ FORMAT = "hashtune-checkpoint-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "config", "rng", "history")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read; the message names the file and why."""
 
 

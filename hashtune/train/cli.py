@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 
 from hashtune.config import Config, ConfigError, check_schedule, load_config
+from hashtune.errors import HashtuneError
 from hashtune.paths import no_world_write, report_disk_full
 from hashtune.train.checkpoint import CheckpointError
 from hashtune.train.steps import NonFiniteLossError
 from hashtune.train.trainer import fit
 
 __all__ = ["main", "resolve_cli_config"]
-
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             metrics = fit(config, run_dir=out, resume_from=args.resume, show_progress=not args.no_progress)
-    except USER_ERRORS as error:
-        print(f"hashtune.train: error: {error}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as error:
         print(f"hashtune.train: failed: {error}", file=sys.stderr)
         return 1
+    except HashtuneError as error:
+        print(f"hashtune.train: error: {error}", file=sys.stderr)
+        return error.exit_code
     except OSError as error:
         return report_disk_full("hashtune.train", error, out)
     print(json.dumps({key: metrics[key] for key in sorted(metrics) if key.startswith("test/")}, indent=2))

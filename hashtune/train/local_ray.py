@@ -14,6 +14,8 @@ import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from hashtune.errors import InputError
+
 __all__ = ["LocalRayError", "check_local_ray_temp_dir", "init_ray", "private_ray_temp_dir", "shutdown_ray"]
 
 # The longest Unix socket a local Ray 2.60 makes under its temp dir: session folder (pid up to 7 digits) + the
@@ -22,7 +24,7 @@ _LONGEST_SOCKET = "/session_2026-01-01_00-00-00_000000_4194304/sockets/dash_Metr
 _MAX_SOCKET_PATH = 107  # Linux AF_UNIX limit (108 bytes with the terminating NUL), as Ray checks it
 
 
-class LocalRayError(ValueError):
+class LocalRayError(InputError):
     """A local Ray cannot start here (one line, naming the setting to change)."""
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hashtune.errors import InputError
+
 __all__ = [
     "similarity_matrix",
     "relaxed_hamming_distance",
@@ -93,7 +95,7 @@ def pairwise_likelihood_loss(
         distance clamped below at 1e-6) or `l_ij = log(1 + exp(<h_i,h_j>/2)) - s <h_i,h_j>/2` (sigmoid).
     """
     if prob not in PROBABILITIES:
-        raise ValueError(f"prob={prob!r} is not a pair probability; expected one of {PROBABILITIES}")
+        raise InputError(f"prob={prob!r} is not a pair probability; expected one of {PROBABILITIES}")
     columns = codes if columns is None else columns
     pairs = _off_diagonal(codes.shape[0], columns.shape[0], row_offset, codes.device)
     sim = sim.to(codes.dtype)

@@ -21,6 +21,7 @@ from torch import nn
 
 from hashtune.config import Config
 from hashtune.data import Preprocessing
+from hashtune.errors import InputError, MissingFileError
 from hashtune.train.bits import MIN_LOCAL_BITS, bit_allocation
 
 __all__ = ["HashOutput", "TransHash", "create_backbone", "preprocessing"]
@@ -56,11 +57,11 @@ def create_backbone(
     overrides = dict(img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim, num_heads=num_heads)
     kwargs = {key: value for key, value in overrides.items() if value is not None}
     if name not in timm.list_models():
-        raise ValueError(
+        raise InputError(
             f"model.backbone={name!r} is not a timm model; e.g. vit_tiny_patch16_224, vit_base_patch16_224"
         )
     if pretrained and not Path(pretrained).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.pretrained={pretrained!r} is not a file; give a local .pth/.safetensors path or ''"
         )
     try:
@@ -77,9 +78,9 @@ def create_backbone(
         if not pretrained:
             raise
         first_line = str(error).strip().splitlines()[0]
-        raise ValueError(f"model.pretrained={pretrained!r} does not fit {name} with {kwargs}: {first_line}") from None
+        raise InputError(f"model.pretrained={pretrained!r} does not fit {name} with {kwargs}: {first_line}") from None
     if not isinstance(backbone, VisionTransformer) or backbone.cls_token is None:
-        raise ValueError(f"model.backbone={name!r} is not a timm VisionTransformer with a class token")
+        raise InputError(f"model.backbone={name!r} is not a timm VisionTransformer with a class token")
     return backbone
 
 
@@ -139,7 +140,7 @@ class TransHash(nn.Module):
         self.local_branch = copy.deepcopy(self.global_branch) if dual_stream else None
         num_patches = backbone.patch_embed.num_patches
         if dual_stream and k_groups > num_patches:
-            raise ValueError(
+            raise InputError(
                 f"k_groups={k_groups} exceeds the {num_patches} patch tokens; use k_groups <= {num_patches}"
             )
         self.register_buffer("group_order", _group_order(num_patches, k_groups), persistent=False)

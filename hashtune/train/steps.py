@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from hashtune.config import Config
+from hashtune.errors import HashtuneError
 from hashtune.train.runtime import LocalRuntime
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(HashtuneError, RuntimeError):
     """The training loss became NaN or infinite: the run fails instead of reporting a silent 0 mAP."""
 
 
