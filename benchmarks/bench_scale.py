@@ -6,7 +6,7 @@ Every row is one sweep, run in its own process, of TPE (seed 0) + ASHA over thre
 * **instant** trials: a deterministic formula of the sampled `train.lr`, `loss.gamma` and `loss.quant_weight`
   (`instant`), so the row measures the orchestration alone. hashtune runs it through the real sweep
   (`run_sweep`, its MLflow logger, fidelity-aware OptunaSearch, stores and exactly-once machinery; the trial's
-  training replaced through the `HASHTUNE_TEST_TRIAL` hook); the **stock** stack is plain `Tuner` +
+  training replaced by `instant` through `SweepHooks.trial_function`); the **stock** stack is plain `Tuner` +
   `OptunaSearch` + `MLflowLoggerCallback` on SQLite with `reuse_actors=True`, the same objective, sampler
   seed, ASHA and concurrency, in the same benchmark run;
 * **real tiny** trials: 1 epoch of a 1-block model on digits; the stock stack's trainable calls hashtune's own
@@ -70,7 +70,7 @@ def instant_value(lr: float, gamma: float, quant_weight: float) -> float:
 
 
 def instant(variant: str, flat: dict) -> dict[str, float]:
-    """hashtune's `HASHTUNE_TEST_TRIAL` function: the instant objective as a trial's final metrics."""
+    """hashtune's trial function (`SweepHooks.trial_function`): the instant objective as a trial's final metrics."""
     value = instant_value(flat["train.lr"], flat["loss.gamma"], flat["loss.quant_weight"])
     return {"val/best_mAP": value, "val/mAP": value, "test/mAP": value}
 
@@ -139,9 +139,7 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
 
     launch = len(_launches(folder))
     log = folder / f"mlflow_calls-{launch}.log"
-    env = {MLFLOW_LOG_ENV: str(log)} | (
-        {"HASHTUNE_TEST_TRIAL": "benchmarks.bench_scale:instant"} if row.scenario == "instant" else {}
-    )
+    env = {MLFLOW_LOG_ENV: str(log)}
     os.environ.update(env)
     count_mlflow_calls("driver")
     suggestions = time_calls(OptunaSearch, "suggest", keep=lambda result: isinstance(result, dict))
@@ -191,14 +189,20 @@ def _hashtune_sweep(row: Row, folder: Path, address: str | None) -> bool:
     """The row through `hashtune.sweep`'s driver; whether it finished (an interrupted sweep raises SweepInterrupted)."""
     from hashtune.config import load_config
     from hashtune.sweep.cli import build_parser
-    from hashtune.sweep.driver import SweepInterrupted, run_sweep
+    from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
     from hashtune.sweep.space import load_space
 
     argv = ["--space", str(folder / "space.yaml"), "--name", row.slug, "--results-dir", str(folder), "--resume", "auto"]
     args = build_parser().parse_args(argv + (["--address", address] if address else []))
     base = load_config()
     try:
-        run_sweep(args, base, load_space(args.space, base), resume_line="the benchmark's own command continues it")
+        run_sweep(
+            args,
+            base,
+            load_space(args.space, base),
+            resume_line="the benchmark's own command continues it",
+            hooks=SweepHooks(trial_function=instant if row.scenario == "instant" else None),
+        )
     except SweepInterrupted:
         return False
     return True
@@ -328,7 +332,7 @@ def _post_timings(row: Row, folder: Path) -> dict:
 
     from hashtune.tracking import best_finished_run
 
-    env = {"HASHTUNE_TEST_TRIAL": "benchmarks.bench_scale:instant", "RAY_TMPDIR": RAY_TMPDIR}
+    env = {"RAY_TMPDIR": RAY_TMPDIR}  # a finished sweep: its summary is read back, nothing runs
     python = [sys.executable, "-m"]
     resume = _timed(
         python

@@ -1,11 +1,14 @@
-"""Fake trial functions for `HASHTUNE_TEST_TRIAL` (see `hashtune.sweep.trial`): known arm means, no training."""
+"""Test hooks of a sweep (`hashtune.sweep.driver.SweepHooks`, given by `sweep_with_hooks.py`): trial functions with
+known arm means instead of training, and a fault injector."""
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
+from ray.tune import Callback
 
 
 def noisy_arms(variant: str, flat: dict) -> dict[str, float]:
@@ -27,3 +30,17 @@ def gated(variant: str, flat: dict) -> dict[str, float]:
         time.sleep(0.05)
     value = 0.5 + 0.1 * k_groups
     return {"val/best_mAP": value, "val/mAP": value, "test/mAP": value}
+
+
+class KillDriverAfterRunClosed(Callback):
+    """Kills the sweep driver's process group (SIGKILL) right after the first trial's MLflow run closed and before
+    Tune saved that the trial ended: the worst moment for exactly-once. Once: Tune saves callbacks with its state, so
+    a resumed sweep carries this one too, and the marker file says it has fired."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # after hashtune's logger closed the run
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.killpg(os.getpgid(0), signal.SIGKILL)

@@ -183,9 +183,6 @@ FAKE_ARMS = {"full": [0.80, 0.002], "w/o Q": [0.70, 0.002], "same": [0.80, 0.002
 def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_without_running_a_seed_twice(tmp_path):
     from ray_helpers import end_session_processes, short_temp_dir
 
-    from hashtune.sweep.mlflow_logger import FAULT_ENV
-    from hashtune.sweep.trial import FAKE_TRIAL_ENV
-
     space = tmp_path / "rep.yaml"
     space.write_text(
         "search: grid\nmax_concurrent: 2\nreplicates: {min: 3, max: 6, step: 3, delta: 0.02}\nfixed:\n  train.epochs: "
@@ -196,19 +193,20 @@ def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_witho
     ray_dir = short_temp_dir("rr")
     env = os.environ | {
         "RAY_TMPDIR": str(ray_dir),
-        FAKE_TRIAL_ENV: "fake_trials:noisy_arms",
+        "FAKE_TRIAL": "fake_trials:noisy_arms",
         "FAKE_ARMS": json.dumps(FAKE_ARMS),
         "FAKE_LOG": str(tmp_path / "executions.log"),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(tmp_path)]
+    hooked = [sys.executable, str(Path(__file__).parent / "sweep_with_hooks.py")]
+    command = [*hooked, "--space", str(space), "--results-dir", str(tmp_path)]
     try:
         killed = subprocess.run(
             command,
             capture_output=True,
             text=True,
             timeout=300,
-            env=env | {FAULT_ENV: "kill-driver-after-run-closed"},
+            env=env | {"KILL_AFTER_RUN_CLOSED": str(tmp_path / "killed")},
             start_new_session=True,
         )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

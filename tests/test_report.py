@@ -392,9 +392,8 @@ def test_base_experiment_must_be_a_finished_sweep_with_a_finished_trial(tmp_path
 
 
 def test_base_becomes_the_start_of_every_arm_with_cli_overrides_on_top(tmp_path):
-    import argparse
 
-    from hashtune.sweep.cli import _tuned
+    from hashtune.sweep.cli import _tuned, build_parser
     from hashtune.sweep.space import load_space
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -408,8 +407,8 @@ def test_base_becomes_the_start_of_every_arm_with_cli_overrides_on_top(tmp_path)
         {"loss.gamma": 9.0, "train.epochs": 300},
         metrics={"val/mAP": 0.8, "test/mAP": 0.6},
     )
-    args = argparse.Namespace(
-        base="tune", overrides=["train.lr=0.004"], mlflow_uri=None, results_dir=tmp_path, space="ablations"
+    args = build_parser().parse_args(
+        ["--space", "ablations", "--base", "tune", "--results-dir", str(tmp_path), "train.lr=0.004"]
     )
     base, space, provenance = _tuned(args, Config(), load_space("ablations"))
     assert base.loss.gamma == 9.0 and base.train.lr == 0.004 and base.train.epochs == 300  # not the space's fixed 150

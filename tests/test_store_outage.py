@@ -165,8 +165,6 @@ def _runs_by_status(uri: str, experiment: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_once(tmp_path, monkeypatch):
-    from hashtune.sweep.trial import FAKE_TRIAL_ENV
-
     ray_dir = short_temp_dir("so")
     space = tmp_path / "outage.yaml"
     space.write_text(SPACE)
@@ -174,13 +172,14 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
     server.start()
     env = os.environ | {
         "RAY_TMPDIR": ray_dir,
-        FAKE_TRIAL_ENV: "fake_trials:gated",
+        "FAKE_TRIAL": "fake_trials:gated",
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
     }
 
     def launch(name: str, retry_s: str, *extra: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}{len(extra)}.err"
-        command = [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--name", name]
+        command = [sys.executable, str(Path(__file__).parent / "sweep_with_hooks.py"), "--space", str(space)]
+        command += ["--name", name]
         command += ["--results-dir", str(tmp_path / "results"), "--mlflow-uri", server.uri]
         command += ["--store-retry-s", retry_s, *extra]
         gate = {"FAKE_GATE": str(tmp_path / f"{name}.gate")}

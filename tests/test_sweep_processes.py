@@ -38,12 +38,17 @@ def _children(results: Path, experiment: str) -> list:
     return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("hashtune.role") != "sweep"]
 
 
-def _sweep_command(space: Path, results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results), *extra]
+HOOKED = [sys.executable, str(Path(__file__).parent / "sweep_with_hooks.py")]
+"""`python -m hashtune.sweep` with test hooks (a sweep whose Tune state holds a test callback is resumed through it)."""
+
+
+def _sweep_command(space: Path, results: Path, *extra: str, hooked: bool = False) -> list[str]:
+    entry = HOOKED if hooked else [sys.executable, "-m", "hashtune.sweep"]
+    return [*entry, "--space", str(space), "--results-dir", str(results), *extra]
 
 
 def _start_and_signal_after_trials(
-    space: Path, results: Path, signum: int, trials: int, *extra: str
+    space: Path, results: Path, signum: int, trials: int, *extra: str, hooked: bool = False
 ) -> subprocess.Popen:
     """Start a sweep and signal its process group once `trials` trials' MLflow runs read FINISHED (polled, no sleeps).
 
@@ -51,7 +56,7 @@ def _start_and_signal_after_trials(
     reader opening a SQLite store that is being created would race MLflow's schema migration.
     """
     driver = subprocess.Popen(
-        _sweep_command(space, results, *extra),
+        _sweep_command(space, results, *extra, hooked=hooked),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -96,8 +101,6 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     4. resumed to the end: the trial whose run closed before the kill was replayed, not trained again, and every
        (metric, epoch) of every trial is logged once over the four launches.
     """
-    from hashtune.sweep.mlflow_logger import FAULT_ENV
-
     space = tmp_path / "stop.yaml"  # 48 bits: K up to 6 is feasible; each signal leaves at least two trials unfinished
     space.write_text(
         "search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n  model.bits: 48\n"
@@ -105,11 +108,11 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
         + "params:\n  model.k_groups: {grid: [1, 2, 3, 4, 5]}\n"
     )
     killed = subprocess.run(
-        _sweep_command(space, tmp_path),
+        _sweep_command(space, tmp_path, hooked=True),
         capture_output=True,
         text=True,
         timeout=400,
-        env=os.environ | {FAULT_ENV: "kill-driver-after-run-closed"},
+        env=os.environ | {"KILL_AFTER_RUN_CLOSED": str(tmp_path / "killed")},
         start_new_session=True,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -119,7 +122,7 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     ((trial_id, first),) = finished_before.items()
 
     for signum, finished, code in ((signal.SIGINT, 2, 130), (signal.SIGTERM, 3, 143)):
-        driver = _start_and_signal_after_trials(space, tmp_path, signum, finished, "--resume")
+        driver = _start_and_signal_after_trials(space, tmp_path, signum, finished, "--resume", hooked=True)
         _, stderr = driver.communicate(timeout=180)
         end_session_processes(os.environ["RAY_TMPDIR"])
         assert driver.returncode == code, stderr[-2000:]
@@ -132,7 +135,9 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
         assert parent.info.status == "KILLED" and parent.data.tags["hashtune.status"] == "interrupted"
         assert all(r.info.status != "RUNNING" for r in _children(tmp_path, "stop"))
 
-    resumed = subprocess.run(_sweep_command(space, tmp_path, "--resume"), capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        _sweep_command(space, tmp_path, "--resume", hooked=True), capture_output=True, text=True, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     children = _children(tmp_path, "stop")
     assert len(children) == 5 and len({r.data.tags["hashtune.trial_id"] for r in children}) == 5

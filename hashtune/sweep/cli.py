@@ -22,7 +22,7 @@ from hashtune.config import Config, load_config, parse_overrides
 from hashtune.errors import HashtuneError
 from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.sweep.base import tuned_base
-from hashtune.sweep.driver import SweepInterrupted, run_sweep
+from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
 from hashtune.sweep.space_settings import parse_budget
 from hashtune.tracking import STORE_RETRY_S, StoreClient, StoreUnavailable, resolve_tracking
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, hooks: SweepHooks | None = None) -> int:
+    """`python -m hashtune.sweep`; `hooks` (tests, benchmarks) put a trial function or Tune callbacks into the sweep."""
     args = build_parser().parse_args(argv)
     no_world_write()
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space, base)
         base, space, provenance = _tuned(args, base, space)
         space = _with_budget(space, args.budget)
-        summary = run_sweep(args, base, space, provenance)
+        summary = run_sweep(args, base, space, provenance, hooks=hooks)
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
         return stopped.exit_code

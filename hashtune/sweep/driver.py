@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from hashtune.sweep.summary import (
     spent,
     summarize,
 )
-from hashtune.sweep.trial import TrialResolver, TrialTracking
+from hashtune.sweep.trial import TrialFunction, TrialResolver, TrialTracking
 from hashtune.sweep.tuner import build_tuner, trial_trainable
 from hashtune.tracking import (
     TAG,
@@ -49,7 +50,20 @@ from hashtune.tracking import (
     mark_orphans_killed,
 )
 
-__all__ = ["SweepError", "SweepInterrupted", "run_sweep"]
+__all__ = ["SweepError", "SweepHooks", "SweepInterrupted", "run_sweep"]
+
+
+@dataclass(frozen=True)
+class SweepHooks:
+    """What a caller may put into a sweep besides its space: a `trial_function` run instead of training (tests,
+    benchmarks of the orchestration) and Tune callbacks after hashtune's MLflow logger (a test's fault injector).
+
+    Callbacks are saved with Tune's state: a resumed sweep keeps those it started with; the trial function is given
+    again by each launch.
+    """
+
+    trial_function: TrialFunction | None = None
+    callbacks: tuple = ()
 
 
 STORE_UNAVAILABLE_EXIT = DISK_FULL_EXIT
@@ -132,6 +146,7 @@ def run_sweep(
     provenance: dict | None = None,
     *,
     resume_line: str | None = None,
+    hooks: SweepHooks | None = None,
 ) -> dict[str, Any]:
     """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
 
@@ -148,7 +163,7 @@ def run_sweep(
     _check_resume(args.resume, stores)
     tracking_store = open_tracking(stores)
     with sweep_lock(stores):
-        return _run_locked(args, base, space, stores, tracking_store, provenance, resume_line)
+        return _run_locked(args, base, space, stores, tracking_store, provenance, resume_line, hooks or SweepHooks())
 
 
 def _run_locked(
@@ -159,6 +174,7 @@ def _run_locked(
     tracking_store,
     provenance: dict | None,
     resume_line: str | None,
+    hooks: SweepHooks,
 ) -> dict[str, Any]:
     resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
     uri, artifacts = tracking_store
@@ -185,6 +201,7 @@ def _run_locked(
             tracking,
             resume,
             lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr),
+            hooks,
         )
     except StoreUnavailable as error:  # its runs are marked KILLED by the --resume that finds the store back
         raise SweepInterrupted(
@@ -313,7 +330,14 @@ def _stop_signals(on_forced_exit) -> Iterator[list[str]]:
 
 
 def _fit(
-    args, base: Config, space: SearchSpace, stores: SweepStores, tracking: TrialTracking, resume: bool, on_forced_exit
+    args,
+    base: Config,
+    space: SearchSpace,
+    stores: SweepStores,
+    tracking: TrialTracking,
+    resume: bool,
+    on_forced_exit,
+    hooks: SweepHooks,
 ):
     """Run (or restore and continue) the Tuner on a Ray this call starts unless one is given.
 
@@ -335,7 +359,7 @@ def _fit(
                 )
                 tuner = Tuner.restore(
                     stores.experiment_path,
-                    trainable=trial_trainable(space, resolver, stores.storage, tracking),
+                    trainable=trial_trainable(space, resolver, stores.storage, tracking, hooks.trial_function),
                     resume_errored=True,
                 )  # a trial SIGTERMed with its sweep errored: continue it
             else:
@@ -344,7 +368,8 @@ def _fit(
                     base,
                     name=stores.name,
                     storage=stores.storage,
-                    callbacks=[logger],
+                    callbacks=[logger, *hooks.callbacks],
+                    trial_function=hooks.trial_function,
                     tracking=tracking,
                     max_concurrent=args.max_concurrent or space.max_concurrent,
                     optuna_journal=stores.optuna_journal,

@@ -18,8 +18,6 @@ summing every child run.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -28,10 +26,7 @@ from ray.tune import Callback
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, COST_METRICS, TAG, find_runs, flat_params, root_cause
 
-__all__ = ["MlflowTrialLogger", "FAULT_ENV"]
-
-FAULT_ENV = "HASHTUNE_TEST_FAULT"
-"""Test-only fault injection (`kill-driver-after-run-closed`): never set it outside tests."""
+__all__ = ["MlflowTrialLogger"]
 
 STATUS_TAG = f"{TAG}status"
 
@@ -211,8 +206,6 @@ class MlflowTrialLogger(Callback):
         if last.get("final") != 1.0:  # a finished run got its status with its final result
             self.client.set_tag(run_id, STATUS_TAG, "skipped_budget" if last.get("budget/skipped") else "stopped_early")
         self.client.set_terminated(run_id, "FINISHED")
-        if os.environ.get(FAULT_ENV) == "kill-driver-after-run-closed":  # tests: the window before Tune saves its state
-            os.killpg(os.getpgid(0), signal.SIGKILL)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from mlflow.entities import RunTag

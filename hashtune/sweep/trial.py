@@ -14,8 +14,8 @@ whose Tune checkpoint was not saved resumes from the checkpoint its MLflow run n
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import COMPLETED_TAG, TAG, find_trial_run, point_id
 
-__all__ = ["TrialResolver", "TrialTracking", "run_trial"]
+__all__ = ["TrialFunction", "TrialResolver", "TrialTracking", "run_trial"]
 
 
 class TrialResolver:
@@ -176,23 +176,28 @@ def _budget_spent(client, tracking: TrialTracking, space: SearchSpace) -> bool:
     return budget is not None and client.get_run(tracking.parent_run_id).data.metrics.get(budget[0], 0.0) >= budget[1]
 
 
-FAKE_TRIAL_ENV = "HASHTUNE_TEST_TRIAL"
-"""Tests only: `module:function` called as `function(variant, flat_config) -> final metrics` instead of
-training, so the schedule, MLflow and resume machinery run for real on known arm means in a second."""
+TrialFunction = Callable[[str, dict[str, Any]], dict[str, float]]
+"""`function(variant, flat_config) -> final metrics`: what a sweep may run instead of training (tests of the schedule,
+MLflow and resume machinery on known arm means; benchmarks of the orchestration alone). A module-level function, so
+that Ray can ship it to the trials."""
 
 
-def _fake_trial(spec: str, variant: str, flat: dict[str, Any], epochs: int, extra: dict[str, str]) -> None:
-    import importlib
-
+def _function_trial(
+    function: TrialFunction, variant: str, flat: dict[str, Any], epochs: int, extra: dict[str, str]
+) -> None:
     from ray import tune
 
-    module, function = spec.split(":")
-    metrics = getattr(importlib.import_module(module), function)(variant, flat)
-    tune.report(metrics | {"epoch": epochs, "final": 1.0} | extra)
+    tune.report(function(variant, flat) | {"epoch": epochs, "final": 1.0} | extra)
 
 
 def run_trial(
-    trial_config: dict, *, resolver: TrialResolver, space: SearchSpace, storage: str, tracking: TrialTracking
+    trial_config: dict,
+    *,
+    resolver: TrialResolver,
+    space: SearchSpace,
+    storage: str,
+    tracking: TrialTracking,
+    trial_function: TrialFunction | None = None,
 ) -> None:
     """The Tune trainable: resolve the trial's config; replay it if its MLflow run finished, else train it.
 
@@ -211,8 +216,8 @@ def run_trial(
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
         # a new trial, launched after the sweep spent its budget: not trained (Tune wants the metric and ASHA the epoch)
         tune.report({"budget/skipped": 1.0, space.metric: float("nan"), "epoch": 0})
-    elif os.environ.get(FAKE_TRIAL_ENV):
-        _fake_trial(os.environ[FAKE_TRIAL_ENV], variant, flat, config.train.epochs, extra)
+    elif trial_function is not None:
+        _function_trial(trial_function, variant, flat, config.train.epochs, extra)
     elif space.workers == 0:
         _fit_in_trial(config, run.data.tags.get(f"{TAG}checkpoint") if run is not None else None, extra)
     else:

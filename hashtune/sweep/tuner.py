@@ -17,7 +17,7 @@ from ray.tune import Stopper
 from hashtune.config import Config, config_from_dict, to_flat_dict
 from hashtune.sweep.space import Domain, SearchSpace
 from hashtune.sweep.summary import ELAPSED_METRIC
-from hashtune.sweep.trial import TrialResolver, TrialTracking, run_trial
+from hashtune.sweep.trial import TrialFunction, TrialResolver, TrialTracking, run_trial
 from hashtune.train.bits import is_feasible
 
 __all__ = [
@@ -99,6 +99,7 @@ def build_tuner(
     optuna_journal: Path,
     max_concurrent: int,
     tracking: TrialTracking,
+    trial_function: TrialFunction | None = None,
 ):
     """The `Tuner` of a sweep (fresh; `Tuner.restore` rebuilds it from storage on --resume)."""
     from ray import tune
@@ -108,7 +109,7 @@ def build_tuner(
         space, base, resolver, name=name, optuna_journal=optuna_journal, tracking=tracking
     )
     return tune.Tuner(
-        trial_trainable(space, resolver, storage, tracking),
+        trial_trainable(space, resolver, storage, tracking, trial_function),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric,
@@ -203,10 +204,20 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trial_trainable(space: SearchSpace, resolver: TrialResolver, storage: str, tracking: TrialTracking):
+def trial_trainable(
+    space: SearchSpace,
+    resolver: TrialResolver,
+    storage: str,
+    tracking: TrialTracking,
+    trial_function: TrialFunction | None = None,
+):
+    """`run_trial` with the sweep's resolver, space, storage and store (and a `trial_function` instead of training),
+    on the resources a trial takes."""
     from ray import tune
 
-    trainable = tune.with_parameters(run_trial, resolver=resolver, space=space, storage=storage, tracking=tracking)
+    trainable = tune.with_parameters(
+        run_trial, resolver=resolver, space=space, storage=storage, tracking=tracking, trial_function=trial_function
+    )
     if space.workers == 0:
         resources = {"cpu": space.cpus_per_trial} | ({"gpu": space.gpus_per_worker} if space.gpus_per_worker else {})
     else:
