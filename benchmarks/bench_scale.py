@@ -190,6 +190,7 @@ def _hashtune_sweep(row: Row, folder: Path, address: str | None) -> bool:
     from hashtune.config import load_config
     from hashtune.sweep.cli import build_parser
     from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
+    from hashtune.sweep.options import SweepOptions
     from hashtune.sweep.space import load_space
 
     argv = ["--space", str(folder / "space.yaml"), "--name", row.slug, "--results-dir", str(folder), "--resume", "auto"]
@@ -197,7 +198,7 @@ def _hashtune_sweep(row: Row, folder: Path, address: str | None) -> bool:
     base = load_config()
     try:
         run_sweep(
-            args,
+            SweepOptions.from_args(args),
             base,
             load_space(args.space, base),
             resume_line="the benchmark's own command continues it",

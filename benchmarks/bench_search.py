@@ -67,25 +67,16 @@ def run_arm(
     from mlflow import MlflowClient
 
     from hashtune.sweep.driver import run_sweep
+    from hashtune.sweep.options import SweepOptions
 
     client = MlflowClient(default_tracking_uri(results_dir))
     parent = _sweep_parent(client, name)
     if parent is None or WALL not in parent.data.metrics:
         if not train:
             return None
-        args = argparse.Namespace(
-            name=name,
-            space=space.name,
-            resume=resume,
-            address=None,
-            mlflow_uri=None,
-            storage=None,
-            max_concurrent=None,
-            results_dir=results_dir,
-            overrides=[],
-        )
+        options = SweepOptions(space.name, name=name, resume=resume, results_dir=Path(results_dir))
         start = time.perf_counter()
-        parent_run_id = run_sweep(args, base, space, resume_line=resume_line)["parent_run_id"]
+        parent_run_id = run_sweep(options, base, space, resume_line=resume_line)["parent_run_id"]
         client.log_metric(parent_run_id, WALL, time.perf_counter() - start)
         client.set_tag(parent_run_id, RESUMED, str(parent is not None))
         parent = client.get_run(parent_run_id)

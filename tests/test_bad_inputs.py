@@ -289,14 +289,13 @@ def test_sweep_refuses_a_space_that_is_not_utf8_and_a_name_outside_results(tmp_p
 
 
 def test_second_sweep_of_a_name_is_refused_with_the_holders_pid(tmp_path, capsys):
-    import argparse
     import os
 
+    from hashtune.sweep.options import SweepOptions
     from hashtune.sweep.space import load_space
     from hashtune.sweep.stores import resolve_stores, sweep_lock
 
-    args = argparse.Namespace(name=None, results_dir=tmp_path, storage=None, mlflow_uri=None)
-    with sweep_lock(resolve_stores(args, load_space("smoke"))):
+    with sweep_lock(resolve_stores(SweepOptions("smoke", results_dir=tmp_path), load_space("smoke"))):
         assert sweep_main(["--space", "smoke", "--results-dir", str(tmp_path)]) == 2
     assert f"sweep 'smoke' is already running (pid {os.getpid()})" in _one_error_line(capsys, "hashtune.sweep: error:")
     assert not (tmp_path / "ray").exists()
@@ -309,10 +308,11 @@ def test_two_drivers_creating_one_new_store_at_once_both_succeed(tmp_path):
     import sys
 
     code = (
-        "import argparse, sys, time; from hashtune.sweep.space import load_space; "
+        "import sys, time; from hashtune.sweep.space import load_space; "
+        "from hashtune.sweep.options import SweepOptions; "
         "from hashtune.sweep.stores import open_tracking, resolve_stores; "
-        "args = argparse.Namespace(name=sys.argv[1], results_dir=sys.argv[2], storage=None, mlflow_uri=None); "
-        "stores = resolve_stores(args, load_space('smoke')); "
+        "options = SweepOptions('smoke', name=sys.argv[1], results_dir=sys.argv[2]); "
+        "stores = resolve_stores(options, load_space('smoke')); "
         "[time.sleep(0.01) for _ in iter(lambda: (stores.results_dir / 'go').exists(), True)]; open_tracking(stores)"
     )
     drivers = [

@@ -222,12 +222,11 @@ def test_an_interrupted_search_benchmark_says_its_own_command_continues_it(tmp_p
 
 
 def test_the_driver_records_an_interruption_once_with_the_callers_resume_line(tmp_path):
-    import argparse
 
     from mlflow import MlflowClient
 
-    from hashtune.paths import RESULTS_DIR
     from hashtune.sweep.driver import _Interruption, _resume_line
+    from hashtune.sweep.options import SweepOptions
     from hashtune.sweep.stores import TrialTracking
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -246,20 +245,13 @@ def test_the_driver_records_an_interruption_once_with_the_callers_resume_line(tm
         and client.get_run(child).data.tags["hashtune.status"] == "killed"
     )
     # the sweep's own line: the command that finds the same sweep again
-    cli = argparse.Namespace(
-        space="ablations", results_dir=RESULTS_DIR, mlflow_uri=None, storage=None, address=None, base=None
-    )
+    cli = SweepOptions("ablations")
     assert (
         _resume_line(cli, "ab")
         == "nothing finished is lost. Continue it with: python -m hashtune.sweep --space ablations --name ab --resume"
     )
-    elsewhere = argparse.Namespace(
-        space="my space.yaml",
-        results_dir=tmp_path / "r",
-        mlflow_uri="http://127.0.0.1:5000",
-        storage=None,
-        address="auto",
-        base="tune",
+    elsewhere = SweepOptions(
+        "my space.yaml", results_dir=tmp_path / "r", mlflow_uri="http://127.0.0.1:5000", address="auto", base="tune"
     )  # what it was given, so the command finds the same sweep
     assert _resume_line(elsewhere, "ab").endswith(
         f"--space 'my space.yaml' --name ab --resume --results-dir {tmp_path / 'r'} "

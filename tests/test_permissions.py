@@ -1,7 +1,6 @@
 """What hashtune creates is not writable by other users: stores, locks, run folders, checkpoints, and the folder a
 local Ray lives in (`results/reliability.md`, Permissions)."""
 
-import argparse
 import os
 import stat
 from pathlib import Path
@@ -41,12 +40,12 @@ def test_a_local_ray_lives_in_a_folder_only_its_user_enters(tmp_path):
 
 
 def test_stores_and_locks_are_not_world_writable_under_any_umask(tmp_path, permissive_umask):
+    from hashtune.sweep.options import SweepOptions
     from hashtune.sweep.space import load_space
     from hashtune.sweep.stores import open_tracking, resolve_stores, sweep_lock
 
     assert no_world_write() & 0o002  # what every command does first
-    args = argparse.Namespace(name=None, results_dir=tmp_path / "results", storage=None, mlflow_uri=None)
-    stores = resolve_stores(args, load_space("smoke"))
+    stores = resolve_stores(SweepOptions("smoke", results_dir=tmp_path / "results"), load_space("smoke"))
     open_tracking(stores)
     with sweep_lock(stores):
         pass

@@ -23,6 +23,7 @@ from hashtune.errors import HashtuneError
 from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.sweep.base import tuned_base
 from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
+from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
 from hashtune.sweep.space_settings import parse_budget
 from hashtune.tracking import STORE_RETRY_S, StoreClient, StoreUnavailable, resolve_tracking
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None, *, hooks: SweepHooks | None = None) -> i
         space = load_space(args.space, base)
         base, space, provenance = _tuned(args, base, space)
         space = _with_budget(space, args.budget)
-        summary = run_sweep(args, base, space, provenance, hooks=hooks)
+        summary = run_sweep(SweepOptions.from_args(args), base, space, provenance, hooks=hooks)
     except SweepInterrupted as stopped:
         print(f"hashtune.sweep: {stopped}", file=sys.stderr)
         return stopped.exit_code

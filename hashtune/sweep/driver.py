@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shlex
@@ -17,6 +16,7 @@ from typing import Any
 from hashtune.config import Config, parse_overrides, to_flat_dict
 from hashtune.paths import DISK_FULL_EXIT, RESULTS_DIR, disk_full
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
+from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.resume import ResumeState, resume_state
 from hashtune.sweep.space import SearchSpace
@@ -140,7 +140,7 @@ def _check_resume(mode: str, stores: SweepStores) -> bool:
 
 
 def run_sweep(
-    args: argparse.Namespace,
+    options: SweepOptions,
     base: Config,
     space: SearchSpace,
     provenance: dict | None = None,
@@ -148,26 +148,26 @@ def run_sweep(
     resume_line: str | None = None,
     hooks: SweepHooks | None = None,
 ) -> dict[str, Any]:
-    """Start the sweep, or continue it (`args.resume`: never | always | auto); returns its summary.
+    """Start the sweep, or continue it (`options.resume`: never | always | auto); returns its summary.
 
     Everything that can refuse (a Ray temp dir too long for a local Ray, name, `--resume`, a running sweep
     of the same name, a space edited since the sweep started) refuses before anything is written.
     Interrupted, it says how to continue: `resume_line` when a caller that runs the sweep in its own
     process gives one (a benchmark continues through its own command), else the `hashtune.sweep` command.
     """
-    if not args.address:
+    if not options.address:
         from hashtune.train.local_ray import check_local_ray_temp_dir
 
         check_local_ray_temp_dir()
-    stores = resolve_stores(args, space)
-    _check_resume(args.resume, stores)
+    stores = resolve_stores(options, space)
+    _check_resume(options.resume, stores)
     tracking_store = open_tracking(stores)
     with sweep_lock(stores):
-        return _run_locked(args, base, space, stores, tracking_store, provenance, resume_line, hooks or SweepHooks())
+        return _run_locked(options, base, space, stores, tracking_store, provenance, resume_line, hooks or SweepHooks())
 
 
 def _run_locked(
-    args: argparse.Namespace,
+    options: SweepOptions,
     base: Config,
     space: SearchSpace,
     stores: SweepStores,
@@ -176,11 +176,11 @@ def _run_locked(
     resume_line: str | None,
     hooks: SweepHooks,
 ) -> dict[str, Any]:
-    resume = _check_resume(args.resume, stores)  # again, now that no other driver can create it meanwhile
+    resume = _check_resume(options.resume, stores)  # again, now that no other driver can create it meanwhile
     uri, artifacts = tracking_store
-    client = StoreClient(uri, args.store_retry_s)
+    client = StoreClient(uri, options.store_retry_s)
     existing = client.get_experiment_by_name(stores.name)
-    explicit = None if provenance else set(parse_overrides(getattr(args, "overrides", None) or []))
+    explicit = None if provenance else set(parse_overrides(list(options.overrides)))
     state = resume_state(
         client, existing, stores, space, base, resume=resume, explicit=explicit, provenance=provenance, uri=uri
     )
@@ -190,11 +190,11 @@ def _run_locked(
             print(f"sweep {stores.name!r} has finished: nothing to run (its summary is read back from its parent run)")
             return finished
     tracking = _open_parent(client, existing, stores, state, artifacts, uri)
-    resume_line = resume_line or _resume_line(args, stores.name)
+    resume_line = resume_line or _resume_line(options, stores.name)
     interruption = _Interruption(client, tracking, stores.name, resume_line)
     try:
         results, stop_signal = _fit(
-            args,
+            options,
             state.base,
             state.space,
             stores,
@@ -255,10 +255,10 @@ def _close(results, space: SearchSpace, client, stores: SweepStores, tracking: T
     return summary
 
 
-def _resume_line(args: argparse.Namespace, name: str) -> str:
+def _resume_line(options: SweepOptions, name: str) -> str:
     """The command that continues the sweep: its space and name, and the stores, cluster and base it was given."""
     where = [
-        (flag, getattr(args, key, None))
+        (flag, getattr(options, key))
         for flag, key in (
             ("--results-dir", "results_dir"),
             ("--mlflow-uri", "mlflow_uri"),
@@ -273,7 +273,9 @@ def _resume_line(args: argparse.Namespace, name: str) -> str:
         if value is not None and not (flag == "--results-dir" and Path(value) == RESULTS_DIR)
         for part in (flag, str(value))
     ]
-    command = shlex.join(["python", "-m", "hashtune.sweep", "--space", args.space, "--name", name, "--resume", *given])
+    command = shlex.join(
+        ["python", "-m", "hashtune.sweep", "--space", options.space, "--name", name, "--resume", *given]
+    )
     return f"nothing finished is lost. Continue it with: {command}"
 
 
@@ -330,7 +332,7 @@ def _stop_signals(on_forced_exit) -> Iterator[list[str]]:
 
 
 def _fit(
-    args,
+    options: SweepOptions,
     base: Config,
     space: SearchSpace,
     stores: SweepStores,
@@ -349,7 +351,7 @@ def _fit(
 
     resolver = TrialResolver(base, space)
     logger = MlflowTrialLogger(tracking=tracking, space_name=space.name, resolve=resolver)
-    started = init_ray(args.address)
+    started = init_ray(options.address)
     results, stop_signal = None, "SIGINT"
     with _stop_signals(on_forced_exit) as seen:  # its watchdog also bounds the shutdown
         try:
@@ -371,7 +373,7 @@ def _fit(
                     callbacks=[logger, *hooks.callbacks],
                     trial_function=hooks.trial_function,
                     tracking=tracking,
-                    max_concurrent=args.max_concurrent or space.max_concurrent,
+                    max_concurrent=options.max_concurrent or space.max_concurrent,
                     optuna_journal=stores.optuna_journal,
                 )
             results = tuner.fit()

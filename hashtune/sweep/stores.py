@@ -3,7 +3,6 @@ created under a lock, and the space a sweep was started with, compared on `--res
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -19,6 +18,7 @@ from filelock import FileLock, Timeout
 from hashtune.config import Config, to_flat_dict
 from hashtune.errors import HashtuneError
 from hashtune.paths import check_name
+from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.space import SearchSpace
 from hashtune.tracking import STORE_RETRY_S, StoreClient, resolve_tracking
 
@@ -81,11 +81,11 @@ class SweepStores:
         return self.results_dir / "locks" / f"{self.name}.lock"
 
 
-def resolve_stores(args: argparse.Namespace, space: SearchSpace) -> SweepStores:
-    """The sweep's stores from the CLI arguments (defaults under `--results-dir`); writes nothing."""
-    name = check_name(args.name or space.name, "--name" if args.name else "the space's file name (pass --name)")
-    results_dir = Path(args.results_dir).absolute()
-    return SweepStores(name, results_dir, args.storage or str(results_dir / "ray"), args.mlflow_uri)
+def resolve_stores(options: SweepOptions, space: SearchSpace) -> SweepStores:
+    """The sweep's stores from its options (defaults under `results_dir`); writes nothing."""
+    name = check_name(options.name or space.name, "--name" if options.name else "the space's file name (pass --name)")
+    results_dir = Path(options.results_dir).absolute()
+    return SweepStores(name, results_dir, options.storage or str(results_dir / "ray"), options.mlflow_uri)
 
 
 @contextlib.contextmanager
