@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from hashtune.config import CHOICES
 from hashtune.errors import DataError, DataNotFoundError
 
 __all__ = ["ImageSource", "load_source", "SOURCES"]
 
-SOURCES = ("digits", "cifar10", "cifar10-1", "cifar10-2", "listfile")
+SOURCES = CHOICES["data.name"]
+"""The datasets `data.name` names (the config validates against the same tuple)."""
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 LIST_FILES = ("train.txt", "test.txt", "database.txt")
 

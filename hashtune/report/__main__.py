@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hashtune.config import require_val_metric
 from hashtune.errors import HashtuneError
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.report.build import build_report
 from hashtune.tracking import resolve_tracking
@@ -23,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--out", type=Path, help="study folder (default: results/<experiment>)")
     parser.add_argument(
-        "--metric", default="val/best_mAP", help="selection metric for best runs and importance (default: val/best_mAP)"
+        "--metric",
+        default=SELECTION_METRIC,
+        help="selection metric for best runs and importance (default: val/best_mAP)",
     )
     parser.add_argument(
         "--reference", default="full", help="the variant ablation differences are taken against (default: full)"

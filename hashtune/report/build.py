@@ -9,9 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hashtune.data.protocol import PROTOCOLS
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.paths import atomic_write_text
 from hashtune.report.importance import FANOVA_MAX_TRIALS, parameter_importances, rebuild_study
-from hashtune.report.k_sensitivity import SELECTION_METRIC, k_findings, k_versus_best, k_versus_best_markdown
+from hashtune.report.k_sensitivity import k_findings, k_versus_best, k_versus_best_markdown
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
 from hashtune.report.sensitivity import continuous_sensitivity, continuous_table, k_bits_table
@@ -56,7 +57,7 @@ def build_report(
     experiment: str,
     out_dir: str | Path,
     *,
-    metric: str = "val/best_mAP",
+    metric: str = SELECTION_METRIC,
     reference: str = "full",
     log_to_parent: bool = True,
 ) -> list[Path]:

@@ -16,6 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hashtune.config import to_flat_dict
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.report.runs import TrialRun
 from hashtune.report.tables import varying_params
 
@@ -48,7 +49,7 @@ def infer_distribution(values: list[Any]) -> BaseDistribution:
     return CategoricalDistribution(sorted(set(values), key=str))
 
 
-def rebuild_study(runs: list[TrialRun], metric: str = "val/best_mAP", direction: str = "maximize") -> optuna.Study:
+def rebuild_study(runs: list[TrialRun], metric: str = SELECTION_METRIC, direction: str = "maximize") -> optuna.Study:
     """An in-memory Optuna study with one COMPLETE trial per finished run, over the parameters that vary.
 
     Config keys whose values agree in every run are one parameter named `key1=key2` (the seed replicates).

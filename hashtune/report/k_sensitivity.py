@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.report.runs import TrialRun
 from hashtune.report.stats import ClaimVerdict, claim_verdict
 from hashtune.report.tables import METRIC, format_number, is_crossed, markdown_table, replicate_key
 
 __all__ = ["SELECTION_METRIC", "KVersusBest", "k_versus_best", "k_findings", "k_versus_best_markdown"]
 
-SELECTION_METRIC = "val/best_mAP"
 PAPER_K = range(2, 7)  # the Ks of TransHash's Tab. 3
 PAPER_TAB3 = (
     "TransHash Tab. 3 (CIFAR-10, 48 bits): K 2..6 give 0.9017-0.9187 mAP (a 0.017 spread), K = 2 is used for every "

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from hashtune.metric_names import TEST_MAP
 from hashtune.paths import atomic_file
 from hashtune.report.runs import TrialRun
 from hashtune.report.sensitivity import BinnedCurve
@@ -55,7 +56,7 @@ def plot_sensitivity(curves: list[BinnedCurve], param: str, path: Path) -> Path:
         axis.errorbar(centres, means, yerr=errors, color=points.get_facecolor()[0], marker="o", capsize=3)
         axis.set_xscale("log" if curve.log_scale else "linear")
     axis.set_xlabel(param)
-    axis.set_ylabel("test/mAP")
+    axis.set_ylabel(TEST_MAP)
     axis.set_title(f"sensitivity to {param} (points: runs; line: binned mean ± 95% CI)", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()

@@ -7,11 +7,12 @@ from typing import Any
 
 from hashtune.config import Config, ConfigError, config_from_params
 from hashtune.errors import HashtuneError
+from hashtune.metric_names import TEST_MAP
 from hashtune.tracking import TAG, find_runs
 
 __all__ = ["ReportError", "TrialRun", "Study", "load_study"]
 
-REQUIRED_METRIC = "test/mAP"
+REQUIRED_METRIC = TEST_MAP
 
 
 class ReportError(HashtuneError, RuntimeError):

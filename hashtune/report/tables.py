@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from hashtune.config import SEED_KEYS, to_flat_dict
+from hashtune.metric_names import TEST_MAP
 from hashtune.report.runs import TrialRun
 from hashtune.report.stats import (
     ClaimVerdict,
@@ -42,7 +43,7 @@ __all__ = [
     "format_number",
 ]
 
-METRIC = "test/mAP"
+METRIC = TEST_MAP
 LEARNED = "test/mAP_learned"
 # What each paper claims about a variant relative to the full model (TransHash Tab. 2; He & Wei 2023)
 CLAIMS = {

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hashtune.errors import HashtuneError
+from hashtune.metric_names import TEST_MAP
 from hashtune.paths import no_world_write
 from hashtune.retrieval.retriever import Retriever, SearchResult, evaluate_bundle
 
@@ -59,7 +60,7 @@ def _neighbours(result: SearchResult, row: int) -> list[dict]:
 def _evaluate(bundle: Path) -> int:
     recomputed = evaluate_bundle(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    run_map = manifest.get("provenance", {}).get("run_metrics", {}).get("test/mAP")
+    run_map = manifest.get("provenance", {}).get("run_metrics", {}).get(TEST_MAP)
     report = {"bundle": str(bundle), "test_mAP_from_codes": recomputed, "run_test_mAP": run_map}
     report["equal"] = run_map is not None and abs(recomputed - run_map) <= TOLERANCE
     print(json.dumps(report))

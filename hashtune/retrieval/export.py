@@ -30,6 +30,7 @@ from hashtune.config import config_from_dict, require_val_metric, save_config
 from hashtune.data import Splits
 from hashtune.data.datasets import native_size
 from hashtune.errors import HashtuneError
+from hashtune.metric_names import SELECTION_METRIC, TEST_MAP
 from hashtune.metrics import pack_codes, retrieval_metrics
 from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.retrieval.bundle import write_manifest
@@ -58,7 +59,7 @@ class HashEncoder(nn.Module):
         return self.model(images).codes
 
 
-def best_run(client, experiment: str, metric: str = "val/best_mAP", run_id: str | None = None):
+def best_run(client, experiment: str, metric: str = SELECTION_METRIC, run_id: str | None = None):
     """The MLflow run to export: `run_id`, or the finished trial run with the highest `metric` (a val/* metric)."""
     require_val_metric(metric)
     if run_id:
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--run-dir", type=Path, help="a run folder of python -m hashtune.train (holds checkpoint.pt)")
     parser.add_argument("--run-id", help="export this MLflow run instead of the best one (with --experiment)")
     parser.add_argument(
-        "--metric", default="val/best_mAP", help="validation metric that picks the best run (default: val/best_mAP)"
+        "--metric", default=SELECTION_METRIC, help="validation metric that picks the best run (default: val/best_mAP)"
     )
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except OSError as error:  # the staging folder beside --out is removed: nothing half-written is left
         return report_disk_full("hashtune.export", error, args.out)
-    run_map = manifest["provenance"].get("run_metrics", {}).get("test/mAP")
+    run_map = manifest["provenance"].get("run_metrics", {}).get(TEST_MAP)
     summary = (
         f"bundle written to {args.out} ({manifest['num_database']} database codes of {manifest['bits']} bits); "
         f"test mAP from its codes {manifest['bundle_test_mAP']:.6f}"

@@ -11,6 +11,7 @@ from typing import Any
 
 from hashtune.config import Config, config_from_params
 from hashtune.errors import InputError
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.tracking import TAG, best_finished_run, display_uri, sweep_parents
 
 __all__ = ["BaseError", "tuned_base"]
@@ -20,7 +21,7 @@ class BaseError(InputError):
     """A base experiment that cannot serve: missing, unfinished, or without a finished trial (one line)."""
 
 
-def tuned_base(client, experiment: str, metric: str = "val/best_mAP") -> tuple[Config, dict[str, Any]]:
+def tuned_base(client, experiment: str, metric: str = SELECTION_METRIC) -> tuple[Config, dict[str, Any]]:
     """(the best finished trial's config, where it came from) of a finished sweep `experiment`."""
     parents = sweep_parents(client, experiment)
     if not parents:

@@ -29,6 +29,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from hashtune.metric_names import TEST_MAP
 from hashtune.report.stats import ClaimVerdict, claim_verdict
 from hashtune.sweep.replication_plan import Replicates
 from hashtune.sweep.stores import TrialTracking
@@ -45,7 +46,7 @@ __all__ = [
     "STATUS_TAG",
 ]
 
-CLAIM_METRIC = "test/mAP"
+CLAIM_METRIC = TEST_MAP
 """What the arms are compared on: the metric of the study's ablation table (TransHash Tab. 2 reports test mAP)."""
 STATUS_TAG = f"{TAG}replicates"
 """On the parent run: `round N` while the schedule runs, `done` once every arm is settled or at `max`."""

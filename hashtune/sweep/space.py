@@ -46,11 +46,13 @@ grids list them as infeasible, and TPE/random sample `k_groups` only within the 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.paths import shipped_spaces
 from hashtune.strict_yaml import YamlError, read_yaml
 from hashtune.sweep.replication_plan import Replicates
@@ -102,6 +104,12 @@ class Domain:
     """Sampled only where every `key: value` holds (tpe/random), e.g. k_groups only when dual_stream is true."""
 
 
+def budget_reached(totals: Mapping[str, float], budget: tuple[str, float] | None) -> bool:
+    """The one budget rule the trials, the stopper and the summary apply: the sweep's `cost/*` total (as its parent
+    run holds it) has reached `budget` (`(metric, limit)`, `SearchSpace.budget_seconds()`)."""
+    return budget is not None and totals.get(budget[0], 0.0) >= budget[1]
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """A validated search space (see the module docstring for the YAML schema)."""
@@ -109,7 +117,7 @@ class SearchSpace:
     name: str
     search: str = "grid"
     description: str = ""
-    metric: str = "val/best_mAP"
+    metric: str = SELECTION_METRIC
     mode: str = "max"
     num_samples: int = 1
     max_concurrent: int = 2
@@ -128,6 +136,10 @@ class SearchSpace:
         if self.budget is None:
             return None
         return f"cost/{self.budget['resource']}_seconds", self.budget["hours"] * 3600.0
+
+    def budget_reached(self, totals: Mapping[str, float]) -> bool:
+        """Whether the sweep's cost totals (`cost/*`, as its parent run holds them) reach its budget."""
+        return budget_reached(totals, self.budget_seconds())
 
     time_budget_s: float | None = None
     scheduler: dict = field(default_factory=lambda: {"type": "none"})
@@ -326,7 +338,7 @@ def _settings(where: str, tree: dict) -> dict[str, Any]:
     if mode not in MODES:
         raise SpaceError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     try:
-        settings["metric"] = require_val_metric(tree.get("metric", "val/best_mAP"))
+        settings["metric"] = require_val_metric(tree.get("metric", SELECTION_METRIC))
     except ConfigError as error:
         raise SpaceError(f"{where}: {error}") from None
     return settings | {"mode": mode, "description": str(tree.get("description", "")).strip()}

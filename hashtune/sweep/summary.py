@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hashtune.metric_names import SELECTION_METRIC, TEST_MAP
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import COST_METRICS, TAG, find_runs, sweep_cost
@@ -68,8 +69,7 @@ def limit_reached(space: SearchSpace, tracking: TrialTracking) -> str | None:
     elapsed = client.get_run(tracking.parent_run_id).data.metrics.get(ELAPSED_METRIC, 0.0)
     if space.time_budget_s is not None and elapsed >= space.time_budget_s:
         return f"time budget spent: {elapsed:.0f} of {space.time_budget_s:g} s (summed over every --resume)"
-    budget = space.budget_seconds()
-    if budget is not None and spent(client, tracking)[budget[0]] >= budget[1]:
+    if space.budget is not None and space.budget_reached(spent(client, tracking)):
         return "budget"
     return None
 
@@ -113,7 +113,7 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
         "mlflow_run_id": runs[0].info.run_id if runs else None,
         "selected_by": space.metric,
         space.metric: best.metrics[space.metric],
-        "test/mAP": best.metrics.get("test/mAP"),
+        TEST_MAP: best.metrics.get(TEST_MAP),
         "checkpoint": best.checkpoint.path if best.checkpoint else None,
     }
     return summary
@@ -155,7 +155,7 @@ def close_parent(client, parent_run_id: str, summary: dict[str, Any]) -> None:
     if summary.get("best"):
         best = summary["best"]
         client.set_tag(parent_run_id, f"{TAG}best_run_id", str(best["mlflow_run_id"]))
-        for key in ("val/best_mAP", "test/mAP"):
+        for key in (SELECTION_METRIC, TEST_MAP):
             if best.get(key) is not None:
                 client.log_metric(parent_run_id, f"best/{key}", best[key])
     client.log_text(

@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune import Stopper
 
 from hashtune.config import Config, config_from_dict, to_flat_dict
-from hashtune.sweep.space import Domain, SearchSpace
+from hashtune.sweep.space import Domain, SearchSpace, budget_reached
 from hashtune.sweep.summary import ELAPSED_METRIC
 from hashtune.sweep.trial import TrialFunction, TrialResolver, TrialTracking, run_trial
 from hashtune.train.bits import is_feasible
@@ -271,7 +271,7 @@ class SweepStopper(Stopper):
         client.log_metric(parent, ELAPSED_METRIC, elapsed)
         self.stop = self.time_budget_s is not None and elapsed >= self.time_budget_s
         if self.budget is not None and not self.stop:  # the running total the trials' logger keeps on the parent run
-            self.stop = client.get_run(parent).data.metrics.get(self.budget[0], 0.0) >= self.budget[1]
+            self.stop = budget_reached(client.get_run(parent).data.metrics, self.budget)
         return self.stop
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from hashtune.config import Config, ConfigError, check_schedule, config_from_dict, save_config, to_flat_dict
 from hashtune.data import RetrievalData, Splits, build_retrieval_data
+from hashtune.metric_names import SELECTION_METRIC
 from hashtune.metrics import RetrievalMetrics, retrieval_metrics
 from hashtune.train import outputs
 from hashtune.train.asymmetric import AsymmetricStrategy
@@ -268,7 +269,7 @@ class _TrainingRun:
                 "epoch": self.epoch + 1,
                 "model": copy.deepcopy(self.model.state_dict()),
             }
-        return metrics.as_dict("val") | {"val/best_mAP": self.best["val/mAP"]} | self.cost.metrics()
+        return metrics.as_dict("val") | {SELECTION_METRIC: self.best["val/mAP"]} | self.cost.metrics()
 
     def _test_metrics(self) -> tuple[RetrievalMetrics, dict[str, float]]:
         """The test queries against the database; for the asymmetric strategy with both kinds of database codes.
@@ -341,7 +342,9 @@ class _TrainingRun:
             | extra
             | {"epoch": self.epoch, "best_epoch": self.best["epoch"], "resumed_at_epoch": self.resumed_at_epoch}
         )
-        metrics |= {"val/best_mAP": self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
+        metrics |= (
+            {SELECTION_METRIC: self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
+        )
         metrics |= self.cost.metrics()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
