@@ -484,3 +484,20 @@ def test_every_k_against_the_best_k_and_tab3_findings_in_the_four_words(tmp_path
     assert '64 bits, "mAP is not very sensitive to K": **reversed**' in findings[2]  # K=3 worse by more than delta
     assert '64 bits, "K = 2": **holds**' in findings[3]
     assert "no verdict" in findings[4] and not any("does not hold" in sentence for sentence in findings)
+
+
+def test_one_reference_rule_for_sweep_and_report():
+    """The report compares with the variant the sweep recorded as its reference (its space's first), unless told
+    another; a replicated sweep's schedule always with its own; `full` for sweeps that recorded none."""
+    from hashtune.report.build import _reference
+    from hashtune.report.runs import Study
+    from hashtune.sweep.space import load_space
+
+    def study(params):
+        return Study("e", "0", "sqlite://", [], ["p"], parent_params=params)
+
+    assert _reference(study({"reference": "defaults"}), None) == "defaults"
+    assert _reference(study({"reference": "defaults"}), "tuned") == "tuned"
+    assert _reference(study({"reference": "a", "replicates.reference": "b"}), "c") == "b"
+    assert _reference(study({}), None) == "full"
+    assert load_space("defaults_vs_tuned").reference == "defaults"

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="selection metric for best runs and importance (default: val/best_mAP)",
     )
     parser.add_argument(
-        "--reference", default="full", help="the variant ablation differences are taken against (default: full)"
+        "--reference",
+        help="the variant ablation differences are taken against (default: the sweep's, the first its space lists)",
     )
     parser.add_argument("--no-log", action="store_true", help="do not log the study on the sweep's parent run")
     return parser

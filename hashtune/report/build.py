@@ -58,7 +58,7 @@ def build_report(
     out_dir: str | Path,
     *,
     metric: str = SELECTION_METRIC,
-    reference: str = "full",
+    reference: str | None = None,
     log_to_parent: bool = True,
 ) -> list[Path]:
     """Write every table, plot and the folder's README.md; returns the files written.
@@ -68,16 +68,16 @@ def build_report(
         experiment: the sweep's experiment name.
         out_dir: the study folder (created).
         metric: the selection metric (best runs, importance objective, search progress).
-        reference: the variant the ablation differences are taken against.
+        reference: the variant the ablation differences are taken against; None: the sweep's (the first variant its
+            space lists, recorded on its parent run; `full` for sweeps recorded before it was). A replicated sweep's
+            schedule always compares with its own reference.
         log_to_parent: also log the folder as artifacts (`report/`) of the newest sweep parent run.
     """
     logging.getLogger("optuna").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     study = load_study(client, experiment)
     folder = _StudyFolder(Path(out_dir))
-    directions = _ablation_files(
-        folder, study, study.parent_params.get("replicates.reference", reference)
-    )  # the schedule's reference
+    directions = _ablation_files(folder, study, _reference(study, reference))
     findings = _sensitivity_files(folder, study)
     _importance_files(folder, study, metric)
     pr = _best_pr_curves(client, study, metric)
@@ -101,6 +101,16 @@ def build_report(
     if log_to_parent and study.parent_run_ids:
         client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)
     return folder.written
+
+
+def _reference(study: Study, given: str | None) -> str:
+    """The one reference rule: a replicated sweep's schedule's, else the one given, else the sweep's recorded one."""
+    recorded = study.parent_params
+    return recorded.get("replicates.reference") or given or recorded.get("reference") or LEGACY_REFERENCE
+
+
+LEGACY_REFERENCE = "full"
+"""The reference of a sweep whose parent run does not record one (before 2026-12-02): the shipped spaces' first."""
 
 
 def _ablation_files(folder: _StudyFolder, study: Study, reference: str) -> list[str]:

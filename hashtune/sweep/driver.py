@@ -101,7 +101,7 @@ def _create_parent(
         "seeds": list(space.seeds),
         "workers": space.workers,
         "num_samples": space.num_samples,
-    }
+    } | ({"reference": space.reference} if space.reference else {})
     if space.replicates is not None:  # the study reads its level from here
         plan = space.replicates
         params |= {
