@@ -40,7 +40,6 @@ __all__ = [
     "sweep_cost",
     "log_infeasible_points",
     "mark_orphans_killed",
-    "root_cause",
     "StoreClient",
     "StoreError",
     "StoreUnavailable",
@@ -230,13 +229,6 @@ def mark_orphans_killed(client, experiment_id: str, parent_run_id: str) -> int:
         client.set_tag(run.info.run_id, f"{TAG}status", "killed")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(orphans)
-
-
-def root_cause(message: str) -> str:
-    """The last exception line of a (possibly wrapped) Ray error: the reason a user can act on."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    causes = [line for line in lines if ("Error:" in line or "Exception:" in line) and not line.startswith("ray.")]
-    return causes[-1] if causes else (lines[-1] if lines else message)
 
 
 _logger = logging.getLogger(__name__)

@@ -363,8 +363,8 @@ def test_mde_and_seeds_needed_agree_with_statsmodels_and_scipy():
 
 def test_base_experiment_must_be_a_finished_sweep_with_a_finished_trial(tmp_path, capsys):
     """`--base` refuses, in one line, a missing experiment, an unfinished sweep, or one with no finished trial."""
-    from hashtune.sweep.base import BaseError, tuned_base
     from hashtune.sweep.cli import main as sweep_main
+    from hashtune.sweep.tuned_base import BaseError, tuned_base
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(BaseError, match="no sweep of that name"):

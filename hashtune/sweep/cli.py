@@ -21,11 +21,11 @@ from pathlib import Path
 from hashtune.config import Config, load_config, parse_overrides
 from hashtune.errors import HashtuneError
 from hashtune.paths import RESULTS_DIR, no_world_write
-from hashtune.sweep.base import tuned_base
 from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
 from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
 from hashtune.sweep.space_settings import parse_budget
+from hashtune.sweep.tuned_base import tuned_base
 from hashtune.tracking import STORE_RETRY_S, StoreClient, StoreUnavailable, resolve_tracking
 
 __all__ = ["build_parser", "main"]

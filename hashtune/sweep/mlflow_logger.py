@@ -24,7 +24,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from hashtune.sweep.stores import TrialTracking
-from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, COST_METRICS, TAG, find_runs, flat_params, root_cause
+from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, COST_METRICS, TAG, find_runs, flat_params
 
 __all__ = ["MlflowTrialLogger"]
 
@@ -218,9 +218,7 @@ class MlflowTrialLogger(Callback):
             if error_file is not None and error_file.is_file()
             else "trial failed (no error text)"
         )
-        self.client.log_batch(
-            run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error", root_cause(message)[:4000])]
-        )
+        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error"(message)[:4000])])
         self._log_artifacts(run_id, trial)
         self.client.set_terminated(run_id, "FAILED")
 
@@ -233,3 +231,10 @@ class MlflowTrialLogger(Callback):
             files = [Path(folder) / name for name in ARTIFACTS if (Path(folder) / name).is_file()]
             for path in files:
                 self.client.log_artifact(run_id, str(path))
+
+
+def _root_cause(message: str) -> str:
+    """The last exception line of a (possibly wrapped) Ray error: the reason a user can act on."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    causes = [line for line in lines if ("Error:" in line or "Exception:" in line) and not line.startswith("ray.")]
+    return causes[-1] if causes else (lines[-1] if lines else message)
