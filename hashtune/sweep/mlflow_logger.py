@@ -218,7 +218,9 @@ class MlflowTrialLogger(Callback):
             if error_file is not None and error_file.is_file()
             else "trial failed (no error text)"
         )
-        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error"(message)[:4000])])
+        self.client.log_batch(
+            run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error", _root_cause(message)[:4000])]
+        )
         self._log_artifacts(run_id, trial)
         self.client.set_terminated(run_id, "FAILED")
 
