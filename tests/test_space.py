@@ -1,6 +1,7 @@
 """Search-space files: every shipped space validates; bad spaces fail before Ray starts, in one line."""
 
 import dataclasses
+import logging
 
 import optuna
 import pytest
@@ -237,17 +238,19 @@ def _record(base: Config, **space) -> dict:
     return space_record(dataclasses.replace(load_space("smoke"), **space), base)
 
 
-def test_a_resumed_sweep_runs_the_config_it_started_with_when_the_defaults_moved(monkeypatch, capsys):
+def test_a_resumed_sweep_runs_the_config_it_started_with_when_the_defaults_moved(monkeypatch, caplog):
     from hashtune.sweep.resume import resumed_base
     from hashtune.sweep.stores import SweepError
 
+    monkeypatch.setattr(logging.getLogger("hashtune"), "propagate", True)  # a CLI run before may have turned it off
+    caplog.set_level(logging.INFO, logger="hashtune")
     started_with = Config().replace({"model.k_groups": 2, "train.lr": 1e-3})
     saved = _record(started_with)
     assert saved["config"] == to_flat_dict(started_with) and saved["overrides"]["train.lr"] == 1e-3
     today = Config().replace({"model.k_groups": 3, "train.lr": 3e-3})  # the defaults moved since
     resumed = resumed_base(saved, _record(today), today, explicit=set(), name="abl")
     assert resumed == started_with
-    assert "defaults changed since: model.k_groups, train.lr" in capsys.readouterr().out
+    assert "defaults changed since: model.k_groups, train.lr" in caplog.text
     assert resumed_base(None, _record(today), today, explicit=set(), name="abl") == today  # a new sweep: today's config
     with pytest.raises(SweepError, match=r"changed since it started \(config.train.lr\)"):  # given again, otherwise
         resumed_base(saved, _record(today), today, explicit={"train.lr"}, name="abl")

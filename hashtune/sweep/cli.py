@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from hashtune.config import Config, load_config, parse_overrides
+from hashtune.console import show_logs
 from hashtune.errors import HashtuneError
 from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None, *, hooks: SweepHooks | None = None) -> i
     """`python -m hashtune.sweep`; `hooks` (tests, benchmarks) put a trial function or Tune callbacks into the sweep."""
     args = build_parser().parse_args(argv)
     no_world_write()
+    show_logs()
 
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:

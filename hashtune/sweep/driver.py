@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -51,6 +52,8 @@ from hashtune.tracking import (
 )
 
 __all__ = ["SweepError", "SweepHooks", "SweepInterrupted", "run_sweep"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,9 @@ def _run_locked(
     if state.parent is not None and state.parent.info.status == "FINISHED":
         finished = recorded_summary(client, state.parent.info.run_id)
         if finished is not None:  # nothing to run: no Ray, no Tune state to read back
-            print(f"sweep {stores.name!r} has finished: nothing to run (its summary is read back from its parent run)")
+            _logger.info(
+                "sweep %r has finished: nothing to run (its summary is read back from its parent run)", stores.name
+            )
             return finished
     tracking = _open_parent(client, existing, stores, state, artifacts, uri)
     resume_line = resume_line or _resume_line(options, stores.name)
@@ -356,8 +361,8 @@ def _fit(
     with _stop_signals(on_forced_exit) as seen:  # its watchdog also bounds the shutdown
         try:
             if resume:
-                print(
-                    f"continuing sweep {stores.name!r} from {stores.experiment_path} (finished trials are not re-run)"
+                _logger.info(
+                    "continuing sweep %r from %s (finished trials are not re-run)", stores.name, stores.experiment_path
                 )
                 tuner = Tuner.restore(
                     stores.experiment_path,

@@ -4,6 +4,7 @@ refusals when the stores or the space do not match what it started with."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from hashtune.sweep.stores import SweepError, SweepStores, changed_keys, saved_s
 from hashtune.tracking import TAG, find_runs
 
 __all__ = ["ResumeState", "resume_state", "resumed_base"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,11 @@ def resume_state(
     record = space_record(budgeted, base) | ({"base": provenance} if provenance else {})
     base = resumed_base(saved, record, base, explicit, stores.name)
     if budgeted is not space:  # said once nothing refused the resume
-        print(
-            f"continuing with the budget sweep {stores.name!r} started with: {budgeted.budget['hours']:g} "
-            f"{budgeted.budget['resource'].upper()}-hours"
+        _logger.info(
+            "continuing with the budget sweep %r started with: %g %s-hours",
+            stores.name,
+            budgeted.budget["hours"],
+            budgeted.budget["resource"].upper(),
         )
     return ResumeState(parent=parent, base=base, space=budgeted, record=record)
 
@@ -106,7 +111,9 @@ def resumed_base(
     moved = sorted(key for key, value in started.items() if record["config"][key] != value)
     _refuse_changed([f"config.{key}" for key in moved if explicit is None or key in explicit], name)
     if moved:
-        print(f"continuing with the config sweep {name!r} started with; defaults changed since: {', '.join(moved)}")
+        _logger.info(
+            "continuing with the config sweep %r started with; defaults changed since: %s", name, ", ".join(moved)
+        )
     return config_from_dict(started)
 
 
