@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.resume import ResumeState, resume_state
 from hashtune.sweep.space import SearchSpace
+from hashtune.sweep.stop_signals import stop_signals
 from hashtune.sweep.stores import (
     SPACE_ARTIFACT,
     SweepError,
@@ -301,41 +299,6 @@ class _Interruption:
             return self._message
 
 
-SIGTERM_GRACE_S = 10.0
-"""After SIGTERM, how long Tune's graceful stop may take before the driver records the interruption and exits."""
-
-
-@contextlib.contextmanager
-def _stop_signals(on_forced_exit) -> Iterator[list[str]]:
-    """SIGTERM stops the sweep the way Ctrl-C does (Tune saves its state and returns); yields the signals seen.
-
-    A local Ray's daemons block SIGTERM (`init_ray`), so a SIGTERM to the whole process group reaches the
-    driver alone. Should Ray's daemons die anyway (a cluster's, or a signal sent to every process), Tune's
-    clean-up would wait for a dead GCS: a watchdog gives the graceful stop `SIGTERM_GRACE_S`, then calls
-    `on_forced_exit()` (record the interruption, say how to resume) and leaves with exit 143. Nothing is
-    lost: trials are idempotent.
-    """
-    seen: list[str] = []
-    done = threading.Event()
-
-    def watchdog() -> None:
-        if not done.wait(SIGTERM_GRACE_S):
-            on_forced_exit()
-            os._exit(128 + signal.SIGTERM)
-
-    def on_signal(signum, frame):
-        seen.append(signal.Signals(signum).name)
-        os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop
-        threading.Thread(target=watchdog, daemon=True).start()
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    try:
-        yield seen
-    finally:
-        done.set()
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _fit(
     options: SweepOptions,
     base: Config,
@@ -358,7 +321,7 @@ def _fit(
     logger = MlflowTrialLogger(tracking=tracking, space_name=space.name, resolve=resolver)
     started = init_ray(options.address)
     results, stop_signal = None, "SIGINT"
-    with _stop_signals(on_forced_exit) as seen:  # its watchdog also bounds the shutdown
+    with stop_signals(on_forced_exit) as seen:  # its watchdog also bounds the shutdown
         try:
             if resume:
                 _logger.info(
