@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashtune.config import config_from_dict, require_val_metric, save_config
+from hashtune.config import Config, config_from_dict, require_val_metric, save_config
 from hashtune.data import Splits
 from hashtune.data.datasets import native_size
 from hashtune.errors import HashtuneError
@@ -128,10 +129,28 @@ def export_bundle(
     out = Path(out)
     if out.exists():
         raise ExportError(f"--out {out} already exists; pick a new folder (an existing bundle is never overwritten)")
+    encoded = _encode_and_evaluate(state, index_spec)
+    return _stage_bundle(encoded, out, index_spec, provenance or {})
+
+
+@dataclass
+class _Encoded:
+    """The checkpoint's model rebuilt, its test queries and database encoded, and the test metrics of those codes."""
+
+    config: Config
+    data: Any
+    model: Any
+    encoder: HashEncoder
+    query: torch.Tensor
+    database: torch.Tensor
+    evaluation: dict[str, Any]
+    test_map: float
+
+
+def _encode_and_evaluate(state: dict, index_spec: dict[str, Any]) -> _Encoded:
     config = config_from_dict(state["config"])
-    splits = Splits.from_arrays(state["splits"])
-    data = build_data(config, splits)
-    if index == "ivf":  # before minutes of encoding
+    data = build_data(config, Splits.from_arrays(state["splits"]))
+    if index_spec["type"] == "ivf":  # before minutes of encoding
         check_nlist(index_spec["nlist"], len(data.database))
     model = build_model(config, data)
     model.load_state_dict(state["best"]["model"] if state.get("best") else state["model"])
@@ -140,22 +159,29 @@ def export_bundle(
     binary = [torch.where(codes >= 0, 1.0, -1.0) for codes in (query, database)]
     evaluation = {"topk": config.eval.topk if config.eval.topk is not None else data.topk, "ties": config.eval.ties}
     metrics = retrieval_metrics(*binary, data.test_query.labels, data.database.labels, **evaluation)
+    return _Encoded(config, data, model, encoder, query, database, evaluation, metrics.map)
+
+
+def _stage_bundle(encoded: _Encoded, out: Path, index_spec: dict[str, Any], provenance: dict) -> dict[str, Any]:
+    """The bundle written to a temporary folder beside `out`, then renamed into place: whole, or not there."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    e = encoded
     try:
-        _write_files(staging, encoder, model, config, data, query, database)
-        faiss.write_index_binary(build_index(pack_codes(database), index, index_spec), str(staging / "index.faiss"))
+        _write_files(staging, e.encoder, e.model, e.config, e.data, e.query, e.database)
+        index = build_index(pack_codes(e.database), index_spec["type"], index_spec)
+        faiss.write_index_binary(index, str(staging / "index.faiss"))
         manifest = write_manifest(
             staging,
             {
-                "bits": config.model.bits,
-                "head_bits": list(model.head_bits),
-                "num_database": len(database),
-                "num_queries": len(query),
-                "bundle_test_mAP": metrics.map,
-                "evaluation": evaluation,
+                "bits": e.config.model.bits,
+                "head_bits": list(e.model.head_bits),
+                "num_database": len(e.database),
+                "num_queries": len(e.query),
+                "bundle_test_mAP": e.test_map,
+                "evaluation": e.evaluation,
                 "index": index_spec,
-                "provenance": provenance or {},
+                "provenance": provenance,
             },
         )
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
