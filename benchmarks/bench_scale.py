@@ -292,15 +292,30 @@ def _folder_bytes(path: Path) -> int:
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) if path.exists() else 0
 
 
-def _store_figures(row: Row, folder: Path) -> dict:
-    """Bytes of the stores and the steady per-trial wall (10th to 90th percentile of the runs' end times)."""
+LAUNCH_PAUSE_S = 60.0
+"""A gap this long with no trial ending is a pause between two launches of a row (`--keep`), not a trial's cost."""
+
+
+def _spacings(ends: list[int]) -> list[float]:
+    """Seconds between consecutive trials' end times (ms, sorted), pauses between launches left out."""
+    gaps = [(later - earlier) / 1000.0 for earlier, later in zip(ends, ends[1:])]
+    return [gap for gap in gaps if gap < LAUNCH_PAUSE_S]
+
+
+def _trial_runs(row: Row, folder: Path) -> list:
     from mlflow import MlflowClient
 
     from hashtune.tracking import find_runs
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(row.slug)
-    runs = [run for run in find_runs(client, experiment.experiment_id) if run.data.tags.get("hashtune.role") != "sweep"]
+    return [run for run in find_runs(client, experiment.experiment_id) if run.data.tags.get("hashtune.role") != "sweep"]
+
+
+def _store_figures(row: Row, folder: Path) -> dict:
+    """Bytes of the stores and the steady per-trial wall (the spacing of the runs' end times between their 10th and
+    90th percentile, pauses between launches left out), and that spacing per 1,000 trials."""
+    runs = _trial_runs(row, folder)
     ends = sorted(run.info.end_time for run in runs if run.info.end_time)
     finished = sum(
         run.info.status == "FINISHED" and run.data.tags.get("hashtune.status", "finished") == "finished" for run in runs
@@ -308,11 +323,13 @@ def _store_figures(row: Row, folder: Path) -> dict:
     if finished != row.trials:
         raise RuntimeError(f"bench_scale: {row.slug}: {finished} of {row.trials} trials finished (see {folder})")
     low, high = int(0.1 * len(ends)), int(0.9 * len(ends)) - 1
-    steady = (ends[high] - ends[low]) / 1000.0 / (high - low) if high > low else float("nan")
+    middle = _spacings(ends[low : high + 1])
+    steady = sum(middle) / len(middle) if middle else float("nan")
     optuna = folder / "optuna" / f"{row.slug}.journal"
     return {
         "runs": len(runs),
         "steady_s": steady,
+        "spacing_per_1000": _block_means(_spacings(ends), 1000) if len(ends) >= 5000 else [],
         "tune_bytes": _folder_bytes(folder / "ray" / row.slug),
         "mlflow_bytes": _folder_bytes(folder / "mlflow.db") + _folder_bytes(folder / "mlartifacts"),
         "optuna_bytes": optuna.stat().st_size if optuna.is_file() else None,
@@ -586,6 +603,16 @@ def write_scale_report(
         if len(records) == len(planned)
         else f"**Partial: {len(records)} of {len(planned)} rows done; the same command continues.** "
     )
+    growth = [
+        f"{row.arm} {', '.join(f'{value:.3f}' for value in record['spacing_per_1000'])}"
+        for row, record in records.items()
+        if record.get("spacing_per_1000")
+    ]
+    if growth:
+        partial += (
+            "How a trial's cost grows with N: seconds between consecutive trials, per 1,000 trials in end order "
+            f"(pauses between launches left out): {'; '.join(growth)}. "
+        )
     for row, spacing in (unfinished or {}).items():
         partial += (
             f"Unfinished: {row.label}, N = {row.trials:,}, {row.arm}, stopped after {500 * len(spacing):,}+ trials; "
@@ -723,9 +750,7 @@ def report_kept(args: argparse.Namespace, keep: Path) -> None:
     for row in planned:
         folder = keep / row.slug
         if (folder / "record.json").is_file():
-            record = json.loads((folder / "record.json").read_text())
-            record["mlflow_bytes"] = _folder_bytes(folder / "mlflow.db") + _folder_bytes(folder / "mlartifacts")
-            records[row] = record
+            records[row] = json.loads((folder / "record.json").read_text()) | _store_figures(row, folder)
         elif (folder / "mlflow.db").is_file():
             unfinished[row] = _spacing_by_block(row, folder)
     if not records:
@@ -735,17 +760,13 @@ def report_kept(args: argparse.Namespace, keep: Path) -> None:
 
 def _spacing_by_block(row: Row, folder: Path, block: int = 500) -> list[float]:
     """Seconds between consecutive trials' MLflow end times, averaged over each `block` of trials (in end order)."""
-    from mlflow import MlflowClient
+    return _block_means(
+        _spacings(sorted(run.info.end_time for run in _trial_runs(row, folder) if run.info.end_time)), block
+    )
 
-    from hashtune.tracking import find_runs
 
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(row.slug)
-    ends = sorted(run.info.end_time for run in find_runs(client, experiment.experiment_id) if run.info.end_time)
-    return [
-        (ends[start + block - 1] - ends[start]) / 1000.0 / (block - 1)
-        for start in range(0, len(ends) - block + 1, block)
-    ]
+def _block_means(values: list[float], block: int) -> list[float]:
+    return [sum(values[start : start + block]) / block for start in range(0, len(values) - block + 1, block)]
 
 
 def _stop_cluster(cluster) -> None:
