@@ -2,17 +2,20 @@
 it the sweep stops for `--resume` (exit 75, one line); unit tests of the retrying client, and a real `mlflow server`
 on 127.0.0.1 stopped and restarted under a sweep."""
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import requests
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from ray_helpers import end_session_processes, short_temp_dir
@@ -156,6 +159,12 @@ def _children(uri: str, experiment: str) -> list:
 
 
 def _runs_by_status(uri: str, experiment: str) -> list[str]:
+    if uri.startswith("sqlite:///"):  # read a local store only once the driver has made it (never race its migration)
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            return []
+        with FileLock(database.parent / "locks" / "mlflow-store.lock"):
+            pass
     try:
         return sorted(run.info.status for run in _children(uri, experiment))
     except MlflowException:
@@ -227,3 +236,126 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
                 assert [m.step for m in client.get_metric_history(run.info.run_id, "val/best_mAP")] == [1], name
     finally:
         server.stop()
+
+
+# ---- the sweep's S3 storage stopping under it -------------------------------------------------------------------
+
+
+class _Switch:
+    """A TCP forwarder on 127.0.0.1 to `port`: `down()` stops listening and cuts every open connection (a storage
+    that does not answer), `up()` listens again on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.target, self.port, self.listener, self.open = port, _free_port(), None, []
+        self.lock = threading.Lock()
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self.lock:
+            self.listener.close()
+            for connection in self.open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # down
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_run_once(tmp_path):
+    moto_port = _free_port()
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    switch = _Switch(moto_port)
+    switch.up()
+    ray_dir = short_temp_dir("s3o")
+    aws = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    env = os.environ | aws | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{switch.port}", "RAY_TMPDIR": ray_dir}
+    space = tmp_path / "s3out.yaml"
+    space.write_text(
+        "search: grid\nmax_concurrent: 1\nseeds: [0]\nfixed:\n  train.epochs: 2\n  train.eval_every: 1\n"
+        "  train.warmup_epochs: 0\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n  model.bits: 48\n"
+        "params:\n  model.k_groups: {grid: [1, 2, 3]}\n"
+    )
+    results, store = tmp_path / "results", f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    command = [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results)]
+    command += ["--storage", "s3://outage/sweeps"]
+    try:
+        _until(lambda: _answers(f"http://127.0.0.1:{moto_port}"), "the moto server")
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}", **_boto(aws)).create_bucket(Bucket="outage")
+        log = tmp_path / "stopped.err"
+        with log.open("w") as stderr:
+            driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _until(lambda: _runs_by_status(store, "s3out") == ["FINISHED", "RUNNING"], "the second trial's run")
+        switch.down()
+        assert driver.wait(timeout=400) == 75, log.read_text()[-3000:]
+        last = log.read_text().strip().splitlines()[-1]
+        assert last.startswith("hashtune.sweep: sweep 's3out' stopped: its storage s3://outage/sweeps/s3out did")
+        assert "AWS Error NETWORK_CONNECTION" in last and "--resume" in last
+        end_session_processes(ray_dir)
+
+        switch.up()
+        resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        with contextlib.suppress(OSError):
+            switch.down()
+        os.killpg(moto.pid, signal.SIGTERM)
+        moto.wait(timeout=30)
+        end_session_processes(ray_dir)
+    runs = _children(store, "s3out")
+    points = [run.data.tags["hashtune.point"] for run in runs]
+    assert len(runs) == 3 and len(set(points)) == 3 and all(run.info.status == "FINISHED" for run in runs)
+    client = MlflowClient(store)
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def _boto(aws: dict) -> dict:
+    return {
+        "aws_access_key_id": aws["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"],
+        "region_name": aws["AWS_DEFAULT_REGION"],
+    }

@@ -21,6 +21,7 @@ from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.stop_signals import stop_signals
 from hashtune.sweep.stores import (
     SPACE_ARTIFACT,
+    StorageUnavailable,
     SweepError,
     SweepStores,
     open_tracking,
@@ -206,7 +207,7 @@ def _run_locked(
             lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr),
             hooks,
         )
-    except StoreUnavailable as error:  # its runs are marked KILLED by the --resume that finds the store back
+    except (StoreUnavailable, StorageUnavailable) as error:  # its runs are marked KILLED by the --resume
         raise SweepInterrupted(
             f"sweep {stores.name!r} stopped: {error}; {resume_line}",
             exit_code=STORE_UNAVAILABLE_EXIT,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from hashtune.sweep.stores import TrialTracking
+from hashtune.sweep.stores import StorageUnavailable, TrialTracking, storage_outage
 from hashtune.tracking import ARTIFACTS, COMPLETED_TAG, COST_METRICS, TAG, find_runs, flat_params
 
 __all__ = ["MlflowTrialLogger"]
@@ -218,6 +218,11 @@ class MlflowTrialLogger(Callback):
             if error_file is not None and error_file.is_file()
             else "trial failed (no error text)"
         )
+        outage = storage_outage(message)
+        if (
+            outage is not None
+        ):  # not the trial's fault: the run stays open, the --resume that finds storage back reruns it
+            raise StorageUnavailable(trial.storage.experiment_fs_path, outage)
         self.client.log_batch(
             run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error", _root_cause(message)[:4000])]
         )

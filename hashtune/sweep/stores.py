@@ -24,6 +24,8 @@ from hashtune.tracking import STORE_RETRY_S, StoreClient, resolve_tracking
 
 __all__ = [
     "SweepError",
+    "StorageUnavailable",
+    "storage_outage",
     "SweepStores",
     "TrialTracking",
     "resolve_stores",
@@ -56,6 +58,25 @@ class TrialTracking:
 
 class SweepError(HashtuneError, RuntimeError):
     """A sweep that cannot start or resume as asked; the message says what to do instead."""
+
+
+class StorageUnavailable(HashtuneError, ConnectionError):
+    """The sweep's storage (an s3:// bucket) stopped answering while a trial wrote its checkpoint: the sweep stops
+    for --resume (exit 75) instead of counting the trial failed."""
+
+    exit_code = 75
+
+    def __init__(self, storage: str, cause: str) -> None:
+        super().__init__(f"its storage {storage} did not answer ({cause[:200]})")
+
+
+STORAGE_OUTAGE_SIGNS = ("AWS Error NETWORK_CONNECTION", "Could not connect to server", "Connection refused")
+"""What a trial's error says when the storage did not answer (pyarrow's S3 client, after its own retries)."""
+
+
+def storage_outage(message: str) -> str | None:
+    """The line of a trial's error text that says its storage did not answer, or None."""
+    return next((line.strip() for line in message.splitlines() if any(s in line for s in STORAGE_OUTAGE_SIGNS)), None)
 
 
 @dataclass(frozen=True)
