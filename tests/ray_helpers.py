@@ -38,7 +38,10 @@ def train_workers(state: str | None = None) -> list:
     from ray.util.state import list_actors
 
     filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", state)] if state else [])
-    return list_actors(filters=filters, detail=True, limit=1000)
+    # this process's cluster: with another local Ray on the machine (a test beside this one), the State API would
+    # refuse to guess between them
+    address = ray.get_runtime_context().gcs_address
+    return list_actors(address=address, filters=filters, detail=True, limit=1000)
 
 
 def end_session_processes(temp_dir: str, timeout: float = 30.0) -> int:

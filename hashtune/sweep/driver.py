@@ -69,8 +69,8 @@ class SweepHooks:
 
 
 STORE_UNAVAILABLE_EXIT = DISK_FULL_EXIT
-"""The exit code of a sweep stopped by an MLflow store that did not answer within `--store-retry-s`, as by a full
-disk (75, EX_TEMPFAIL: run it again with --resume once the store answers)."""
+"""The exit code of a sweep stopped by an MLflow store or a storage that did not answer (within `--store-retry-s`),
+or by a full disk: 75, EX_TEMPFAIL, run it again with --resume once it answers."""
 
 
 class SweepInterrupted(SweepError):
@@ -207,21 +207,28 @@ def _run_locked(
             lambda: print(f"hashtune.sweep: {interruption.record('SIGTERM')}", file=sys.stderr),
             hooks,
         )
-    except (StoreUnavailable, StorageUnavailable) as error:  # its runs are marked KILLED by the --resume
-        raise SweepInterrupted(
-            f"sweep {stores.name!r} stopped: {error}; {resume_line}",
-            exit_code=STORE_UNAVAILABLE_EXIT,
-        ) from None
-    except OSError as error:
-        full = disk_full(error, stores.results_dir)
-        if full is None:
+    except Exception as error:  # Tune wraps what its callbacks raise in a TuneError: the cause is in the chain
+        outage = _outage(error, stores.results_dir)
+        if outage is None:
             raise
-        raise SweepInterrupted(
-            f"sweep {stores.name!r} stopped: {full}; {resume_line}", exit_code=DISK_FULL_EXIT
-        ) from None
+        # its runs are marked KILLED by the --resume that finds the store back
+        message = f"sweep {stores.name!r} stopped: {outage}; {resume_line}"
+        raise SweepInterrupted(message, exit_code=STORE_UNAVAILABLE_EXIT) from None
     if stop_signal is not None:
         raise SweepInterrupted(interruption.record(stop_signal), exit_code=128 + signal.Signals[stop_signal].value)
     return _close(results, state.space, client, stores, tracking)
+
+
+def _outage(error: BaseException, results_dir: Path) -> Exception | None:
+    """The store or storage outage, or the full disk, that `error` (or an exception it was raised from) is."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (StoreUnavailable, StorageUnavailable)):
+            return seen
+        if isinstance(seen, OSError) and (full := disk_full(seen, results_dir)) is not None:
+            return full
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _open_parent(client, existing, stores: SweepStores, state: ResumeState, artifacts, uri: str) -> TrialTracking:

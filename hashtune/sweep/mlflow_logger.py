@@ -144,7 +144,7 @@ class MlflowTrialLogger(Callback):
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         """The trial's latest checkpoint, so a trial restarted before Tune saved its state can resume from it."""
-        self.client.set_tag(self.run_id(trial), f"{TAG}checkpoint", checkpoint.path)
+        self.client.set_tag(self.run_id(trial), f"{TAG}checkpoint", _uri(checkpoint))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         """Before the trial's function runs (Tune calls this first): its run exists and is RUNNING."""
@@ -219,10 +219,9 @@ class MlflowTrialLogger(Callback):
             else "trial failed (no error text)"
         )
         outage = storage_outage(message)
-        if (
-            outage is not None
-        ):  # not the trial's fault: the run stays open, the --resume that finds storage back reruns it
-            raise StorageUnavailable(trial.storage.experiment_fs_path, outage)
+        if outage is not None:  # not the trial's fault: its run stays open for the --resume that finds storage back
+            storage = trial.storage
+            raise StorageUnavailable(f"{storage.storage_filesystem.type_name}://{storage.experiment_fs_path}", outage)
         self.client.log_batch(
             run_id, tags=[RunTag(STATUS_TAG, "failed"), RunTag(f"{TAG}error", _root_cause(message)[:4000])]
         )
@@ -233,7 +232,7 @@ class MlflowTrialLogger(Callback):
         checkpoint = trial.checkpoint
         if checkpoint is None:
             return
-        self.client.set_tag(run_id, f"{TAG}checkpoint", checkpoint.path)
+        self.client.set_tag(run_id, f"{TAG}checkpoint", _uri(checkpoint))
         with checkpoint.as_directory() as folder:
             files = [Path(folder) / name for name in ARTIFACTS if (Path(folder) / name).is_file()]
             for path in files:
@@ -245,3 +244,10 @@ def _root_cause(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     causes = [line for line in lines if ("Error:" in line or "Exception:" in line) and not line.startswith("ray.")]
     return causes[-1] if causes else (lines[-1] if lines else message)
+
+
+def _uri(checkpoint) -> str:
+    """Where a Tune checkpoint is, as a URI a later process can open (`s3://bucket/...`; a local path as it is):
+    Ray's `Checkpoint.path` is relative to its filesystem, which a tag does not carry."""
+    scheme = checkpoint.filesystem.type_name
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"

@@ -172,7 +172,7 @@ def _is_fresh(run, checkpoint) -> bool:
 def _budget_spent(client, tracking: TrialTracking, space: SearchSpace) -> bool:
     """Whether the sweep's trials (finished and running) have spent the space's budget: the running total the
     driver's logger keeps on the parent run (`cost/*`), one read whatever the number of trials."""
-    return space.budget_reached(client.get_run(tracking.parent_run_id).data.metrics)
+    return space.budget is not None and space.budget_reached(client.get_run(tracking.parent_run_id).data.metrics)
 
 
 TrialFunction = Callable[[str, dict[str, Any]], dict[str, float]]
