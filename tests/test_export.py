@@ -202,7 +202,7 @@ def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray_a")
+@pytest.mark.xdist_group("ray")
 def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
     from ray_helpers import short_temp_dir

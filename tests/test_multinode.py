@@ -11,7 +11,7 @@ from ray_helpers import short_temp_dir, train_workers
 from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_a")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from ray_helpers import short_temp_dir
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_b")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BUCKET = "hashtune-test"
 TINY = [

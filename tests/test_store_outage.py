@@ -172,7 +172,7 @@ def _runs_by_status(uri: str, experiment: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray_b")
+@pytest.mark.xdist_group("ray")
 def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_once(tmp_path, monkeypatch):
     ray_dir = short_temp_dir("so")
     space = tmp_path / "outage.yaml"
@@ -284,7 +284,7 @@ class _Switch:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray_b")
+@pytest.mark.xdist_group("ray")
 def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_run_once(tmp_path):
     moto_port = _free_port()
     moto = subprocess.Popen(

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from ray_helpers import end_session_processes, short_temp_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_b")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 TINY = (
     "  train.eval_every: 1\n  train.warmup_epochs: 0\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"
