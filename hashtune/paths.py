@@ -91,6 +91,10 @@ class DiskFullError(HashtuneError, OSError):
             f"no space left on device writing {path.name} in {folder} ({wrote}{free:,} bytes free); free space "
             "there and run it again (nothing finished is lost)",
         )
+        self.path, self.written = path, written
+
+    def __reduce__(self):  # Ray sends a trial's exception to the driver pickled
+        return type(self), (self.path, self.written)
 
     def __str__(self) -> str:
         return self.strerror

@@ -246,10 +246,13 @@ class StoreUnavailable(StoreError):
 
     exit_code = 75  # EX_TEMPFAIL: run it again once the store answers
 
-    def __init__(self, uri: str, waited_s: float, cause: Exception) -> None:
+    def __init__(self, uri: str, waited_s: float, cause: Exception | str) -> None:
         first_line = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
         super().__init__(f"the MLflow store {uri} did not answer for {waited_s:.0f} s ({first_line})")
-        self.uri, self.waited_s = uri, waited_s
+        self.uri, self.waited_s, self.cause = uri, waited_s, first_line
+
+    def __reduce__(self):  # Ray sends a trial's exception to the driver pickled
+        return type(self), (self.uri, self.waited_s, self.cause)
 
 
 def is_transient(error: BaseException) -> bool:

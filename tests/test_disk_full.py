@@ -81,3 +81,19 @@ def test_a_run_that_fills_the_disk_stops_in_one_line_and_resumes_once_space_is_f
     ballast.unlink()
     assert train_main(["--resume", str(run), "--no-progress"]) == 0
     assert (run / "metrics.json").is_file() and load_checkpoint(run)["epoch"] == 2
+
+
+def test_the_errors_a_trial_may_raise_survive_pickling(tmp_path):
+    """Ray sends a trial's exception to the driver pickled: each keeps its message and fields."""
+    import pickle
+
+    from hashtune.sweep.stores import StorageUnavailable
+    from hashtune.tracking import StoreUnavailable
+
+    for error in (
+        DiskFullError(tmp_path / "checkpoint.pt", 10),
+        StoreUnavailable("http://127.0.0.1:1", 3.0, ValueError("API request to x failed with exception y")),
+        StorageUnavailable("s3://b/p", "AWS Error NETWORK_CONNECTION"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)

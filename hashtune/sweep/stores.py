@@ -68,6 +68,10 @@ class StorageUnavailable(HashtuneError, ConnectionError):
 
     def __init__(self, storage: str, cause: str) -> None:
         super().__init__(f"its storage {storage} did not answer ({cause[:200]})")
+        self.storage, self.cause = storage, cause
+
+    def __reduce__(self):
+        return type(self), (self.storage, self.cause)
 
 
 STORAGE_OUTAGE_SIGNS = ("AWS Error NETWORK_CONNECTION", "Could not connect to server", "Connection refused")
