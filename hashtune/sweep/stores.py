@@ -74,7 +74,7 @@ class StorageUnavailable(HashtuneError, ConnectionError):
         return type(self), (self.storage, self.cause)
 
 
-STORAGE_OUTAGE_SIGNS = ("AWS Error NETWORK_CONNECTION", "Could not connect to server", "Connection refused")
+STORAGE_OUTAGE_SIGNS = ("AWS Error NETWORK_CONNECTION", "Could not connect to server")
 """What a trial's error says when the storage did not answer (pyarrow's S3 client, after its own retries)."""
 
 
