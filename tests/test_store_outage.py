@@ -359,3 +359,11 @@ def _boto(aws: dict) -> dict:
         "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"],
         "region_name": aws["AWS_DEFAULT_REGION"],
     }
+
+
+def test_a_trial_error_names_a_storage_outage_only_when_the_s3_client_says_so():
+    from hashtune.sweep.stores import storage_outage
+
+    aws = "OSError: When testing for existence of bucket 'b': AWS Error NETWORK_CONNECTION during HeadBucket operation"
+    assert storage_outage(f"Traceback (most recent call last):\n  ...\n{aws}\n") == aws
+    assert storage_outage(f"{REFUSED}\nValueError: bad config") is None  # an MLflow store's refusal: not the storage
