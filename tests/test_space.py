@@ -219,7 +219,7 @@ def test_a_resumed_sweep_continues_its_wall_clock_budget(tmp_path):
 
 
 def test_resume_sees_a_setting_added_at_its_null_default_as_unchanged():
-    from hashtune.sweep.stores import changed_keys
+    from hashtune.sweep.space_record import changed_keys
 
     saved = {"space": {"name": "ablations", "seeds": [0, 1]}, "overrides": {}}
     assert (
@@ -233,7 +233,7 @@ def test_resume_sees_a_setting_added_at_its_null_default_as_unchanged():
 
 
 def _record(base: Config, **space) -> dict:
-    from hashtune.sweep.stores import space_record
+    from hashtune.sweep.space_record import space_record
 
     return space_record(dataclasses.replace(load_space("smoke"), **space), base)
 

@@ -18,9 +18,9 @@ from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
 from hashtune.sweep.resume import ResumeState, resume_state
 from hashtune.sweep.space import SearchSpace
+from hashtune.sweep.space_record import SPACE_ARTIFACT
 from hashtune.sweep.stop_signals import stop_signals
 from hashtune.sweep.stores import (
-    SPACE_ARTIFACT,
     StorageUnavailable,
     SweepError,
     SweepStores,

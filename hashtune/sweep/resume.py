@@ -10,7 +10,8 @@ from typing import Any
 
 from hashtune.config import Config, config_from_dict
 from hashtune.sweep.space import SearchSpace
-from hashtune.sweep.stores import SweepError, SweepStores, changed_keys, saved_space_record, space_record
+from hashtune.sweep.space_record import changed_keys, saved_space_record, space_record
+from hashtune.sweep.stores import SweepError, SweepStores
 from hashtune.tracking import TAG, find_runs
 
 __all__ = ["ResumeState", "resume_state", "resumed_base"]

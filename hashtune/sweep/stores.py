@@ -1,21 +1,16 @@
 """Where a sweep keeps its state, and the guards around it: one sweep per name at a time, the MLflow store
-created under a lock, and the space a sweep was started with, compared on `--resume`."""
+created under a lock, and what a storage outage looks like in a trial's error."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
-from hashtune.config import Config, to_flat_dict
 from hashtune.errors import HashtuneError
 from hashtune.paths import check_name
 from hashtune.sweep.options import SweepOptions
@@ -31,13 +26,8 @@ __all__ = [
     "resolve_stores",
     "sweep_lock",
     "open_tracking",
-    "space_record",
-    "changed_keys",
-    "saved_space_record",
-    "SPACE_ARTIFACT",
+    "STORAGE_OUTAGE_SIGNS",
 ]
-
-SPACE_ARTIFACT = "space.json"
 
 
 @dataclass(frozen=True)
@@ -145,40 +135,3 @@ def open_tracking(stores: SweepStores) -> tuple[str, str | None]:
     store_lock.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(store_lock):
         return resolve_tracking(stores.mlflow_uri, stores.results_dir)
-
-
-def space_record(space: SearchSpace, base: Config) -> dict[str, Any]:
-    """What a sweep was started with: the space after defaults, the whole config its trials start from
-    (`config`: what `--resume` continues with, whatever the defaults are by then) and, for reading, where
-    that config differs from the defaults of the day (`overrides`)."""
-    config = to_flat_dict(base)
-    defaults = to_flat_dict(Config())
-    overrides = {key: value for key, value in config.items() if defaults[key] != value}
-    return json.loads(
-        json.dumps({"space": dataclasses.asdict(space), "overrides": overrides, "config": config}, default=str)
-    )
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat |= _flat(value, f"{prefix}{key}.")
-        return flat or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): tree}
-
-
-def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose value differs between two space records (added and removed keys included; a key
-    absent from one and null in the other is unchanged: a setting added since, at its default)."""
-    old, new = _flat(saved), _flat(current)
-    changed = {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
-    return sorted(key for key in changed if not any(other.startswith(f"{key}.") for other in changed))  # leaves only
-
-
-def saved_space_record(client, run_id: str) -> dict[str, Any] | None:
-    """The space record logged on a sweep's parent run, or None for a sweep started before records existed."""
-    if SPACE_ARTIFACT not in {artifact.path for artifact in client.list_artifacts(run_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as scratch:
-        return json.loads(Path(client.download_artifacts(run_id, SPACE_ARTIFACT, scratch)).read_text())
