@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: sweep test
+.PHONY: sweep test browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 sweep: $(STAMP)
 	$(BIN)/python -m hashtune.sweep --space ablations --resume auto $(ARGS)
 
-test: $(STAMP)
+# the page's browser test drives Debian's chromium through chromedriver (packages, not pip: installed once)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver >/dev/null
+
+test: $(STAMP) browser
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from images import digit_pngs, png_header_only
 from PIL import Image
 
 from hashtune.config import load_config
@@ -41,18 +42,6 @@ def bundle(tmp_path_factory):
     return root / "bundle", metrics
 
 
-def _query_pngs(bundle, folder, count=5):
-    """The first test queries written as 8-bit grayscale PNGs, like a user's files."""
-    ids = np.load(bundle / "query_ids.npy")[:count]
-    pixels = load_source("digits").pixels
-    paths = []
-    for identifier in ids:
-        path = folder / f"digit_{identifier}.png"
-        Image.fromarray(pixels[identifier, :, :, 0], mode="L").save(path)
-        paths.append(str(path))
-    return paths
-
-
 def test_pack_and_unpack_round_trip_with_padding():
     codes = np.where(np.random.default_rng(0).standard_normal((7, 12)) >= 0, 1.0, -1.0)
     packed = pack_codes(codes)
@@ -72,7 +61,7 @@ def test_eval_recomputes_the_runs_test_map_exactly(bundle, capsys):
 
 def test_fresh_process_gives_the_stored_codes_for_the_same_images(bundle, tmp_path):
     folder, _ = bundle
-    paths = _query_pngs(folder, tmp_path)
+    paths = digit_pngs(folder, tmp_path)
     script = (
         "import sys, json; from hashtune.retrieval import Retriever; "
         "r = Retriever.load(sys.argv[1]); print(json.dumps(r.encode(sys.argv[2:]).tolist()))"
@@ -131,35 +120,20 @@ def test_a_refused_add_leaves_the_database_as_it_was():
     assert len(retriever) == 22 and found.ids[0, 0] == "a" and retriever.ids[:20].tolist() == list(range(20))
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG of a few dozen bytes that claims `width` x `height` (a decompression bomb's header)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
-    return path
-
-
 def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(bundle, tmp_path, capsys):
     folder, _ = bundle
-    huge = _png_header_only(tmp_path / "huge.png", 12_000, 12_000)  # decoded before the limit: +593 MB
+    huge = png_header_only(tmp_path / "huge.png", 12_000, 12_000)  # decoded before the limit: +593 MB
     assert retrieve_main(["--bundle", str(folder), "--image", str(huge)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "is 12000 x 12000 = 144,000,000 pixels; at most 40,000,000 are decoded" in line
-    bomb = _png_header_only(tmp_path / "bomb.png", 30_000, 30_000)  # PIL's own refusal comes first: one line too
+    bomb = png_header_only(tmp_path / "bomb.png", 30_000, 30_000)  # PIL's own refusal comes first: one line too
     assert retrieve_main(["--bundle", str(folder), "--image", str(bomb)]) == 2
     assert "is refused before decoding" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_cli_json_shape(bundle, tmp_path, capsys):
     folder, _ = bundle
-    paths = _query_pngs(folder, tmp_path, count=2)
+    paths = digit_pngs(folder, tmp_path, count=2)
     assert retrieve_main(["--bundle", str(folder), "--image", paths[0], "--image", paths[1], "-k", "3", "--json"]) == 0
     output = json.loads(capsys.readouterr().out)
     assert output["k"] == 3 and len(output["results"]) == 2
@@ -284,7 +258,7 @@ def test_a_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
 
 def test_radius_is_bounded_by_the_code_length(bundle, tmp_path, capsys):
     folder, _ = bundle
-    image = _query_pngs(folder, tmp_path, count=1)[0]
+    image = digit_pngs(folder, tmp_path, count=1)[0]
     assert retrieve_main(["--bundle", str(folder), "--image", str(image), "--radius", "100000000000"]) == 2
     assert (
         "radius must be in [0, 24] for 24-bit codes, got 100000000000"
@@ -295,7 +269,7 @@ def test_radius_is_bounded_by_the_code_length(bundle, tmp_path, capsys):
 def test_queries_of_any_size_and_bit_depth_are_read_as_training_read_them(bundle, tmp_path):
     folder, _ = bundle
     retriever = Retriever.load(folder)
-    eight_bit = _query_pngs(folder, tmp_path, count=3)
+    eight_bit = digit_pngs(folder, tmp_path, count=3)
     sixteen_bit = []
     for path in eight_bit:
         pixels = np.asarray(Image.open(path), dtype=np.uint16) * 257  # the same image at 16 bits
@@ -398,3 +372,41 @@ def test_an_index_file_that_disagrees_with_its_manifest_is_refused(bundle, tmp_p
     )
     with pytest.raises(BundleError, match="index.faiss is a hnsw index of .* codes, the manifest says flat"):
         Retriever.load(folder)
+
+
+def test_thumbnails_are_checksummed_and_shown_beside_the_neighbours(bundle, tmp_path):
+    folder, _ = bundle
+    out = tmp_path / "with_thumbnails"
+    export_bundle(load_checkpoint(folder.parent / "run"), out, thumbnails=True)
+    assert "thumbnails.npy" in verify_bundle(out)["files"]
+    thumbnails, ids = np.load(out / "thumbnails.npy"), np.load(out / "database_ids.npy")
+    assert np.array_equal(thumbnails, load_source("digits").pixels[ids])  # digits keep their own 8 x 8 pixels
+    queries = digit_pngs(out, tmp_path, 2)
+    show = tmp_path / "show.png"
+    argv = ["--bundle", str(out), "--image", queries[0], "--image", queries[1], "-k", "4", "--show", str(show)]
+    assert retrieve_main(argv) == 0
+    width, height = Image.open(show).size
+    assert width > height > 200  # two rows of query + 4 neighbours
+    thumbnails[0] = 255 - thumbnails[0]
+    np.save(out / "thumbnails.npy", thumbnails)
+    with pytest.raises(BundleError, match="thumbnails.npy does not match its manifest checksum"):
+        verify_bundle(out)
+
+
+def test_thumbnails_of_image_files_are_square_crops(listfile_root):
+    from hashtune.data.datasets import HashingDataset
+    from hashtune.retrieval.thumbnails import make_thumbnails
+
+    source = load_source("listfile", listfile_root)
+    dataset = HashingDataset(source, np.arange(3), transform=None)
+    thumbnails = make_thumbnails(dataset, size=16)
+    assert thumbnails.shape == (3, 16, 16, 3) and thumbnails.dtype == np.uint8
+
+
+def test_an_alias_needs_a_registered_version(bundle, tmp_path, capsys):
+    run = str(bundle[0].parent / "run")
+    assert export_main(["--run-dir", run, "--alias", "champion", "--out", str(tmp_path / "b")]) == 2
+    assert "--alias names a registered model version: give --experiment" in capsys.readouterr().err
+    assert export_main(["--experiment", "e", "--alias", "latest", "--out", str(tmp_path / "b")]) == 2
+    assert "--alias 'latest' is not a model alias" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -1,6 +1,7 @@
 """Retrieve with a bundle from the command line.
 
     python -m hashtune.retrieve --bundle BUNDLE --image q1.png [--image q2.png ...] [-k 10] [--radius R] [--json]
+                                [--show neighbours.png]
     python -m hashtune.retrieve --bundle BUNDLE --eval
 
 `--json` prints one object::
@@ -22,11 +23,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from hashtune.errors import HashtuneError
 from hashtune.metric_names import TEST_MAP
 from hashtune.paths import no_world_write
-from hashtune.retrieval.retriever import Retriever, SearchResult, evaluate_bundle
+from hashtune.retrieval.retriever import Retriever, evaluate_bundle, query_answers
+from hashtune.retrieval.show import draw_neighbours
 
 TOLERANCE = 1e-9
 
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", type=Path, action="append", default=[], help="a query image file (repeatable)")
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
     parser.add_argument("--radius", type=int, help="return everything within this Hamming radius instead of the top k")
+    parser.add_argument(
+        "--show", type=Path, help="also draw each query beside its neighbours' thumbnails into this PNG (matplotlib)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (the documented shape) instead of a table")
     parser.add_argument(
         "--eval", action="store_true", help="recompute the test mAP from the stored codes and compare with the run's"
@@ -46,15 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _neighbours(result: SearchResult, row: int) -> list[dict]:
-    return [
-        {
-            "id": identifier.item() if hasattr(identifier, "item") else identifier,
-            "distance": int(distance),
-            "labels": np.flatnonzero(labels).tolist(),
-        }
-        for identifier, distance, labels in zip(result.ids[row], result.distances[row], result.labels[row])
-    ]
+def _picture(path: Path) -> np.ndarray:
+    """A query file as it looks (already read once by the encoder, so it is a readable, bounded image)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _evaluate(bundle: Path) -> int:
@@ -78,12 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         retriever = Retriever.load(args.bundle)
         codes = retriever.encode(args.image)
-        if args.radius is not None:
-            results = retriever.search_radius(codes, args.radius)
-            per_query = [_neighbours(result, 0) for result in results]
-        else:
-            result = retriever.search(codes, args.k)
-            per_query = [_neighbours(result, i) for i in range(len(codes))]
+        per_query, rows = query_answers(retriever, codes, k=args.k, radius=args.radius)
+        if args.show is not None:
+            queries = [_picture(image) for image in args.image]
+            draw_neighbours(queries, per_query, rows, retriever.thumbnails, args.show)
     except HashtuneError as error:
         print(f"hashtune.retrieve: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from hashtune.metrics import pack_codes, retrieval_metrics
 from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.retrieval.bundle import write_manifest
 from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
+from hashtune.retrieval.thumbnails import THUMBNAILS_FILE, make_thumbnails
 from hashtune.tracking import best_finished_run, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from hashtune.train.model import preprocessing
@@ -119,18 +121,20 @@ def export_bundle(
     provenance: dict[str, Any] | None = None,
     index: str = "flat",
     index_options: dict[str, Any] | None = None,
+    thumbnails: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle of checkpoint `state` to `out` (must not exist); returns its manifest.
 
     `provenance` (MLflow run id, experiment, the run's metrics) goes into the manifest as is; `index` is the
-    faiss index type (`flat`, `ivf`, `hnsw`, see `hashtune.retrieval.index`) with its `index_options`.
+    faiss index type (`flat`, `ivf`, `hnsw`, see `hashtune.retrieval.index`) with its `index_options`;
+    `thumbnails` adds the database images' thumbnails (`hashtune.retrieval.thumbnails`).
     """
     index_spec = {"type": index, **index_params(index, **(index_options or {}))}
     out = Path(out)
     if out.exists():
         raise ExportError(f"--out {out} already exists; pick a new folder (an existing bundle is never overwritten)")
     encoded = _encode_and_evaluate(state, index_spec)
-    return _stage_bundle(encoded, out, index_spec, provenance or {})
+    return _stage_bundle(encoded, out, index_spec, provenance or {}, thumbnails)
 
 
 @dataclass
@@ -162,7 +166,9 @@ def _encode_and_evaluate(state: dict, index_spec: dict[str, Any]) -> _Encoded:
     return _Encoded(config, data, model, encoder, query, database, evaluation, metrics.map)
 
 
-def _stage_bundle(encoded: _Encoded, out: Path, index_spec: dict[str, Any], provenance: dict) -> dict[str, Any]:
+def _stage_bundle(
+    encoded: _Encoded, out: Path, index_spec: dict[str, Any], provenance: dict, thumbnails: bool
+) -> dict[str, Any]:
     """The bundle written to a temporary folder beside `out`, then renamed into place: whole, or not there."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -171,6 +177,8 @@ def _stage_bundle(encoded: _Encoded, out: Path, index_spec: dict[str, Any], prov
         _write_files(staging, e.encoder, e.model, e.config, e.data, e.query, e.database)
         index = build_index(pack_codes(e.database), index_spec["type"], index_spec)
         faiss.write_index_binary(index, str(staging / "index.faiss"))
+        if thumbnails:
+            np.save(staging / THUMBNAILS_FILE, make_thumbnails(e.data.database))
         manifest = write_manifest(
             staging,
             {
@@ -215,8 +223,11 @@ def _write_files(
         np.save(folder / f"{prefix}_labels.npy", dataset.labels.numpy().astype(np.uint8))
 
 
-def _log_to_mlflow(client, run, out: Path, model_name: str) -> str | None:
-    """Log the bundle on the run and register it as a model version; returns the version (None without a registry)."""
+def _log_to_mlflow(client, run, out: Path, model_name: str, alias: str | None) -> str | None:
+    """Log the bundle on the run and register it as a model version (under `alias` when given).
+
+    Returns the version, or None where the store has no registry.
+    """
     client.log_artifacts(run.info.run_id, str(out), artifact_path="bundle")
     try:
         try:
@@ -227,6 +238,8 @@ def _log_to_mlflow(client, run, out: Path, model_name: str) -> str | None:
         version = client.create_model_version(
             model_name, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id
         )
+        if alias:
+            client.set_registered_model_alias(model_name, alias, version.version)
         return version.version
     except Exception as error:
         print(f"hashtune.export: bundle logged, not registered ({str(error).splitlines()[0][:160]})", file=sys.stderr)
@@ -246,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
+    parser.add_argument(
+        "--alias",
+        help="point this alias of the registered model at the new version (hashtune.serve --alias follows it)",
+    )
+    parser.add_argument(
+        "--thumbnails", action="store_true", help="store small database thumbnails in the bundle (for the served page)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the bundle folder to create (must not exist)")
     parser.add_argument(
         "--index",
@@ -270,17 +290,37 @@ def _index_options(args) -> dict[str, Any]:
     return options
 
 
+def check_alias(alias: str) -> str:
+    """A registered-model alias MLflow accepts: letters, digits, '_' and '-', neither 'latest' nor v<number>."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ExportError(
+            f"--alias {alias!r} is not a model alias: use letters, digits, '_' or '-' (not 'latest' nor v<number>)"
+        )
+    return alias
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     no_world_write()
     try:
+        if args.alias is not None:
+            if args.run_dir is not None:
+                raise ExportError(
+                    "--alias names a registered model version: give --experiment (a --run-dir is not registered)"
+                )
+            check_alias(args.alias)
         if args.run_dir is not None:
             state = load_checkpoint(args.run_dir)
             provenance = {"run_dir": str(args.run_dir.absolute())}
             if (args.run_dir / "metrics.json").is_file():
                 provenance["run_metrics"] = read_metrics(args.run_dir / "metrics.json")
             manifest = export_bundle(
-                state, args.out, provenance=provenance, index=args.index, index_options=_index_options(args)
+                state,
+                args.out,
+                provenance=provenance,
+                index=args.index,
+                index_options=_index_options(args),
+                thumbnails=args.thumbnails,
             )
         else:
             from mlflow import MlflowClient
@@ -301,10 +341,12 @@ def main(argv: list[str] | None = None) -> int:
                 provenance=provenance,
                 index=args.index,
                 index_options=_index_options(args),
+                thumbnails=args.thumbnails,
             )
-            version = _log_to_mlflow(client, run, args.out, args.model_name)
+            version = _log_to_mlflow(client, run, args.out, args.model_name, args.alias)
             if version is not None:
-                print(f"registered as MLflow model {args.model_name!r} version {version}")
+                alias = f" (alias {args.alias!r})" if args.alias else ""
+                print(f"registered as MLflow model {args.model_name!r} version {version}{alias}")
     except HashtuneError as error:
         print(f"hashtune.export: error: {error}", file=sys.stderr)
         return error.exit_code

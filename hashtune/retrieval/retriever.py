@@ -28,8 +28,9 @@ from hashtune.errors import InputError
 from hashtune.metrics import pack_codes, retrieval_metrics, unpack_codes
 from hashtune.retrieval.bundle import BundleError, verify_bundle
 from hashtune.retrieval.index import build_index, index_type
+from hashtune.retrieval.thumbnails import load_thumbnails
 
-__all__ = ["Retriever", "SearchResult", "evaluate_bundle", "image_to_tensor"]
+__all__ = ["Retriever", "SearchResult", "evaluate_bundle", "image_to_tensor", "neighbour_records", "query_answers"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, PIL's RGB -> L
@@ -113,6 +114,30 @@ class SearchResult:
         return self._all_labels[self.rows]
 
 
+def neighbour_records(result: SearchResult, row: int) -> list[dict]:
+    """Query `row`'s neighbours as `hashtune.retrieve --json` prints them: id, distance, class indices."""
+    return [
+        {
+            "id": identifier.item() if hasattr(identifier, "item") else identifier,
+            "distance": int(distance),
+            "labels": np.flatnonzero(labels).tolist(),
+        }
+        for identifier, distance, labels in zip(result.ids[row], result.distances[row], result.labels[row])
+    ]
+
+
+def query_answers(
+    retriever: Retriever, codes: np.ndarray, *, k: int = 10, radius: int | None = None
+) -> tuple[list[list[dict]], list[np.ndarray]]:
+    """Each query's neighbour records (`neighbour_records`) and database rows: the k nearest, or all within `radius`."""
+    if radius is not None:
+        found = [(result, 0) for result in retriever.search_radius(codes, radius)]
+    else:
+        result = retriever.search(codes, k)
+        found = [(result, row) for row in range(len(codes))]
+    return [neighbour_records(result, row) for result, row in found], [result.rows[row] for result, row in found]
+
+
 class Retriever:
     """An exported encoder, its preprocessing, and a faiss binary index over the database codes."""
 
@@ -126,9 +151,11 @@ class Retriever:
         labels: np.ndarray,
         bits: int,
         manifest: dict,
+        thumbnails: np.ndarray | None = None,
     ) -> None:
         self.encoder, self.preprocess_spec, self.index = encoder, preprocess, index
         self.ids, self.labels, self.bits, self.manifest = ids, labels, bits, manifest
+        self.thumbnails = thumbnails  # (n, S, S, C) uint8 for the first n database rows, or None
         self.code_bytes = (bits + 7) // 8
         self._transforms = (
             None
@@ -191,6 +218,7 @@ class Retriever:
             labels=np.load(folder / "database_labels.npy", allow_pickle=False),
             bits=int(manifest["bits"]),
             manifest=manifest,
+            thumbnails=load_thumbnails(folder, manifest),
         )
 
     def __len__(self) -> int:
