@@ -65,7 +65,7 @@ class ServiceSettings:
 
     limits: Limits = Limits()
     max_batch_size: int = 16
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 0.0
     token: str | None = None
     poll_s: float = 10.0
 
@@ -115,7 +115,7 @@ class RetrievalDeployment:
         for bundle in {id(bundle): bundle for bundle, _ in items}.values():  # two bundles only during a swap
             positions = [i for i, (owner, _) in enumerate(items) if owner is bundle]
             batch = torch.stack([items[i][1] for i in positions])
-            encoded = await asyncio.to_thread(bundle.encode, batch)
+            encoded = bundle.encode(batch)  # Serve runs this on the replica's user-code loop: blocking it is the point
             codes.update(zip(positions, encoded))
         return [codes[i] for i in range(len(items))]
 
@@ -154,7 +154,7 @@ class RetrievalDeployment:
     async def _codes(self, bundle: ServedBundle, names: list[str], blobs: list[bytes]) -> np.ndarray:
         limits = self.settings.limits
         images = [decode_image(blob, name, limits) for name, blob in zip(names, blobs)]
-        pixels = await asyncio.to_thread(bundle.retriever.preprocess, images)
+        pixels = bundle.retriever.preprocess(images)
         return np.stack(await asyncio.gather(*(self._encode_batch((bundle, row)) for row in pixels)))
 
     def _current(self) -> ServedBundle:
@@ -212,5 +212,8 @@ def build_application(
         if autoscale
         else {"num_replicas": replicas}
     )
-    deployment = RetrievalDeployment.options(user_config=source.as_config(), **scaling)
+    # requests past max_ongoing_requests wait in the proxy, out of reach of the batcher: let a batch's worth in
+    deployment = RetrievalDeployment.options(
+        user_config=source.as_config(), max_ongoing_requests=max(64, 4 * settings.max_batch_size), **scaling
+    )
     return deployment.bind(settings)
