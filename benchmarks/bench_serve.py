@@ -5,7 +5,9 @@ Trains a small digits model at 32 bits, exports it twice (a `flat` and an `ivf` 
 then for each bundle: starts `python -m hashtune.serve --bundle B` on 127.0.0.1 (start-up = command to
 the first answered search), and drives `/search` (one digits PNG per request, k = 10, JSON body) from 1,
 8 and 32 concurrent clients for `--seconds` each, every client sending its next request when the last one
-is answered (aiohttp, one event loop). Beside it, in the same run, the in-process limit: `Retriever.encode`
+is answered (aiohttp, one event loop); then `GET /healthz` from 8 clients, which does no work: what Ray
+Serve's proxy and replica cost a request by themselves on this machine. Beside it, in the same run, the
+in-process limit: `Retriever.encode`
 + `search` on the same PNG bytes, one image per call as the requests carry, in a loop for the same time,
 with one torch thread as the service's one replica has. Targets (issue 25): at 8 clients >= 0.5x the
 in-process queries/s; at 1 client p99 <= 50 ms; no errors.
@@ -89,7 +91,8 @@ def in_process(bundle: Path, pngs: list[bytes], seconds: float) -> dict:
     return {"queries": len(latencies), "seconds": seconds, "latencies": latencies, "errors": 0}
 
 
-async def _closed_loop(url: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
+async def _closed_loop(url: str, bodies: list[bytes] | None, clients: int, seconds: float) -> dict:
+    """`clients` concurrent loops of POST `url` (a body each, in turn), or GET `url` without bodies, for `seconds`."""
     import aiohttp
 
     latencies: list[float] = []
@@ -102,7 +105,9 @@ async def _closed_loop(url: str, bodies: list[bytes], clients: int, seconds: flo
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             try:
-                async with session.post(url, data=bodies[position % len(bodies)], headers=_JSON) as answer:
+                body = bodies[position % len(bodies)] if bodies else None
+                request = session.post(url, data=body, headers=_JSON) if body else session.get(url)
+                async with request as answer:
                     await answer.read()
                     ok = answer.status == 200
             except aiohttp.ClientError:
@@ -178,6 +183,8 @@ def measure(bundle: Path, index: str, pngs: list[bytes], seconds: float, clients
             rows.append(
                 _row(index, f"served, {count} clients", figures[count], startup if count == clients[0] else None)
             )
+        floor = asyncio.run(_closed_loop(f"{service.url}/healthz", None, 8, seconds))
+        rows.append(_row(index, "GET /healthz, 8 clients (Serve alone)", floor))
     finally:
         service.stop()
     figures["startup"] = startup
