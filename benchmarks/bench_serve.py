@@ -7,9 +7,8 @@ the first answered search), and drives `/search` (one digits PNG per request, k 
 8 and 32 concurrent clients for `--seconds` each, every client sending its next request when the last one
 is answered (aiohttp, one event loop); then `GET /healthz` from 8 clients, which does no work: what Ray
 Serve's proxy and replica cost a request by themselves on this machine. Beside it, in the same run, the
-in-process limit: `Retriever.encode`
-+ `search` on the same PNG bytes, one image per call as the requests carry, in a loop for the same time,
-with one torch thread as the service's one replica has. Targets (issue 25): at 8 clients >= 0.5x the
+in-process limit: `Retriever.encode` + `search` on the same PNG bytes, one image per call as the requests
+carry, in a loop for the same time, with one torch thread as the service's one replica has. Targets (issue 25): at 8 clients >= 0.5x the
 in-process queries/s; at 1 client p99 <= 50 ms; no errors.
 """
 
