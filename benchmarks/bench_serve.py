@@ -202,7 +202,7 @@ def screenshot(bundle: Path, png: bytes, out: Path) -> None:
     query.write_bytes(png)
     try:
         service.first_answer_s(json.dumps({"images": [base64.b64encode(png).decode()]}).encode())
-        with headless_chromium(1000, 520) as driver:
+        with headless_chromium(1000, 660) as driver:
             driver.get(service.url)
             driver.find_element(By.ID, "file").send_keys(str(query))
             WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "figure.neighbour")) == 10)

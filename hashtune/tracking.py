@@ -13,13 +13,15 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hashtune.errors import HashtuneError, NotFoundError
+from hashtune.errors import HashtuneError, InputError, NotFoundError
 
 __all__ = [
     "TAG",
@@ -162,8 +164,26 @@ def sweep_cost(client, experiment_id: str, parent_run_id: str) -> dict[str, floa
     return {key: float(sum(run.data.metrics.get(key, 0.0) for run in runs)) for key in COST_METRICS}
 
 
-def best_finished_run(client, experiment: str, metric: str):
-    """The finished trial run of `experiment` with the highest `metric` (a val/* metric, never test).
+PICK_OPERATORS = ("<=", ">=", "<", ">", "=")
+
+
+def parse_pick(text: str) -> tuple[str, str, float]:
+    """`code/bits<=32` -> ("code/bits", "<=", 32.0): a constraint on a run's metric (`hashtune.export --pick`)."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9_./-]+)\s*(<=|>=|<|>|=)\s*([-+0-9.eE]+)\s*", text)
+    try:
+        value = float(match.group(3)) if match else None
+    except ValueError:
+        value = None
+    if match is None or value is None or not math.isfinite(value):
+        raise InputError(
+            f"--pick {text!r} is not METRIC OP NUMBER with OP one of {' '.join(PICK_OPERATORS)} (e.g. 'code/bits<=32')"
+        )
+    return match.group(1), match.group(2), value
+
+
+def best_finished_run(client, experiment: str, metric: str, picks: tuple[tuple[str, str, float], ...] = ()):
+    """The finished trial run of `experiment` with the highest `metric` (a val/* metric, never test), among those
+    whose metrics meet every (metric, operator, value) of `picks`.
 
     Raises:
         LookupError: no such experiment, or no finished run with `metric` (one line, naming the store).
@@ -172,14 +192,16 @@ def best_finished_run(client, experiment: str, metric: str):
     if found is None:
         raise NotFoundError(f"no MLflow experiment named {experiment!r} at {display_uri(client.tracking_uri)}")
     # the store sorts and returns one run (reading every finished run took 20 s at 10,000 runs here)
+    constraints = "".join(f" and metrics.`{name}` {operator} {value!r}" for name, operator, value in picks)
     best = client.search_runs(
         [found.experiment_id],
-        filter_string=f"tags.`{TAG}status` = 'finished' and metrics.`{metric}` > -1e300",
+        filter_string=f"tags.`{TAG}status` = 'finished' and metrics.`{metric}` > -1e300{constraints}",
         order_by=[f"metrics.`{metric}` DESC"],
         max_results=1,
     )
     if not best:
-        raise NotFoundError(f"experiment {experiment!r} has no finished trial run with {metric}")
+        meeting = "".join(f" with {name} {operator} {value:g}" for name, operator, value in picks)
+        raise NotFoundError(f"experiment {experiment!r} has no finished trial run with {metric}{meeting}")
     return best[0]
 
 

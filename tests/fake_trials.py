@@ -44,3 +44,17 @@ class KillDriverAfterRunClosed(Callback):
         if not os.path.exists(self.marker):
             Path(self.marker).touch()
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def trade_off(variant: str, flat: dict) -> dict[str, float]:
+    """Known objectives of a code-length / depth trade-off: more bits and depth buy accuracy with diminishing returns,
+    depth costs encode time; ties on purpose (two depths share an accuracy at 8 bits)."""
+    bits, depth = int(flat["model.bits"]), int(flat["model.depth"])
+    accuracy = round(1.0 - 2.0 / bits - (0.0 if bits == 8 else 0.01 / depth), 6)
+    return {
+        "val/best_mAP": accuracy,
+        "val/mAP": accuracy,
+        "test/mAP": accuracy - 0.01,
+        "code/bits": float(bits),
+        "cost/encode_ms": 0.1 * depth,
+    }

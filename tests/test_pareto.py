@@ -56,3 +56,103 @@ def test_every_row_of_a_front_is_undominated_and_every_other_is_dominated_exhaus
     values = [list(row) for row in itertools.product([0.0, 1.0, 2.0], repeat=2)]
     assert pareto_front(values, ["max", "max"]) == [8]
     assert pareto_front(values, ["max", "min"]) == [6]
+
+
+def test_a_multi_objective_space_is_checked_before_anything_runs(tmp_path):
+    from hashtune.sweep.space import SpaceError, load_space
+
+    space = load_space("pareto")
+    assert space.objectives == (("val/best_mAP", "max"), ("code/bits", "min"), ("cost/encode_ms", "min"))
+    assert (space.metric, space.mode, space.search) == ("val/best_mAP", "max", "nsga2")
+    head = "search: tpe\nnum_samples: 4\nparams: {model.bits: {choice: [16, 32]}}\n"
+    for body, message in (
+        ("metric: [val/best_mAP, code/bits]\nmode: max\n", "mode must list as many (max or min)"),
+        ("metric: [val/best_mAP, code/bits]\nmode: [max]\n", "metric lists 2 objectives; mode must list as many"),
+        ("metric: [val/best_mAP, test/mAP]\nmode: [max, max]\n", "objective 'test/mAP' is not a val/*, code/*"),
+        ("metric: [code/bits, val/best_mAP]\nmode: [min, max]\n", "the first objective is the accuracy one"),
+        ("metric: [val/best_mAP, code/bits]\nmode: [max, least]\n", "mode of code/bits must be max or min"),
+        ("metric: val/best_mAP\nmode: [max, min]\n", "mode is a list but metric names one metric"),
+        (
+            "metric: [val/best_mAP, code/bits]\nmode: [max, min]\nscheduler: {type: asha, grace_period: 1}\n",
+            "ASHA stops trials on one metric: add scheduler.metric",
+        ),
+        (
+            "metric: [val/best_mAP, code/bits]\nmode: [max, min]\nscheduler: {type: asha, metric: val/mAP}\n",
+            "scheduler.metric 'val/mAP' is not one of the objectives",
+        ),
+        ("scheduler: {type: asha, grace_period: 1, metric: val/mAP}\n", "scheduler.metric is for spaces with several"),
+    ):
+        path = tmp_path / "space.yaml"
+        path.write_text(head + body)
+        with pytest.raises(SpaceError) as refused:
+            load_space(str(path))
+        assert message in str(refused.value) and "\n" not in str(refused.value), (body, str(refused.value))
+    path.write_text(head.replace("tpe", "nsga2") + "metric: [val/best_mAP, code/bits]\nmode: [max, min]\n")
+    assert load_space(str(path)).search == "nsga2"
+
+
+def test_export_picks_the_best_run_under_a_constraint(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from hashtune.retrieval.export import main as export_main
+    from hashtune.tracking import TAG, best_finished_run, parse_pick
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("front")
+    for bits, accuracy in ((64, 0.95), (32, 0.93), (16, 0.90), (32, 0.97)):
+        run = client.create_run(experiment)
+        client.set_tag(run.info.run_id, f"{TAG}status", "finished" if accuracy != 0.97 else "failed")
+        client.log_metric(run.info.run_id, "val/best_mAP", accuracy)
+        client.log_metric(run.info.run_id, "code/bits", bits)
+    picked = best_finished_run(client, "front", "val/best_mAP", (parse_pick("code/bits<=32"),))
+    assert picked.data.metrics == {"val/best_mAP": 0.93, "code/bits": 32.0}
+    assert best_finished_run(client, "front", "val/best_mAP").data.metrics["code/bits"] == 64.0
+    with pytest.raises(InputError, match=r"--pick 'bits<<3' is not METRIC OP NUMBER"):
+        parse_pick("bits<<3")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--experiment", "front", "--mlflow-uri", uri, "--out", str(tmp_path / "b")]
+    assert export_main([*argv, "--pick", "code/bits<=8"]) == 2
+    assert "has no finished trial run with val/best_mAP with code/bits <= 8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_a_multi_objective_sweep_reports_the_front_a_double_loop_finds(tmp_path, monkeypatch):
+    import optuna
+    from fake_trials import trade_off
+    from mlflow import MlflowClient
+    from ray_helpers import short_temp_dir
+
+    from hashtune.sweep.cli import main as sweep_main
+    from hashtune.sweep.driver import SweepHooks
+
+    monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
+    space = tmp_path / "front.yaml"
+    space.write_text(
+        "search: nsga2\nmetric: [val/best_mAP, code/bits, cost/encode_ms]\nmode: [max, min, min]\n"
+        "num_samples: 10\nsampler: {population_size: 4}\nmax_concurrent: 2\n"
+        "params:\n  model.bits: {choice: [8, 16, 32, 64]}\n  model.depth: {choice: [1, 2]}\n"
+    )
+    argv = ["--space", str(space), "--results-dir", str(tmp_path)]
+    assert sweep_main(argv, hooks=SweepHooks(trial_function=trade_off)) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [
+        run
+        for run in client.search_runs([client.get_experiment_by_name("front").experiment_id])
+        if run.data.tags.get("hashtune.status") == "finished"
+    ]
+    names = ["val/best_mAP", "code/bits", "cost/encode_ms"]
+    values = [[run.data.metrics[name] for name in names] for run in runs]
+    expected = {runs[i].info.run_name for i in _brute_force(values, ["max", "min", "min"])}
+    table = (tmp_path / "front" / "pareto.md").read_text()
+    listed = {
+        line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "trial" not in line
+    }
+    assert listed == expected and len(runs) == 10
+    assert (tmp_path / "front" / "pareto.png").stat().st_size > 0
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(next(tmp_path.rglob("*.journal"))))
+    )
+    study = optuna.load_study(study_name=optuna.get_all_study_names(journal)[0], storage=journal)
+    assert len(study.directions) == 3
+    assert all(len(trial.values) == 3 for trial in study.trials if trial.state.name == "COMPLETE")

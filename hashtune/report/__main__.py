@@ -11,6 +11,7 @@ from hashtune.errors import HashtuneError
 from hashtune.metric_names import SELECTION_METRIC
 from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.report.build import build_report
+from hashtune.report.pareto_study import parse_objectives
 from hashtune.tracking import resolve_tracking
 
 
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         help="the variant ablation differences are taken against (default: the sweep's, the first its space lists)",
     )
+    parser.add_argument(
+        "--objectives",
+        help="a Pareto study over these, e.g. val/best_mAP:max,code/bits:min (default: a multi-objective sweep's own)",
+    )
     parser.add_argument("--no-log", action="store_true", help="do not log the study on the sweep's parent run")
     return parser
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             metric=args.metric,
             reference=args.reference,
             log_to_parent=not args.no_log,
+            objectives=parse_objectives(args.objectives) if args.objectives else None,
         )
     except HashtuneError as error:
         print(f"hashtune.report: error: {error}", file=sys.stderr)

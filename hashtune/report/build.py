@@ -13,6 +13,7 @@ from hashtune.metric_names import SELECTION_METRIC
 from hashtune.paths import atomic_write_text
 from hashtune.report.importance import FANOVA_MAX_TRIALS, parameter_importances, rebuild_study
 from hashtune.report.k_sensitivity import k_findings, k_versus_best, k_versus_best_markdown
+from hashtune.report.pareto_study import pareto_csv, pareto_markdown, pareto_study, parse_objectives, plot_pareto
 from hashtune.report.plots import plot_forest, plot_importance, plot_search_progress, plot_sensitivity
 from hashtune.report.runs import Study, TrialRun, load_study
 from hashtune.report.sensitivity import continuous_sensitivity, continuous_table, k_bits_table
@@ -60,6 +61,7 @@ def build_report(
     metric: str = SELECTION_METRIC,
     reference: str | None = None,
     log_to_parent: bool = True,
+    objectives: tuple[tuple[str, str], ...] | None = None,
 ) -> list[Path]:
     """Write every table, plot and the folder's README.md; returns the files written.
 
@@ -72,6 +74,8 @@ def build_report(
             space lists, recorded on its parent run; `full` for sweeps recorded before it was). A replicated sweep's
             schedule always compares with its own reference.
         log_to_parent: also log the folder as artifacts (`report/`) of the newest sweep parent run.
+        objectives: (metric, mode) pairs of a Pareto study; None: the sweep's own (a multi-objective space's,
+            recorded on its parent run), else no front.
     """
     logging.getLogger("optuna").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -80,6 +84,7 @@ def build_report(
     directions = _ablation_files(folder, study, _reference(study, reference))
     findings = _sensitivity_files(folder, study)
     _importance_files(folder, study, metric)
+    _pareto_files(folder, study, objectives)
     pr = _best_pr_curves(client, study, metric)
     if pr:
         folder.add(
@@ -101,6 +106,17 @@ def build_report(
     if log_to_parent and study.parent_run_ids:
         client.log_artifacts(study.parent_run_ids[0], str(folder.out), artifact_path=ARTIFACT_PATH)
     return folder.written
+
+
+def _pareto_files(folder: _StudyFolder, study: Study, objectives: tuple[tuple[str, str], ...] | None) -> None:
+    recorded = study.parent_params.get("objectives")
+    objectives = objectives or (parse_objectives(recorded) if recorded else None)
+    if not objectives:
+        return
+    front = pareto_study(study.runs, objectives)
+    folder.write("pareto.md", pareto_markdown(front), "the non-dominated trials by the objectives, and the answers")
+    folder.write("pareto.csv", pareto_csv(front), "the same trials, one row each")
+    folder.add(plot_pareto(front, folder.out / "pareto.png"), "the front against each cost objective")
 
 
 def _reference(study: Study, given: str | None) -> str:

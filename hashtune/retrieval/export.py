@@ -38,7 +38,7 @@ from hashtune.paths import RESULTS_DIR, no_world_write, report_disk_full
 from hashtune.retrieval.bundle import write_manifest
 from hashtune.retrieval.index import INDEX_TYPES, build_index, check_nlist, index_params
 from hashtune.retrieval.thumbnails import THUMBNAILS_FILE, make_thumbnails
-from hashtune.tracking import best_finished_run, resolve_tracking
+from hashtune.tracking import best_finished_run, parse_pick, resolve_tracking
 from hashtune.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from hashtune.train.model import preprocessing
 from hashtune.train.outputs import read_metrics
@@ -62,8 +62,9 @@ class HashEncoder(nn.Module):
         return self.model(images).codes
 
 
-def best_run(client, experiment: str, metric: str = SELECTION_METRIC, run_id: str | None = None):
-    """The MLflow run to export: `run_id`, or the finished trial run with the highest `metric` (a val/* metric)."""
+def best_run(client, experiment: str, metric: str = SELECTION_METRIC, run_id: str | None = None, picks: tuple = ()):
+    """The MLflow run to export: `run_id`, or the finished trial run with the highest `metric` (a val/* metric)
+    among those meeting every `picks` constraint (`tracking.parse_pick`)."""
     require_val_metric(metric)
     if run_id:
         try:
@@ -80,7 +81,7 @@ def best_run(client, experiment: str, metric: str = SELECTION_METRIC, run_id: st
             )
         return run
     try:
-        return best_finished_run(client, experiment, metric)
+        return best_finished_run(client, experiment, metric, picks)
     except LookupError as error:
         raise ExportError(f"{error}; nothing to export") from None
 
@@ -257,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metric", default=SELECTION_METRIC, help="validation metric that picks the best run (default: val/best_mAP)"
     )
+    parser.add_argument(
+        "--pick",
+        action="append",
+        default=[],
+        help="only runs meeting this, e.g. 'code/bits<=32' or 'cost/encode_ms<0.5' (repeatable; chosen on --metric)",
+    )
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite results/mlflow.db)")
     parser.add_argument("--model-name", default="hashtune", help="MLflow registered model name (default: hashtune)")
     parser.add_argument(
@@ -299,6 +306,54 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+def _export_run_dir(args) -> dict[str, Any]:
+    state = load_checkpoint(args.run_dir)
+    provenance = {"run_dir": str(args.run_dir.absolute())}
+    if (args.run_dir / "metrics.json").is_file():
+        provenance["run_metrics"] = read_metrics(args.run_dir / "metrics.json")
+    return export_bundle(
+        state,
+        args.out,
+        provenance=provenance,
+        index=args.index,
+        index_options=_index_options(args),
+        thumbnails=args.thumbnails,
+    )
+
+
+def _export_best_run(args) -> dict[str, Any]:
+    """The sweep's best run (under `--pick`), exported, logged on the run and registered (with `--alias`)."""
+    from mlflow import MlflowClient
+
+    uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)
+    client = MlflowClient(uri)
+    picks = tuple(parse_pick(text) for text in args.pick)
+    if picks and args.run_id:
+        raise ExportError("--pick chooses among runs; --run-id names one already: give one of them")
+    run = best_run(client, args.experiment, args.metric, args.run_id, picks)
+    provenance = {
+        "mlflow_run_id": run.info.run_id,
+        "experiment": args.experiment,
+        "tracking_uri": uri,
+        "selected_by": args.metric,
+        "picked_among": list(args.pick),
+        "run_metrics": dict(run.data.metrics),
+    }
+    manifest = export_bundle(
+        _checkpoint_of(run),
+        args.out,
+        provenance=provenance,
+        index=args.index,
+        index_options=_index_options(args),
+        thumbnails=args.thumbnails,
+    )
+    version = _log_to_mlflow(client, run, args.out, args.model_name, args.alias)
+    if version is not None:
+        alias = f" (alias {args.alias!r})" if args.alias else ""
+        print(f"registered as MLflow model {args.model_name!r} version {version}{alias}")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     no_world_write()
@@ -309,44 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--alias names a registered model version: give --experiment (a --run-dir is not registered)"
                 )
             check_alias(args.alias)
-        if args.run_dir is not None:
-            state = load_checkpoint(args.run_dir)
-            provenance = {"run_dir": str(args.run_dir.absolute())}
-            if (args.run_dir / "metrics.json").is_file():
-                provenance["run_metrics"] = read_metrics(args.run_dir / "metrics.json")
-            manifest = export_bundle(
-                state,
-                args.out,
-                provenance=provenance,
-                index=args.index,
-                index_options=_index_options(args),
-                thumbnails=args.thumbnails,
-            )
-        else:
-            from mlflow import MlflowClient
-
-            uri, _ = resolve_tracking(args.mlflow_uri, RESULTS_DIR, create=False)
-            client = MlflowClient(uri)
-            run = best_run(client, args.experiment, args.metric, args.run_id)
-            provenance = {
-                "mlflow_run_id": run.info.run_id,
-                "experiment": args.experiment,
-                "tracking_uri": uri,
-                "selected_by": args.metric,
-                "run_metrics": dict(run.data.metrics),
-            }
-            manifest = export_bundle(
-                _checkpoint_of(run),
-                args.out,
-                provenance=provenance,
-                index=args.index,
-                index_options=_index_options(args),
-                thumbnails=args.thumbnails,
-            )
-            version = _log_to_mlflow(client, run, args.out, args.model_name, args.alias)
-            if version is not None:
-                alias = f" (alias {args.alias!r})" if args.alias else ""
-                print(f"registered as MLflow model {args.model_name!r} version {version}{alias}")
+        manifest = _export_run_dir(args) if args.run_dir is not None else _export_best_run(args)
     except HashtuneError as error:
         print(f"hashtune.export: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -104,6 +104,8 @@ def _create_parent(
         "workers": space.workers,
         "num_samples": space.num_samples,
     } | ({"reference": space.reference} if space.reference else {})
+    if space.objectives:  # the study's Pareto front reads them from here
+        params["objectives"] = ",".join(f"{name}:{mode}" for name, mode in space.objectives)
     if space.replicates is not None:  # the study reads its level from here
         plan = space.replicates
         params |= {

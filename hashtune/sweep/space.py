@@ -3,9 +3,11 @@
 Schema (every key but `params` or `variants` optional)::
 
     description: what the study is for
-    search: grid | tpe | random         # grid: every point once; tpe/random: Optuna samplers
+    search: grid | tpe | random | nsga2 # grid: every point once; the others: Optuna samplers
     metric: val/best_mAP                # selection metric (only val/*): the reported weights' val mAP
     mode: max
+    metric: [val/best_mAP, code/bits, cost/encode_ms]   # or several objectives (the first a val/* metric; then
+    mode: [max, min, min]               # code/*, model/*, cost/*): Optuna searches the front (tpe, nsga2, random)
     num_samples: 24                     # tpe/random trials (grid: the grid decides)
     max_concurrent: 2
     workers: 0                          # 0: the plain trainer inside the trial; N: Ray Train DDP workers
@@ -18,8 +20,9 @@ Schema (every key but `params` or `variants` optional)::
     budget: {cpu_hours: 2.0}            # or {gpu_hours: H}; hard: true stops running trials too;
                                         # usd_per_gpu_hour: P prices the summary (see clusters/README.md)
     scheduler: {type: asha, grace_period: 25, reduction_factor: 3}   # or {type: none}; brackets: N for
-                                        # asynchronous HyperBand (ASHA over N brackets of grace periods)
-    sampler: {multivariate: true, group: true}   # tpe: Optuna's multivariate (grouped) TPE
+                                        # asynchronous HyperBand (ASHA over N brackets of grace periods);
+                                        # metric: M (several objectives: the one ASHA stops trials on)
+    sampler: {multivariate: true, group: true}   # tpe: Optuna's multivariate (grouped) TPE; nsga2: {population_size: N}
     seeds: [0, 1, 2]                    # train.seed and data.seed replicates (grid: a grid dimension)
     seeds: {data: [0, 1], train: [0, 1, 2]}   # or crossed (grid): the study splits the variance between them
     replicates: {min: 3, max: 20, step: 3, delta: 0.02, alpha: 0.05}
@@ -61,6 +64,7 @@ from hashtune.sweep.space_settings import (
     SpaceError,
     number,
     parse_budget,
+    parse_objectives,
     parse_replicates,
     parse_sampler,
     parse_scheduler,
@@ -69,7 +73,7 @@ from hashtune.train.bits import is_feasible
 
 __all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "space_text"]
 
-SEARCHES = ("grid", "tpe", "random")
+SEARCHES = ("grid", "tpe", "random", "nsga2")
 DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 TOP_LEVEL = {
     "description",
@@ -151,7 +155,9 @@ class SearchSpace:
     replicates: Replicates | None = None
     """The adaptive seed schedule (grid spaces with variants), or None: every point at every seed."""
     sampler: dict[str, Any] | None = None
-    """Optuna TPE options (`multivariate`, `group`, `n_startup_trials`), or None for TPE's defaults."""
+    """Optuna sampler options (TPE's `multivariate`, `group`, `n_startup_trials`; NSGA-II's `population_size`)."""
+    objectives: tuple[tuple[str, str], ...] = ()
+    """(metric, mode) of each objective of a multi-objective space (`metric` and `mode` are the first's); ()."""
 
     @property
     def reference(self) -> str | None:
@@ -334,14 +340,16 @@ def _settings(where: str, tree: dict) -> dict[str, Any]:
     settings |= {key: number(where, tree, key, default, float, 0.0) for key, default in NUMBERS.items()}
     if tree.get("time_budget_s") is not None:
         settings["time_budget_s"] = number(where, tree, "time_budget_s", None, float, 1e-9)
-    mode = tree.get("mode", "max")
+    objectives = parse_objectives(where, tree.get("metric", SELECTION_METRIC), tree.get("mode", "max"))
+    metric, mode = objectives[0] if objectives else (tree.get("metric", SELECTION_METRIC), tree.get("mode", "max"))
     if mode not in MODES:
         raise SpaceError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     try:
-        settings["metric"] = require_val_metric(tree.get("metric", SELECTION_METRIC))
+        settings["metric"] = require_val_metric(metric)
     except ConfigError as error:
         raise SpaceError(f"{where}: {error}") from None
-    return settings | {"mode": mode, "description": str(tree.get("description", "")).strip()}
+    description = str(tree.get("description", "")).strip()
+    return settings | {"mode": mode, "objectives": objectives, "description": description}
 
 
 def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:

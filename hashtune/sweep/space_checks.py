@@ -22,7 +22,29 @@ def check_space(where: str, space: SearchSpace, base: Config) -> None:
     _check_grid_size(where, space)
     _check_feasible(where, space, base)
     _check_scheduler(where, space, base)
+    _check_objectives(where, space)
     _check_warmup(where, space, base)
+
+
+def _check_objectives(where: str, space: SearchSpace) -> None:
+    """Several objectives: ASHA stops trials on one of them (named), and the seed schedule compares one metric."""
+    names = [name for name, _ in space.objectives]
+    stop_on = space.scheduler.get("metric")
+    if not names:
+        if stop_on is not None:
+            raise SpaceError(
+                f"{where}: scheduler.metric is for spaces with several objectives; this one has {space.metric}"
+            )
+        return
+    if space.replicates is not None:
+        raise SpaceError(f"{where}: replicates compare arms on one metric; give metric one name, not {names}")
+    if space.scheduler["type"] == "asha" and stop_on is None:
+        raise SpaceError(
+            f"{where}: ASHA stops trials on one metric: add scheduler.metric (one of {', '.join(names)}, e.g. "
+            f"{names[0]}) or use scheduler: {{type: none}}"
+        )
+    if stop_on is not None and stop_on not in names:
+        raise SpaceError(f"{where}: scheduler.metric {stop_on!r} is not one of the objectives {', '.join(names)}")
 
 
 MAX_GRID_POINTS = 10_000

@@ -1,4 +1,4 @@
-"""The scalar and small structured settings of a search space: budget, replicates, scheduler, sampler.
+"""The scalar and small structured settings of a search space: objectives, budget, replicates, scheduler, sampler.
 
 Each parser takes the file's name (`where`) for its one-line errors; `hashtune.sweep.space` assembles them.
 """
@@ -11,7 +11,18 @@ from typing import Any
 from hashtune.errors import InputError
 from hashtune.sweep.replication_plan import Replicates
 
-__all__ = ["SpaceError", "number", "parse_budget", "parse_replicates", "parse_scheduler", "parse_sampler"]
+__all__ = [
+    "SpaceError",
+    "number",
+    "parse_budget",
+    "parse_objectives",
+    "parse_replicates",
+    "parse_scheduler",
+    "parse_sampler",
+]
+
+OBJECTIVE_PREFIXES = ("val/", "code/", "model/", "cost/")
+"""What a search may choose on: validation accuracy and what a model costs; never test metrics."""
 
 BUDGET_KEYS = ("cpu_hours", "gpu_hours", "hard", "usd_per_gpu_hour")
 
@@ -76,7 +87,7 @@ def parse_replicates(where: str, tree: dict) -> Replicates | None:
     return plan
 
 
-SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "brackets")
+SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "brackets", "metric")
 
 
 def parse_scheduler(where: str, scheduler: Any) -> dict:
@@ -98,13 +109,47 @@ def parse_scheduler(where: str, scheduler: Any) -> dict:
 SAMPLER_KEYS = ("multivariate", "group", "n_startup_trials")
 
 
+def parse_objectives(where: str, metric: Any, mode: Any) -> tuple[tuple[str, str], ...]:
+    """`metric: [val/best_mAP, code/bits]` with `mode: [max, min]` -> the (metric, mode) pairs; () for one metric.
+
+    The first objective is the accuracy one (a val/* metric); the others may be any val/*, code/*, model/* or
+    cost/* metric a trial reports.
+    """
+    if not isinstance(metric, list):
+        if isinstance(mode, list):
+            raise SpaceError(f"{where}: mode is a list but metric names one metric; give a list of metrics too")
+        return ()
+    if not isinstance(mode, list) or len(mode) != len(metric):
+        raise SpaceError(
+            f"{where}: metric lists {len(metric)} objectives; mode must list as many (max or min), got {mode!r}"
+        )
+    if len(metric) < 2 or len(set(map(str, metric))) != len(metric):
+        raise SpaceError(f"{where}: a list of metrics needs two or more different objectives, got {metric!r}")
+    for name, direction in zip(metric, mode):
+        if not isinstance(name, str) or not name.startswith(OBJECTIVE_PREFIXES):
+            raise SpaceError(
+                f"{where}: objective {name!r} is not a val/*, code/*, model/* or cost/* metric (a search never "
+                "chooses on test data)"
+            )
+        if direction not in ("max", "min"):
+            raise SpaceError(f"{where}: mode of {name} must be max or min, got {direction!r}")
+    if not metric[0].startswith("val/"):
+        raise SpaceError(f"{where}: the first objective is the accuracy one, a val/* metric; got {metric[0]!r}")
+    return tuple(zip(metric, mode))
+
+
 def parse_sampler(where: str, sampler: Any, search: str) -> dict | None:
-    """Optuna TPE options: `{multivariate: true, group: true, n_startup_trials: N}` (tpe only; group needs
-    multivariate)."""
+    """Optuna sampler options: TPE's `{multivariate: true, group: true, n_startup_trials: N}` (group needs
+    multivariate); NSGA-II's `{population_size: N}`."""
     if sampler is None:
         return None
+    if search == "nsga2":
+        if not isinstance(sampler, dict) or set(sampler) - {"population_size"}:
+            raise SpaceError(f"{where}: sampler for search: nsga2 is {{population_size: N}}, got {sampler!r}")
+        number(f"{where}: sampler", sampler, "population_size", 50, int, 2)
+        return dict(sampler)
     if search != "tpe":
-        raise SpaceError(f"{where}: sampler options are for search: tpe, got search: {search}")
+        raise SpaceError(f"{where}: sampler options are for search: tpe or nsga2, got search: {search}")
     if not isinstance(sampler, dict) or set(sampler) - set(SAMPLER_KEYS):
         raise SpaceError(f"{where}: sampler must be a mapping of {', '.join(SAMPLER_KEYS)}, got {sampler!r}")
     for key in ("multivariate", "group"):

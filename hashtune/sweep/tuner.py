@@ -66,7 +66,8 @@ def _fidelity_aware_optuna_search(**kwargs):
     from ray.tune.search.optuna import OptunaSearch
 
     class FidelityAwareOptunaSearch(OptunaSearch):
-        """Only a trial whose final report carries `final` is COMPLETE; an ASHA-stopped one is PRUNED."""
+        """Only a trial whose final report carries `final` is COMPLETE; an ASHA-stopped one is PRUNED (for every
+        objective of a multi-objective study: Optuna prunes the trial, not one of its values)."""
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             finished = bool(result) and result.get("final") == 1.0
@@ -108,12 +109,13 @@ def build_tuner(
     search_alg, param_space, num_samples = _search(
         space, base, resolver, name=name, optuna_journal=optuna_journal, tracking=tracking
     )
+    stop_on = space.scheduler.get("metric", space.metric)  # several objectives: the one ASHA stops trials on
     return tune.Tuner(
         trial_trainable(space, resolver, storage, tracking, trial_function),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=space.metric,
-            mode=space.mode,
+            metric=stop_on,
+            mode=dict(space.objectives).get(stop_on, space.mode),
             max_concurrent_trials=max_concurrent,
             scheduler=_scheduler(space, config_from_dict(resolver.base_flat | space.fixed).train.epochs),
             search_alg=search_alg,
@@ -156,22 +158,28 @@ def _search(space: SearchSpace, base: Config, resolver: TrialResolver, *, name: 
         return searcher, None, len(resolver.points)  # a bound: the schedule ends itself
     if space.search == "grid":
         return None, {"point": tune.grid_search(list(resolver.points))}, 1
-    import optuna
-
-    sampler = (
-        optuna.samplers.TPESampler(seed=space.seeds[0], **(space.sampler or {}))
-        if space.search == "tpe"
-        else optuna.samplers.RandomSampler(seed=space.seeds[0])
-    )
+    objectives = space.objectives or ((space.metric, space.mode),)
     searcher = _fidelity_aware_optuna_search(
         space=OptunaSpace(space.params, base, space.fixed),
-        metric=space.metric,
-        mode=space.mode,
-        sampler=sampler,
+        metric=[name for name, _ in objectives] if space.objectives else space.metric,
+        mode=[mode for _, mode in objectives] if space.objectives else space.mode,
+        sampler=_sampler(space),
         study_name=name,
         storage=_journal_storage(optuna_journal),
     )
     return searcher, None, space.num_samples
+
+
+def _sampler(space: SearchSpace):
+    """The space's Optuna sampler, seeded by its seed: TPE (with its options), NSGA-II or random."""
+    import optuna
+
+    seed = space.seeds[0]
+    if space.search == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **(space.sampler or {}))
+    if space.search == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **(space.sampler or {}))
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _journal_storage(path: Path):

@@ -10,6 +10,7 @@ queries are evaluated once, at the end, with the weights that had the best `val/
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from pathlib import Path
 
@@ -84,6 +85,31 @@ def encode(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: 
     ordered = torch.empty(len(loader.dataset), all_codes.shape[1])
     ordered[all_positions] = all_codes
     return ordered
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def encode_milliseconds(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: Config) -> float:
+    """`cost/encode_ms`: the median over the loader's batches of forward time per image, on this rank's device.
+
+    The network alone (no data loading), synchronised on a GPU, under the run's autocast: measured the same
+    way in every trial, so trials compare on it.
+    """
+    model.eval()
+    per_image = []
+    for images, _, _ in loader:
+        images = images.to(runtime.device)
+        _synchronize(runtime.device)
+        start = time.perf_counter()
+        with autocast(config, runtime.device):
+            model(images)
+        _synchronize(runtime.device)
+        per_image.append((time.perf_counter() - start) * 1000.0 / len(images))
+    return float(statistics.median(per_image)) if per_image else float("nan")
 
 
 def evaluate(
@@ -324,6 +350,16 @@ class _TrainingRun:
         self.save()
         self.runtime.report(row, self.run_dir if self.runtime.is_main else None)
 
+    def _code_costs(self) -> dict[str, float]:
+        """What shipping this model costs: code length, bytes per item, parameters, encode time per image."""
+        bits = self.config.model.bits
+        return {
+            "code/bits": float(bits),
+            "code/bytes": float((bits + 7) // 8),
+            "model/params": float(sum(parameter.numel() for parameter in self.model.parameters())),
+            "cost/encode_ms": encode_milliseconds(self.model, self.test_loader, self.runtime, self.config),
+        }
+
     def finish(self) -> dict[str, float]:
         """Save the last epoch, evaluate the test queries with the best-val weights, write and report.
 
@@ -345,7 +381,7 @@ class _TrainingRun:
         metrics |= (
             {SELECTION_METRIC: self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
         )
-        metrics |= self.cost.metrics()
+        metrics |= self.cost.metrics() | self._code_costs()
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
