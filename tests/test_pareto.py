@@ -1,6 +1,8 @@
 """The Pareto front against the non-dominated set a plain double loop finds, for 2 and 3 objectives, with ties."""
 
 import itertools
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +129,8 @@ def test_a_multi_objective_sweep_reports_the_front_a_double_loop_finds(tmp_path,
     from hashtune.sweep.driver import SweepHooks
 
     monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
+    # the trials import fake_trials in Ray's workers, which start from the local Ray this sweep starts
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     space = tmp_path / "front.yaml"
     space.write_text(
         "search: nsga2\nmetric: [val/best_mAP, code/bits, cost/encode_ms]\nmode: [max, min, min]\n"

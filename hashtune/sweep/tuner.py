@@ -178,7 +178,9 @@ def _sampler(space: SearchSpace):
     if space.search == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **(space.sampler or {}))
     if space.search == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **(space.sampler or {}))
+        from hashtune.sweep.samplers import PicklableNSGAIISampler
+
+        return PicklableNSGAIISampler(seed=seed, **(space.sampler or {}))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
