@@ -214,7 +214,8 @@ def run_trial(
         _replay(client, run, config)
     elif _is_fresh(run, tune.get_checkpoint()) and _budget_spent(client, tracking, space):
         # a new trial, launched after the sweep spent its budget: not trained (Tune wants the metric and ASHA the epoch)
-        tune.report({"budget/skipped": 1.0, space.metric: float("nan"), "epoch": 0})
+        objectives = dict(space.objectives) or {space.metric: space.mode}  # Tune checks each report names them
+        tune.report({"budget/skipped": 1.0, "epoch": 0} | dict.fromkeys(objectives, float("nan")))
     elif trial_function is not None:
         _function_trial(trial_function, variant, flat, config.train.epochs, extra)
     elif space.workers == 0:

@@ -287,7 +287,7 @@ class _TrainingRun:
                 "epoch": self.epoch + 1,
                 "model": copy.deepcopy(self.model.state_dict()),
             }
-            return self.cost.metrics()
+            return self.cost.metrics() | self._code_costs(self.test_loader)
         metrics = self._evaluate(self.val_loader)
         if metrics.map > self.best["val/mAP"]:
             self.best = {
@@ -295,7 +295,8 @@ class _TrainingRun:
                 "epoch": self.epoch + 1,
                 "model": copy.deepcopy(self.model.state_dict()),
             }
-        return metrics.as_dict("val") | {SELECTION_METRIC: self.best["val/mAP"]} | self.cost.metrics()
+        selected = {SELECTION_METRIC: self.best["val/mAP"]}
+        return metrics.as_dict("val") | selected | self.cost.metrics() | self._code_costs(self.val_loader)
 
     def _test_metrics(self) -> tuple[RetrievalMetrics, dict[str, float]]:
         """The test queries against the database; for the asymmetric strategy with both kinds of database codes.
@@ -350,14 +351,16 @@ class _TrainingRun:
         self.save()
         self.runtime.report(row, self.run_dir if self.runtime.is_main else None)
 
-    def _code_costs(self) -> dict[str, float]:
-        """What shipping this model costs: code length, bytes per item, parameters, encode time per image."""
+    def _code_costs(self, loader: DataLoader) -> dict[str, float]:
+        """What shipping this model costs: code length, bytes per item, parameters, encode time per image (over
+        `loader`'s batches: the validation queries at each evaluation, the test queries at the end). Every report
+        carries them, so a multi-objective search finds its objectives in each (Tune checks)."""
         bits = self.config.model.bits
         return {
             "code/bits": float(bits),
             "code/bytes": float((bits + 7) // 8),
             "model/params": float(sum(parameter.numel() for parameter in self.model.parameters())),
-            "cost/encode_ms": encode_milliseconds(self.model, self.test_loader, self.runtime, self.config),
+            "cost/encode_ms": encode_milliseconds(self.model, loader, self.runtime, self.config),
         }
 
     def finish(self) -> dict[str, float]:
@@ -381,7 +384,7 @@ class _TrainingRun:
         metrics |= (
             {SELECTION_METRIC: self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
         )
-        metrics |= self.cost.metrics() | self._code_costs()
+        metrics |= self.cost.metrics() | self._code_costs(self.test_loader)
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
