@@ -7,7 +7,19 @@ raises it and derives from one of these.
 
 from __future__ import annotations
 
-__all__ = ["HashtuneError", "InputError", "DataError", "DataNotFoundError", "NotFoundError", "MissingFileError"]
+__all__ = [
+    "TRY_AGAIN_EXIT",
+    "HashtuneError",
+    "InputError",
+    "DataError",
+    "DataNotFoundError",
+    "NotFoundError",
+    "MissingFileError",
+]
+
+TRY_AGAIN_EXIT = 75
+"""sysexits' EX_TEMPFAIL: nothing is lost, run the same command again once the world recovers (a full disk, a store
+or storage that does not answer); every such error exits with it."""
 
 
 class HashtuneError(Exception):

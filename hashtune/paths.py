@@ -14,7 +14,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import IO
 
-from hashtune.errors import HashtuneError, InputError
+from hashtune.errors import TRY_AGAIN_EXIT, HashtuneError, InputError
 
 __all__ = [
     "MAX_NAME",
@@ -31,7 +31,7 @@ __all__ = [
     "report_disk_full",
 ]
 
-DISK_FULL_EXIT = 75
+DISK_FULL_EXIT = TRY_AGAIN_EXIT
 """The exit code of a command stopped by a full disk (EX_TEMPFAIL: free space and run it again)."""
 
 NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -80,7 +80,7 @@ def no_world_write() -> int:
 class DiskFullError(HashtuneError, OSError):
     """A write that found the disk full; the file it was writing is left as it was before (or absent)."""
 
-    exit_code = 75  # DISK_FULL_EXIT
+    exit_code = TRY_AGAIN_EXIT
 
     def __init__(self, path: Path, written: int | None = None) -> None:
         folder = path if path.is_dir() else path.parent

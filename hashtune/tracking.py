@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hashtune.errors import HashtuneError, InputError, NotFoundError
+from hashtune.errors import TRY_AGAIN_EXIT, HashtuneError, InputError, NotFoundError
 
 __all__ = [
     "TAG",
@@ -266,7 +266,7 @@ class StoreError(HashtuneError, ConnectionError):
 class StoreUnavailable(StoreError):
     """The MLflow store did not answer within the retry bound; nothing it already holds is lost."""
 
-    exit_code = 75  # EX_TEMPFAIL: run it again once the store answers
+    exit_code = TRY_AGAIN_EXIT  # run it again once the store answers
 
     def __init__(self, uri: str, waited_s: float, cause: Exception | str) -> None:
         first_line = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__

@@ -9,10 +9,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hashtune.config import Config, parse_overrides, to_flat_dict
-from hashtune.paths import DISK_FULL_EXIT, RESULTS_DIR, disk_full
+from hashtune.errors import TRY_AGAIN_EXIT
+from hashtune.paths import RESULTS_DIR, disk_full
 from hashtune.sweep.mlflow_logger import MlflowTrialLogger
 from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.replicates import STATUS_TAG as REPLICATES_TAG
@@ -50,6 +51,9 @@ from hashtune.tracking import (
     mark_orphans_killed,
 )
 
+if TYPE_CHECKING:
+    from ray.tune import Callback
+
 __all__ = ["SweepError", "SweepHooks", "SweepInterrupted", "run_sweep"]
 
 _logger = logging.getLogger(__name__)
@@ -65,10 +69,10 @@ class SweepHooks:
     """
 
     trial_function: TrialFunction | None = None
-    callbacks: tuple = ()
+    callbacks: tuple[Callback, ...] = ()
 
 
-STORE_UNAVAILABLE_EXIT = DISK_FULL_EXIT
+STORE_UNAVAILABLE_EXIT = TRY_AGAIN_EXIT
 """The exit code of a sweep stopped by an MLflow store or a storage that did not answer (within `--store-retry-s`),
 or by a full disk: 75, EX_TEMPFAIL, run it again with --resume once it answers."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from hashtune.errors import HashtuneError
+from hashtune.errors import TRY_AGAIN_EXIT, HashtuneError
 from hashtune.paths import check_name
 from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.space import SearchSpace
@@ -54,7 +54,7 @@ class StorageUnavailable(HashtuneError, ConnectionError):
     """The sweep's storage (an s3:// bucket) stopped answering while a trial wrote its checkpoint: the sweep stops
     for --resume (exit 75) instead of counting the trial failed."""
 
-    exit_code = 75
+    exit_code = TRY_AGAIN_EXIT
 
     def __init__(self, storage: str, cause: str) -> None:
         super().__init__(f"its storage {storage} did not answer ({cause[:200]})")
