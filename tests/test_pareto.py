@@ -160,3 +160,20 @@ def test_a_multi_objective_sweep_reports_the_front_a_double_loop_finds(tmp_path,
     study = optuna.load_study(study_name=optuna.get_all_study_names(journal)[0], storage=journal)
     assert len(study.directions) == 3
     assert all(len(trial.values) == 3 for trial in study.trials if trial.state.name == "COMPLETE")
+    # --resume reads Tune's state back (the NSGA-II searcher pickled in it) and runs nothing twice
+    assert sweep_main([*argv, "--resume"], hooks=SweepHooks(trial_function=trade_off)) == 0
+    experiment = client.get_experiment_by_name("front").experiment_id
+    assert len([run for run in client.search_runs([experiment]) if run.data.tags.get("hashtune.role") != "sweep"]) == 10
+
+
+def test_the_nsga2_sampler_survives_a_pickle_round_trip_and_keeps_sampling():
+    import pickle
+
+    import optuna
+
+    from hashtune.sweep.samplers import PicklableNSGAIISampler
+
+    sampler = pickle.loads(pickle.dumps(PicklableNSGAIISampler(seed=0, population_size=4)))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), n_trials=10)
+    assert len(study.best_trials) >= 1 and sampler._thread_lock.acquire(blocking=False)

@@ -102,6 +102,10 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
         "failed": len(failed),
         "skipped_budget": len(skipped),
     }
+    if space.objectives:  # the front is the study's (pareto.md); early stopping looked at one objective
+        summary["objectives"] = [f"{name} ({mode})" for name, mode in space.objectives]
+        if space.scheduler["type"] == "asha":
+            summary["early_stopping_on"] = space.scheduler["metric"]
     if not finished:
         return summary
     sign = 1 if space.mode == "max" else -1
