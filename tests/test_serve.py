@@ -306,6 +306,7 @@ def test_moving_the_alias_swaps_the_model_without_a_failed_request(service, regi
         while not stop.is_set():
             answer = _search(service, files={"image": ("q.png", pngs[number % 2])}, params={"k": 3})
             answered[number].append((answer.status_code, answer.headers.get("x-hashtune-bundle")))
+            stop.wait(0.02)  # steady traffic that leaves the 2 cores to the export and the replica's reload
 
     threads = [threading.Thread(target=client, args=(number,)) for number in range(3)]
     for thread in threads:

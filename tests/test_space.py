@@ -87,7 +87,7 @@ def _write(tmp_path, text):
         ),
         (
             "sampler: {multivariate: true}\nparams: {model.bits: {grid: [16]}}\n",
-            r"sampler options are for search: tpe, got search: grid",
+            r"sampler options are for search: tpe or nsga2, got search: grid",
         ),
         (
             "search: tpe\nsampler: {group: true}\nparams: {loss.gamma: {uniform: [1, 5]}}\n",

@@ -214,6 +214,11 @@ def build_application(
     )
     # requests past max_ongoing_requests wait in the proxy, out of reach of the batcher: let a batch's worth in
     deployment = RetrievalDeployment.options(
-        user_config=source.as_config(), max_ongoing_requests=max(64, 4 * settings.max_batch_size), **scaling
+        user_config=source.as_config(),
+        max_ongoing_requests=max(64, 4 * settings.max_batch_size),
+        # a search takes milliseconds: draining a replica's requests needs seconds, not Serve's default 20
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=5.0,
+        **scaling,
     )
     return deployment.bind(settings)

@@ -13,7 +13,6 @@ the replicas load it in place (no request dropped). SIGINT or SIGTERM stops Serv
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -151,9 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     from hashtune.serve.app import build_application
     from hashtune.train.local_ray import init_ray, shutdown_ray
 
-    # Ray Serve's documented fast path (2.56+: user code on the replica's own loop, fewer hops per request); a local
-    # Ray's workers inherit it, a cluster's nodes set it themselves
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     started = init_ray(args.address)
     stop = _stop_event()  # after ray.init, which installs its own SIGTERM handler
     try:
