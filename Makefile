@@ -18,7 +18,8 @@ sweep: $(STAMP)
 
 # the page's browser test drives Debian's chromium through chromedriver (packages, not pip: installed once)
 browser:
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver >/dev/null
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| echo "make: could not install chromium + chromedriver (apt needs root): the page's browser test will fail"
 
 test: $(STAMP) browser
 	$(BIN)/ruff format --check --quiet .
