@@ -1,5 +1,6 @@
 """The Pareto front against the non-dominated set a plain double loop finds, for 2 and 3 objectives, with ties."""
 
+import csv
 import itertools
 import os
 from pathlib import Path
@@ -146,12 +147,12 @@ def test_a_multi_objective_sweep_reports_the_front_a_double_loop_finds(tmp_path,
         if run.data.tags.get("hashtune.status") == "finished"
     ]
     names = ["val/best_mAP", "code/bits", "cost/encode_ms"]
-    values = [[run.data.metrics[name] for name in names] for run in runs]
-    expected = {runs[i].info.run_name for i in _brute_force(values, ["max", "min", "min"])}
-    table = (tmp_path / "front" / "pareto.md").read_text()
-    listed = {
-        line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "trial" not in line
-    }
+    by_config = {(r.data.params["model.bits"], r.data.params["model.depth"]): r.data.metrics for r in runs}
+    configs = sorted(by_config)  # a configuration sampled twice is one point of the front (its runs' mean)
+    values = [[by_config[config][name] for name in names] for config in configs]
+    expected = {configs[i] for i in _brute_force(values, ["max", "min", "min"])}
+    with open(tmp_path / "front" / "pareto.csv") as table:
+        listed = {(row["model.bits"], row["model.depth"]) for row in csv.DictReader(table)}
     assert listed == expected and len(runs) == 10
     assert (tmp_path / "front" / "pareto.png").stat().st_size > 0
     journal = optuna.storages.JournalStorage(
@@ -177,3 +178,30 @@ def test_the_nsga2_sampler_survives_a_pickle_round_trip_and_keeps_sampling():
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), n_trials=10)
     assert len(study.best_trials) >= 1 and sampler._thread_lock.acquire(blocking=False)
+
+
+def test_replicated_configurations_are_one_point_with_their_seed_mean_and_sd():
+    from hashtune.config import Config
+    from hashtune.report.pareto_study import pareto_markdown, pareto_study
+    from hashtune.report.runs import TrialRun
+
+    def run(bits: int, seed: int, accuracy: float) -> TrialRun:
+        config = Config().replace({"model.bits": bits, "train.seed": seed, "data.seed": seed})
+        metrics = {"val/best_mAP": accuracy, "code/bits": float(bits), "test/mAP": accuracy}
+        return TrialRun(
+            f"bits={bits} seed={seed}", f"bits={bits} seed={seed}", "", seed, "finished", config, metrics, 0
+        )
+
+    runs = [run(16, 0, 0.70), run(16, 1, 0.74), run(32, 0, 0.80), run(32, 1, 0.84), run(64, 0, 0.81), run(64, 1, 0.79)]
+    study = pareto_study(runs, (("val/best_mAP", "max"), ("code/bits", "min")))
+    assert [(point.name, point.runs, point.seeds) for point in study.candidates] == [
+        ("bits=16", 2, 2),
+        ("bits=32", 2, 2),
+        ("bits=64", 2, 2),
+    ]
+    assert [point.bits for point in study.front] == [16, 32]  # 64 bits' mean 0.80 is under 32 bits' 0.82
+    thirty_two = study.front[1]
+    assert thirty_two.metrics["val/best_mAP"] == pytest.approx(0.82)
+    assert thirty_two.sd["val/best_mAP"] == pytest.approx(np.std([0.80, 0.84], ddof=1))
+    text = pareto_markdown(study)
+    assert "| bits=32 | 2 | 2 | 0.82 ± 0.028 |" in text and "seed means ± SD" in text

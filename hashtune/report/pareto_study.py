@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from hashtune.config import SEED_KEYS, Config, to_flat_dict
 from hashtune.errors import InputError
 from hashtune.metric_names import TEST_MAP
 from hashtune.paths import atomic_file
@@ -45,30 +49,82 @@ def parse_objectives(text: str) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
+class Configuration:
+    """One configuration of a study: its finished trials' metrics averaged over seeds (one trial: its own)."""
+
+    name: str
+    config: Config
+    metrics: dict[str, float]
+    """Each metric's mean over the configuration's runs (its seeds)."""
+    sd: dict[str, float]
+    """Each metric's sample SD over the runs (NaN for one run)."""
+    runs: int
+    """How many finished runs the configuration has (a sampler may draw a configuration twice)."""
+    seeds: int
+    """How many different seeds those runs used."""
+
+    @property
+    def bits(self) -> int:
+        return self.config.model.bits
+
+
+@dataclass(frozen=True)
 class ParetoStudy:
     objectives: tuple[tuple[str, str], ...]
-    candidates: list[TrialRun]
-    """The finished trials that report every objective."""
-    front: list[TrialRun]
+    candidates: list[Configuration]
+    """The configurations whose finished trials report every objective."""
+    front: list[Configuration]
+
+
+def configurations(runs: list[TrialRun], names: list[str]) -> list[Configuration]:
+    """The finished runs reporting every metric in `names`, grouped by their config less the seeds."""
+    groups: dict[tuple, list[TrialRun]] = {}
+    for run in runs:
+        if run.status == "finished" and all(name in run.metrics for name in names):
+            key = tuple(sorted((k, str(v)) for k, v in to_flat_dict(run.config).items() if k not in SEED_KEYS))
+            groups.setdefault(key, []).append(run)
+    summaries = []
+    for group in groups.values():
+        keys = set.intersection(*(set(run.metrics) for run in group))
+        values = {key: [run.metrics[key] for run in group] for key in keys}
+        summaries.append(
+            Configuration(
+                name=re.sub(r"\s*\b(data_seed|seed)=\d+", "", group[0].name).strip(),
+                config=group[0].config,
+                metrics={key: statistics.fmean(column) for key, column in values.items()},
+                sd={key: statistics.stdev(column) if len(column) > 1 else math.nan for key, column in values.items()},
+                runs=len(group),
+                seeds=len({tuple(getattr(run.config, part.split(".")[0]).seed for part in SEED_KEYS) for run in group}),
+            )
+        )
+    return summaries
 
 
 def pareto_study(runs: list[TrialRun], objectives: tuple[tuple[str, str], ...]) -> ParetoStudy:
+    """The front of the configurations (seed means where a configuration ran at several seeds)."""
     names = [name for name, _ in objectives]
-    candidates = [run for run in runs if run.status == "finished" and all(name in run.metrics for name in names)]
-    values = [[run.metrics[name] for name in names] for run in candidates]
+    candidates = configurations(runs, names)
+    values = [[point.metrics[name] for name in names] for point in candidates]
     front = [candidates[i] for i in pareto_front(values, [mode for _, mode in objectives])] if candidates else []
     accuracy = objectives[0][0]
-    front.sort(key=lambda run: (run.metrics[names[1]], -run.metrics[accuracy]))
+    front.sort(key=lambda point: (point.metrics[names[1]], -point.metrics[accuracy]))
     return ParetoStudy(objectives, candidates, front)
 
 
-def _row(run: TrialRun, study: ParetoStudy) -> dict[str, object]:
+def _with_sd(point: Configuration, key: str) -> str:
+    value = point.metrics.get(key)
+    if value is None:
+        return ""
+    return f"{value:.4g}" if point.runs == 1 else f"{value:.4g} ± {point.sd[key]:.2g}"
+
+
+def _row(point: Configuration, study: ParetoStudy) -> dict[str, object]:
     flat = {
-        column: getattr(getattr(run.config, column.split(".")[0]), column.split(".")[1]) for column in CONFIG_COLUMNS
+        column: getattr(getattr(point.config, column.split(".")[0]), column.split(".")[1]) for column in CONFIG_COLUMNS
     }
-    objectives = {name: run.metrics[name] for name, _ in study.objectives}
-    cost = {"cost/cpu_seconds": run.metrics.get("cost/cpu_seconds"), TEST_MAP: run.metrics.get(TEST_MAP)}
-    return {"trial": run.name, **objectives, **cost, **flat}
+    objectives = {name: _with_sd(point, name) for name, _ in study.objectives}
+    cost = {"cost/cpu_seconds": _with_sd(point, "cost/cpu_seconds"), TEST_MAP: _with_sd(point, TEST_MAP)}
+    return {"configuration": point.name, "runs": point.runs, "seeds": point.seeds, **objectives, **cost, **flat}
 
 
 def pareto_csv(study: ParetoStudy) -> str:
@@ -91,34 +147,40 @@ def answers(study: ParetoStudy, tolerance: float = 0.01) -> list[str]:
         return []
     (accuracy, _), (first_cost, cost_mode) = study.objectives[0], study.objectives[1]
     sign = 1 if cost_mode == "min" else -1
-    best = max(study.candidates, key=lambda run: run.metrics[accuracy])
-    near = [run for run in study.candidates if run.metrics[accuracy] >= best.metrics[accuracy] - tolerance]
-    cheapest = min(near, key=lambda run: (sign * run.metrics[first_cost], -run.metrics[accuracy]))
+    best = max(study.candidates, key=lambda point: point.metrics[accuracy])
+    near = [point for point in study.candidates if point.metrics[accuracy] >= best.metrics[accuracy] - tolerance]
+    cheapest = min(near, key=lambda point: (sign * point.metrics[first_cost], -point.metrics[accuracy]))
     lines = [
-        f"- Best {accuracy}: {best.metrics[accuracy]:.4f} ({best.name}, {first_cost} "
-        f"{_cell(best.metrics[first_cost])}).",
+        f"- Best {accuracy}: {_with_sd(best, accuracy)} ({best.name}, {first_cost} {_with_sd(best, first_cost)}).",
         f"- Cheapest by {first_cost} within {tolerance} of it: {cheapest.name}, {accuracy} "
-        f"{cheapest.metrics[accuracy]:.4f}, {first_cost} {_cell(cheapest.metrics[first_cost])}.",
+        f"{_with_sd(cheapest, accuracy)}, {first_cost} {_with_sd(cheapest, first_cost)}.",
     ]
-    for bits in sorted({run.bits for run in study.candidates}):
-        within = [run for run in study.candidates if run.bits <= bits]
-        chosen = max(within, key=lambda run: run.metrics[accuracy])
-        lines.append(f"- Best at <= {bits} bits: {chosen.name}, {accuracy} {chosen.metrics[accuracy]:.4f}.")
-    lines.append(
-        "- Each trial ran once (one seed): differences between neighbouring trials on the front are not tested; "
-        "replicate the chosen configurations (a grid space with seeds) before calling one better."
-    )
+    for bits in sorted({point.bits for point in study.candidates}):
+        within = [point for point in study.candidates if point.bits <= bits]
+        chosen = max(within, key=lambda point: point.metrics[accuracy])
+        lines.append(f"- Best at <= {bits} bits: {chosen.name}, {accuracy} {_with_sd(chosen, accuracy)}.")
+    if any(point.seeds > 1 for point in study.candidates):
+        lines.append(
+            "- Values of configurations run at several seeds are seed means ± SD and the front is over the means: "
+            "where two configurations differ by less than their SDs, which is better is inconclusive."
+        )
+    else:
+        lines.append(
+            "- Every configuration ran at one seed (one point of a configuration the sampler drew twice is the mean "
+            "of its reruns): differences between neighbours on the front are not tested; replicate the chosen "
+            "configurations (a grid space with seeds) before calling one better."
+        )
     return lines
 
 
 def pareto_markdown(study: ParetoStudy) -> str:
     names = ", ".join(f"{name} ({mode})" for name, mode in study.objectives)
     rows = [_row(run, study) for run in study.front]
-    header = list(rows[0]) if rows else ["trial"]
+    header = list(rows[0]) if rows else ["configuration"]
     lines = [
         "# Pareto front",
         "",
-        f"Objectives: {names}. {len(study.front)} of {len(study.candidates)} finished trials are non-dominated "
+        f"Objectives: {names}. {len(study.front)} of {len(study.candidates)} configurations are non-dominated "
         "(chosen on validation and cost metrics only; test/mAP is reported, never chosen on).",
         "",
         "| " + " | ".join(header) + " |",
@@ -134,9 +196,9 @@ def plot_pareto(study: ParetoStudy, path: Path) -> Path:
     """One panel per cost objective: the accuracy objective against it, dominated trials grey, the front marked."""
     (accuracy, _), others = study.objectives[0], study.objectives[1:]
     figure, axes = plt.subplots(1, len(others), figsize=(5 * len(others), 4), squeeze=False)
-    on_front = {run.run_id for run in study.front}
+    on_front = {id(point) for point in study.front}
     for axis, (name, _) in zip(axes[0], others):
-        dominated = [run for run in study.candidates if run.run_id not in on_front]
+        dominated = [point for point in study.candidates if id(point) not in on_front]
         axis.scatter(
             [run.metrics[name] for run in dominated],
             [run.metrics[accuracy] for run in dominated],
@@ -152,7 +214,7 @@ def plot_pareto(study: ParetoStudy, path: Path) -> Path:
         axis.set_xlabel(name)
         axis.set_ylabel(accuracy)
         axis.legend(fontsize=8)
-    figure.suptitle(f"{len(study.front)} non-dominated of {len(study.candidates)} finished trials")
+    figure.suptitle(f"{len(study.front)} non-dominated of {len(study.candidates)} configurations")
     figure.tight_layout()
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
