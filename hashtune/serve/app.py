@@ -91,7 +91,11 @@ class RetrievalDeployment:
 
     async def _load(self, source: BundleSource) -> None:
         fetched = await asyncio.to_thread(source.fetch)
-        bundle = await asyncio.to_thread(ServedBundle.load, fetched.folder, source.label)
+        try:
+            bundle = await asyncio.to_thread(ServedBundle.load, fetched.folder, source.label)
+        except BaseException:  # a version that does not load leaves no download behind
+            fetched.remove()
+            raise
         previous, self.bundle, self.fetched, self.source = self.fetched, bundle, fetched, source
         if previous is not None and previous.folder != fetched.folder:
             previous.remove()  # loaded in memory; the thumbnails' memory map outlives the file
