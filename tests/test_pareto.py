@@ -1,6 +1,7 @@
 """The Pareto front against the non-dominated set a plain double loop finds, for 2 and 3 objectives, with ties."""
 
 import csv
+import io
 import itertools
 import os
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_the_nsga2_sampler_survives_a_pickle_round_trip_and_keeps_sampling():
 
 def test_replicated_configurations_are_one_point_with_their_seed_mean_and_sd():
     from hashtune.config import Config
-    from hashtune.report.pareto_study import pareto_markdown, pareto_study
+    from hashtune.report.pareto_study import pareto_csv, pareto_markdown, pareto_study
     from hashtune.report.runs import TrialRun
 
     def run(bits: int, seed: int, accuracy: float) -> TrialRun:
@@ -205,3 +206,6 @@ def test_replicated_configurations_are_one_point_with_their_seed_mean_and_sd():
     assert thirty_two.sd["val/best_mAP"] == pytest.approx(np.std([0.80, 0.84], ddof=1))
     text = pareto_markdown(study)
     assert "| bits=32 | 2 | 2 | 0.82 ± 0.028 |" in text and "seed means ± SD" in text
+    rows = list(csv.DictReader(io.StringIO(pareto_csv(study))))
+    assert float(rows[1]["val/best_mAP"]) == pytest.approx(0.82)
+    assert float(rows[1]["val/best_mAP sd"]) == pytest.approx(np.std([0.80, 0.84], ddof=1))

@@ -127,8 +127,17 @@ def _row(point: Configuration, study: ParetoStudy) -> dict[str, object]:
     return {"configuration": point.name, "runs": point.runs, "seeds": point.seeds, **objectives, **cost, **flat}
 
 
+def _csv_row(point: Configuration, study: ParetoStudy) -> dict[str, object]:
+    """Numbers a program can read: each objective's mean and SD in their own columns (the table's `a ± b` is text)."""
+    row = _row(point, study)
+    for key in [name for name, _ in study.objectives] + ["cost/cpu_seconds", TEST_MAP]:
+        row[key] = point.metrics.get(key)
+        row[f"{key} sd"] = point.sd.get(key)
+    return row
+
+
 def pareto_csv(study: ParetoStudy) -> str:
-    rows = [_row(run, study) for run in study.front]
+    rows = [_csv_row(point, study) for point in study.front]
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
