@@ -21,7 +21,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 
 from benchmarks._table import markdown_table, write_report
+from benchmarks.servers import free_port
 from hashtune.config import load_config
 from hashtune.data import load_source
 from hashtune.paths import RESULTS_DIR
@@ -42,12 +42,6 @@ from hashtune.train.trainer import fit
 
 MODEL = ["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.bits=32", "train.warmup_epochs=1"]
 TARGET_RATIO, TARGET_P99_MS = 0.5, 50.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_bundles(root: Path, epochs: int) -> dict[str, Path]:
@@ -130,7 +124,7 @@ class Service:
     """`python -m hashtune.serve --bundle B` in its own session, stopped by SIGTERM (its Ray with it)."""
 
     def __init__(self, bundle: Path) -> None:
-        self.port, self.temp = _free_port(), tempfile.mkdtemp(prefix="bs", dir="/tmp")
+        self.port, self.temp = free_port(), tempfile.mkdtemp(prefix="bs", dir="/tmp")
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "hashtune.serve", "--bundle", str(bundle), "--port", str(self.port)]
         self.started = time.perf_counter()

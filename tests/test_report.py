@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -14,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from benchmarks.servers import mlflow_server
 from hashtune.config import Config, to_flat_dict
 from hashtune.metrics import retrieval_metrics
 from hashtune.report import ReportError, build_report, load_study
@@ -232,12 +229,6 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert len(errors) == 3 and "no MLflow store at" in errors[1] and "non-validation" in errors[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -247,38 +238,8 @@ def _post(url: str, body: dict) -> dict:
 @pytest.mark.slow
 def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
     uri, client, _ = ablation_store
-    port = _free_port()
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
-                time.sleep(0.5)
+    with mlflow_server(uri, ui=True) as server:
+        base = server.url
         with urllib.request.urlopen(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=study", timeout=10
         ) as response:
@@ -298,9 +259,6 @@ def test_mlflow_ui_serves_the_runs_the_report_used(ablation_store, tmp_path):
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
             assert metrics["test/mAP"] == pytest.approx(trial.metrics["test/mAP"])
             assert params["loss.prob"] == trial.config.loss.prob and params["train.seed"] == str(trial.seed)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 def test_ablation_rows_split_by_other_varying_parameters(tmp_path):

@@ -1,15 +1,11 @@
 """`--storage s3://...` for real, against moto's S3 server on 127.0.0.1 (started and stopped here)."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from ray_helpers import short_temp_dir
 
+from benchmarks.servers import moto_s3_server
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
 
@@ -26,23 +22,11 @@ TINY = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with an empty bucket; AWS_* variables point boto3 and pyarrow at it."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    server = moto_s3_server()
+    endpoint = server.url
     saved = {
         key: os.environ.get(key)
         for key in (
@@ -61,22 +45,14 @@ def s3():
         AWS_EC2_METADATA_DISABLED="true",
     )
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "moto server did not start"
-                time.sleep(0.3)
+        server.start()
         import boto3
 
         client = boto3.client("s3")
         client.create_bucket(Bucket=BUCKET)
         yield client
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from images import digit_pngs, png_header_only
 
+from benchmarks.servers import free_port
 from hashtune.config import load_config
 from hashtune.retrieval import Retriever
 from hashtune.retrieval.cli import main as retrieve_main
@@ -166,18 +166,12 @@ def test_the_cli_refuses_bad_settings_before_starting_anything(registry, tmp_pat
         assert len(lines) == 1 and message in lines[0], (argv, lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(registry):
     """`python -m hashtune.serve --model hashtune --alias champion` with a token, on 127.0.0.1; stopped by SIGTERM."""
     from ray_helpers import end_session_processes, short_temp_dir
 
-    root, port = registry["root"], _free_port()
+    root, port = registry["root"], free_port()
     token = "t0ken-" + "x" * 20
     (root / "token").write_text(token + "\n")
     temp = short_temp_dir()

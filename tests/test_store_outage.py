@@ -4,13 +4,11 @@ on 127.0.0.1 stopped and restarted under a sweep."""
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from ray_helpers import end_session_processes, short_temp_dir
 
+from benchmarks.servers import free_port, mlflow_server, moto_s3_server
 from hashtune.tracking import StoreClient, StoreUnavailable, is_transient
 
 REFUSED = MlflowException(
@@ -106,44 +105,6 @@ SPACE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class _Server:
-    """`mlflow server` on 127.0.0.1 over a SQLite store, stopped and started again on the same port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port, self.process = folder, _free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
-            + ["--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1"]
-            + ["--port", str(self.port), "--workers", "1"],
-            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
-                return
-            except OSError:
-                assert self.process.poll() is None and time.time() < deadline, "mlflow server did not start"
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-
 def _until(condition, what: str, timeout: float = 300.0) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -177,8 +138,8 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
     ray_dir = short_temp_dir("so")
     space = tmp_path / "outage.yaml"
     space.write_text(SPACE)
-    server = _Server(tmp_path / "store")
-    server.start()
+    store = tmp_path / "store"
+    server = mlflow_server(f"sqlite:///{store / 'mlflow.db'}", artifacts=str(store / "artifacts")).start()
     env = os.environ | {
         "RAY_TMPDIR": ray_dir,
         "FAKE_TRIAL": "fake_trials:gated",
@@ -189,7 +150,7 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
         log = tmp_path / f"{name}{len(extra)}.err"
         command = [sys.executable, str(Path(__file__).parent / "sweep_with_hooks.py"), "--space", str(space)]
         command += ["--name", name]
-        command += ["--results-dir", str(tmp_path / "results"), "--mlflow-uri", server.uri]
+        command += ["--results-dir", str(tmp_path / "results"), "--mlflow-uri", server.url]
         command += ["--store-retry-s", retry_s, *extra]
         gate = {"FAKE_GATE": str(tmp_path / f"{name}.gate")}
         with log.open("w") as stderr:
@@ -200,7 +161,7 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
         # 1. stopped while the sweep waits on its second trial, started again once the driver has seen it down
         driver, log = launch("rides", "300")
         # the second trial's run made (its create is never interrupted by the stop) and the first one closed
-        _until(lambda: _runs_by_status(server.uri, "rides") == ["FINISHED", "RUNNING"], "the second trial's run")
+        _until(lambda: _runs_by_status(server.url, "rides") == ["FINISHED", "RUNNING"], "the second trial's run")
         server.stop()
         (tmp_path / "rides.gate").touch()
         _until(lambda: "did not answer" in log.read_text(), "the driver to meet the stopped store")
@@ -209,12 +170,12 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
 
         # 2. down for longer than --store-retry-s: the sweep stops, one line; --resume once the store is back
         driver, log = launch("stops", "2")
-        _until(lambda: _runs_by_status(server.uri, "stops") == ["FINISHED", "RUNNING"], "the second trial's run")
+        _until(lambda: _runs_by_status(server.url, "stops") == ["FINISHED", "RUNNING"], "the second trial's run")
         server.stop()
         (tmp_path / "stops.gate").touch()
         assert driver.wait(timeout=300) == 75
         (last,) = [text for text in log.read_text().splitlines() if text.startswith("hashtune.sweep: sweep 'stops'")]
-        assert last.startswith(f"hashtune.sweep: sweep 'stops' stopped: the MLflow store {server.uri} did not answer")
+        assert last.startswith(f"hashtune.sweep: sweep 'stops' stopped: the MLflow store {server.url} did not answer")
         assert "Continue it with: python -m hashtune.sweep --space" in last and "--resume" in last
         server.start()
         resumed, log = launch("stops", "300", "--resume")
@@ -226,8 +187,8 @@ def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_o
     server.start()
     try:
         for name in ("rides", "stops"):
-            runs = _children(server.uri, name)
-            client = MlflowClient(server.uri)
+            runs = _children(server.url, name)
+            client = MlflowClient(server.url)
             assert sorted(run.data.tags["hashtune.point"] for run in runs) == sorted(
                 {run.data.tags["hashtune.point"] for run in runs}
             ), f"{name}: a point ran twice"
@@ -246,7 +207,7 @@ class _Switch:
     that does not answer), `up()` listens again on the same port."""
 
     def __init__(self, port: int) -> None:
-        self.target, self.port, self.listener, self.open = port, _free_port(), None, []
+        self.target, self.port, self.listener, self.open = port, free_port(), None, []
         self.lock = threading.Lock()
 
     def up(self) -> None:
@@ -286,14 +247,8 @@ class _Switch:
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_run_once(tmp_path):
-    moto_port = _free_port()
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    switch = _Switch(moto_port)
+    moto = moto_s3_server().start()
+    switch = _Switch(moto.port)
     switch.up()
     ray_dir = short_temp_dir("s3o")
     aws = {
@@ -313,10 +268,9 @@ def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_ru
     command = [sys.executable, "-m", "hashtune.sweep", "--space", str(space), "--results-dir", str(results)]
     command += ["--storage", "s3://outage/sweeps"]
     try:
-        _until(lambda: _answers(f"http://127.0.0.1:{moto_port}"), "the moto server")
         import boto3
 
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}", **_boto(aws)).create_bucket(Bucket="outage")
+        boto3.client("s3", endpoint_url=moto.url, **_boto(aws)).create_bucket(Bucket="outage")
         log = tmp_path / "stopped.err"
         with log.open("w") as stderr:
             driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -335,8 +289,7 @@ def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_ru
     finally:
         with contextlib.suppress(OSError):
             switch.down()
-        os.killpg(moto.pid, signal.SIGTERM)
-        moto.wait(timeout=30)
+        moto.stop()
         end_session_processes(ray_dir)
     runs = _children(store, "s3out")
     points = [run.data.tags["hashtune.point"] for run in runs]
@@ -344,14 +297,6 @@ def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_ru
     client = MlflowClient(store)
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2)
-        return True
-    except OSError:
-        return False
 
 
 def _boto(aws: dict) -> dict:

@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray_helpers import local_ray
 
 from hashtune.sweep.cli import main as sweep_main
@@ -163,16 +166,20 @@ def test_asha_stopped_sweep_through_torch_trainer(tmp_path, capsys):
 
 def test_a_budget_smaller_than_two_trials_stops_launching_and_survives_resume(tmp_path, capsys):
     space = tmp_path / "budget.yaml"  # the budget given on the command line, as a space's `budget:`
-    space.write_text(
-        "search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 1\n"
-        + TINY
-        + "params:\n  model.k_groups: {grid: [1, 2, 3]}\n"
+    space.write_text(  # two objectives: a trial the budget skips reports NaN for each, and Optuna is told so
+        "search: tpe\nmetric: [val/best_mAP, code/bits]\nmode: [max, min]\nnum_samples: 3\nmax_concurrent: 1\n"
+        "fixed:\n  train.epochs: 1\n" + TINY + "params:\n  model.k_groups: {choice: [1, 2, 3]}\n"
     )
     assert sweep_main(["--space", str(space), "--results-dir", str(tmp_path), "--budget", "{cpu_hours: 0.0001}"]) == 0
     ended = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hashtune.sweep: budget:")]
     assert ended and "budget spent: " in ended[-1] and "2 trial(s) not trained; running trials finished" in ended[-1]
     statuses = sorted(r.data.tags["hashtune.status"] for r in _children(tmp_path, "budget"))
     assert statuses == ["finished", "skipped_budget", "skipped_budget"]  # 0.36 CPU-s: the first trial spends it
+    study = optuna.load_study(
+        study_name="budget", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna" / "budget.journal")))
+    )
+    told = sorted((trial.state.name, len(trial.values or ())) for trial in study.trials)
+    assert told == [("COMPLETE", 2), ("PRUNED", 0), ("PRUNED", 0)]  # the skipped trials, never trained: no values
     client = _client(tmp_path)
     parent = next(
         r

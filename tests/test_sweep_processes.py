@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray_helpers import end_session_processes, short_temp_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -92,7 +95,8 @@ def _parent(results: Path, experiment: str):
 
 
 def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_duplicating_a_trial(tmp_path):
-    """One sweep of five trials, one at a time, through four launches:
+    """One multi-objective NSGA-II sweep of five trials, one at a time, through four launches (Optuna's journal and
+    the sampler pickled in Tune's state go through every stop):
 
     1. its driver killed (SIGKILL to its process group) between a trial's MLflow run closing and Tune saving that
        the trial ended, made certain by a test-only switch that kills it at exactly that point;
@@ -103,9 +107,10 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     """
     space = tmp_path / "stop.yaml"  # 48 bits: K up to 6 is feasible; each signal leaves at least two trials unfinished
     space.write_text(
-        "search: grid\nmax_concurrent: 1\nfixed:\n  train.epochs: 3\n  model.bits: 48\n"
+        "search: nsga2\nmetric: [val/best_mAP, cost/encode_ms]\nmode: [max, min]\nnum_samples: 5\nmax_concurrent: 1\n"
+        "fixed:\n  train.epochs: 3\n  model.bits: 48\n"
         + TINY
-        + "params:\n  model.k_groups: {grid: [1, 2, 3, 4, 5]}\n"
+        + "params:\n  model.k_groups: {choice: [1, 2, 3, 4, 5]}\n"
     )
     killed = subprocess.run(
         _sweep_command(space, tmp_path, hooked=True),
@@ -145,6 +150,12 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     again = next(r for r in children if r.data.tags["hashtune.trial_id"] == trial_id)
     assert again.data.tags.get("hashtune.replayed") == "1", "the finished trial was trained again instead of replayed"
     assert again.data.metrics["test/mAP"] == first.data.metrics["test/mAP"]
+    assert again.data.metrics["cost/encode_ms"] == first.data.metrics["cost/encode_ms"]
+    # Optuna told each of the five trials once, with both objectives
+    journal = JournalStorage(JournalFileBackend(str(next(tmp_path.rglob("*.journal")))))
+    study = optuna.load_study(study_name="stop", storage=journal)
+    told = [trial for trial in study.trials if trial.state.is_finished()]
+    assert len(told) == 5 and all(trial.values is not None and len(trial.values) == 2 for trial in told)
     for run in children:  # every (metric, step) logged once over the four launches
         assert _steps(tmp_path, run) == [1, 2, 3]
         assert _steps(tmp_path, run, "test/mAP") == [3]

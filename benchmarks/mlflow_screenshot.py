@@ -1,6 +1,6 @@
 """Screenshot MLflow's run-comparison view of a sweep with headless Chromium (for the README).
 
-Run: `python scripts/mlflow_screenshot.py --experiment ablations --out results/ablations/mlflow_compare.png`
+Run: `python -m benchmarks.mlflow_screenshot --experiment ablations --out results/ablations/mlflow_compare.png`
 Starts `mlflow ui` on 127.0.0.1 over the store, opens the compare view of the experiment's finished
 trial runs in Debian's `chromium --headless`, saves the PNG, and stops the server (by its process group).
 """
@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
+from benchmarks.servers import mlflow_server
+
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main(argv=None) -> int:
@@ -51,39 +42,10 @@ def main(argv=None) -> int:
         print(f"mlflow_screenshot: error: no experiment {args.experiment!r} in {args.mlflow_uri}", file=sys.stderr)
         return 2
     runs = client.search_runs([experiment.experiment_id], "tags.`hashtune.status` = 'finished'", max_results=100)
-    port = _free_port()
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            args.mlflow_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with mlflow_server(args.mlflow_uri, ui=True) as server:
         ids = json.dumps([run.info.run_id for run in runs])
         experiments = urllib.parse.quote(json.dumps([experiment.experiment_id]))
-        url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={experiments}"
+        url = f"{server.url}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={experiments}"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
@@ -102,9 +64,6 @@ def main(argv=None) -> int:
             stderr=subprocess.DEVNULL,
             timeout=180,
         )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
     print(f"{len(runs)} runs compared: {args.out}")
     return 0
 
