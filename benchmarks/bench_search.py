@@ -39,13 +39,14 @@ from benchmarks._table import markdown_table, write_report
 from hashtune.config import load_config, parse_overrides
 from hashtune.report.stats import claim_verdict
 from hashtune.sweep.space import load_space
+from hashtune.sweep.space_settings import Scheduler
 from hashtune.tracking import TAG, default_tracking_uri, find_runs
 
 SELECTION = "val/best_mAP"
 RANDOM = "random, no early stopping"
 ARMS = {  # label -> (space, changes to it)
     "TPE + ASHA": ("tune", {}),
-    RANDOM: ("tune", {"search": "random", "scheduler": {"type": "none"}, "sampler": None}),
+    RANDOM: ("tune", {"search": "random", "scheduler": Scheduler(), "sampler": None}),
     "multivariate TPE, conditional space + ASHA": ("tune_conditional", {}),
 }
 TARGET_MAP, TARGET_COST = 0.94, 0.5
@@ -115,9 +116,9 @@ def arm_space(label: str, base, trials: int, fixed_overrides: list[str], seed: i
     space = load_space(name, base)
     fixed = dict(space.fixed) | parse_overrides(fixed_overrides)
     epochs = base.replace(fixed).train.epochs
-    scheduler = dict(changes.get("scheduler", space.scheduler))
-    if scheduler["type"] == "asha":
-        scheduler["grace_period"] = min(scheduler.get("grace_period", 1), epochs)
+    scheduler = changes.get("scheduler", space.scheduler)
+    if scheduler.asha:
+        scheduler = dataclasses.replace(scheduler, grace_period=min(scheduler.grace_period or 1, epochs))
     return dataclasses.replace(
         space, **(changes | {"num_samples": trials, "fixed": fixed, "scheduler": scheduler, "seeds": (seed,)})
     )

@@ -215,15 +215,16 @@ def sweep_parents(client, experiment: str) -> list:
 
 
 def log_infeasible_points(
-    client, experiment_id: str, parent_run_id: str, space_name: str, points: list[dict], base_flat: dict
+    client, experiment_id: str, parent_run_id: str, space_name: str, points: list, base_flat: dict
 ) -> None:
-    """Grid points whose bit allocation fails: FINISHED child runs tagged infeasible, with params, no metrics."""
+    """Grid points (`hashtune.sweep.space.GridPoint`) whose bit allocation fails: FINISHED child runs tagged
+    infeasible, with params, no metrics."""
     existing = {
         run.data.tags.get(f"{TAG}point")
         for run in find_runs(client, experiment_id, f"tags.`{TAG}status` = 'infeasible'")
     }
     for point in points:
-        pid = point_id(point["overrides"])
+        pid = point_id(point.overrides)
         if pid in existing:
             continue
         run = client.create_run(
@@ -232,13 +233,13 @@ def log_infeasible_points(
             tags={
                 "mlflow.parentRunId": parent_run_id,
                 f"{TAG}space": space_name,
-                f"{TAG}variant": point["variant"],
+                f"{TAG}variant": point.variant,
                 f"{TAG}status": "infeasible",
                 f"{TAG}point": pid,
-                f"{TAG}seed": str(point["overrides"].get("train.seed", "")),
+                f"{TAG}seed": str(point.overrides.get("train.seed", "")),
             },
         )
-        client.log_batch(run.info.run_id, params=flat_params(base_flat | point["overrides"]))
+        client.log_batch(run.info.run_id, params=flat_params(base_flat | point.overrides))
         client.set_terminated(run.info.run_id, "FINISHED")
 
 

@@ -349,7 +349,7 @@ def test_budget_on_the_command_line_reads_numbers_as_a_space_file_does():
     from hashtune.sweep.cli import _with_budget
     from hashtune.sweep.space import load_space
 
-    assert _with_budget(load_space("smoke"), "{cpu_hours: 1e-3}").budget["hours"] == 0.001  # YAML 1.1 read a string
+    assert _with_budget(load_space("smoke"), "{cpu_hours: 1e-3}").budget.hours == 0.001  # YAML 1.1 read a string
 
 
 def test_resume_refuses_tune_state_and_an_mlflow_store_of_different_sweeps(tmp_path, capsys):

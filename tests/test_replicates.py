@@ -15,7 +15,7 @@ from ray.tune.search import Searcher
 
 from hashtune.report.stats import claim_verdict
 from hashtune.sweep.replicates import ReplicationSearcher, arm_verdicts, next_round
-from hashtune.sweep.space import Replicates, SpaceError, load_space
+from hashtune.sweep.space import GridPoint, Replicates, SpaceError, load_space
 
 PLAN = Replicates(min=3, max=9, step=3, delta=0.02, alpha=0.05)
 FULL, CLEAR, SAME, NOISY = ("full", ""), ("w/o Q", ""), ("same", ""), ("noisy", "")
@@ -88,7 +88,7 @@ def test_verdicts_use_the_per_look_level():
 
 def _points(arms, plan):
     return [
-        {"label": f"{variant} seed={seed}", "variant": variant, "overrides": {"train.seed": seed, "data.seed": seed}}
+        GridPoint(variant=variant, at="", seed=seed, overrides={"train.seed": seed, "data.seed": seed})
         for variant, _ in arms
         for seed in plan.seeds
     ]
@@ -254,10 +254,10 @@ def test_crossed_seeds_make_a_data_by_train_grid(tmp_path):
     path = tmp_path / "crossed.yaml"
     path.write_text("seeds: {data: [0, 1], train: [0, 1, 2]}\nvariants: {full: {}}\n")
     feasible, _ = load_space(str(path)).grid_points(__import__("hashtune.config", fromlist=["Config"]).Config())
-    assert [(p["overrides"]["data.seed"], p["overrides"]["train.seed"]) for p in feasible] == [
+    assert [(p.overrides["data.seed"], p.overrides["train.seed"]) for p in feasible] == [
         (d, t) for d in (0, 1) for t in (0, 1, 2)
     ]
-    assert feasible[1]["label"] == "full data_seed=0 seed=1"
+    assert feasible[1].label == "full data_seed=0 seed=1"
     path.write_text("search: tpe\nseeds: {data: [0], train: [0]}\nparams: {loss.gamma: {uniform: [1.0, 2.0]}}\n")
     with pytest.raises(SpaceError, match=r"crossed seeds are \{data: \[...\], train: \[...\]\} in a grid space"):
         load_space(str(path))
@@ -280,3 +280,14 @@ def test_variance_components_match_the_mean_squares_by_hand():
     )
     assert split.data > 10 * split.train  # the data split dominates this table by construction
     assert variance_components({(0, 0): 0.8, (0, 1): 0.8, (1, 0): 0.7}) is None  # no complete 2 x 2
+
+
+def test_a_plan_pickled_under_its_old_module_loads_on_resume():
+    """`Replicates` moved from `hashtune.sweep.replication_plan` into `space_settings`; a sweep saved before pickled
+    its searcher's plan under the old name."""
+    import pickle
+
+    saved = pickle.dumps(Replicates(min=2, max=6), protocol=0).replace(
+        b"hashtune.sweep.space_settings", b"hashtune.sweep.replication_plan"
+    )
+    assert b"replication_plan" in saved and pickle.loads(saved) == Replicates(min=2, max=6)

@@ -1,6 +1,7 @@
 """Search-space files: every shipped space validates; bad spaces fail before Ray starts, in one line."""
 
 import dataclasses
+import json
 import logging
 
 import optuna
@@ -34,15 +35,51 @@ def test_ablation_grid_is_six_variants_times_three_seeds():
     space = load_space("ablations")
     feasible, infeasible = space.grid_points(Config())
     assert len(feasible) == 18 and not infeasible
-    assert {p["variant"] for p in feasible} == {"full", "w/o P", "w/o Q", "w/o C", "w/o cls", "asymmetric"}
-    assert {p["overrides"]["train.seed"] for p in feasible} == {0, 1, 2}
+    assert {p.variant for p in feasible} == {"full", "w/o P", "w/o Q", "w/o C", "w/o cls", "asymmetric"}
+    assert {p.overrides["train.seed"] for p in feasible} == {0, 1, 2}
 
 
 def test_sensitivity_grid_marks_infeasible_points():
     feasible, infeasible = load_space("sensitivity_k").grid_points(Config())
-    bad = {(p["overrides"]["model.bits"], p["overrides"]["model.k_groups"]) for p in infeasible}
+    bad = {(p.overrides["model.bits"], p.overrides["model.k_groups"]) for p in infeasible}
     assert (16, 3) in bad and (32, 5) in bad and (48, 6) not in bad and (64, 6) not in bad
     assert len(feasible) + len(infeasible) == 6 * 4 * 2
+
+
+def test_grid_points_are_records_and_a_resolver_saved_with_dict_points_loads_as_records(tmp_path):
+    import pickle
+
+    from hashtune.sweep.trial import TrialResolver
+
+    crossed = _write(
+        tmp_path, "variants: {full: {}, w/o Q: {loss.quant_weight: 0.0}}\nseeds: {data: [0], train: [1]}\n"
+    )
+    for space in (load_space("ablations"), load_space("sensitivity_k"), load_space(crossed)):
+        resolver = TrialResolver(Config(), space)
+        # what Tune's state holds for a sweep started before points were records (the MLflow logger's resolver)
+        saved = pickle.loads(pickle.dumps(resolver))
+        resolver.points = {
+            label: {"label": point.label, "variant": point.variant, "overrides": point.overrides}
+            for label, point in resolver.points.items()
+        }
+        assert pickle.loads(pickle.dumps(resolver)).points == saved.points
+    point = load_space("sensitivity_k").grid_points(Config())[0][0]
+    assert point.label == "k_groups=1 bits=16 seed=0" and point.arm == ("", "k_groups=1 bits=16")
+
+
+def test_a_record_of_settings_saved_as_given_mappings_compares_unchanged_on_resume():
+    """Sweeps started before scheduler/sampler were dataclasses recorded only the keys given: a key now recorded
+    as null is a setting at its default, not a change that would refuse their --resume."""
+    from hashtune.sweep.space_record import changed_keys, space_record
+
+    for name in ("tune", "pareto", "smoke"):
+        record = space_record(load_space(name), Config())
+        saved = json.loads(json.dumps(record))
+        for key in ("scheduler", "sampler"):
+            if saved["space"][key] is not None:
+                saved["space"][key] = {k: v for k, v in saved["space"][key].items() if v is not None}
+        assert changed_keys(saved, record) == [], name
+    assert load_space("tune").scheduler.grace(300) == 50 and load_space("smoke").scheduler.grace(12) == 2
 
 
 def _write(tmp_path, text):
@@ -278,13 +315,14 @@ def test_a_conditional_key_is_sampled_only_where_its_condition_holds_by_multivar
     import warnings
 
     space = load_space("tune_conditional")
-    assert space.sampler == {"multivariate": True, "group": True} and space.params["model.k_groups"].when == {
+    assert space.sampler.kwargs() == {"multivariate": True, "group": True} and space.params["model.k_groups"].when == {
         "model.dual_stream": True
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
-            sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4, **space.sampler), direction="maximize"
+            sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4, **space.sampler.kwargs()),
+            direction="maximize",
         )
         define = OptunaSpace(space.params, Config(), space.fixed)
         for _ in range(16):

@@ -25,7 +25,7 @@ from hashtune.paths import RESULTS_DIR, no_world_write
 from hashtune.sweep.driver import SweepHooks, SweepInterrupted, run_sweep
 from hashtune.sweep.options import SweepOptions
 from hashtune.sweep.space import SearchSpace, SpaceError, load_space
-from hashtune.sweep.space_settings import parse_budget
+from hashtune.sweep.space_settings import Budget
 from hashtune.sweep.tuned_base import tuned_base
 from hashtune.tracking import STORE_RETRY_S, StoreClient, StoreUnavailable, resolve_tracking
 
@@ -135,7 +135,7 @@ def _with_budget(space: SearchSpace, text: str | None) -> SearchSpace:
         raise SpaceError(
             f"--budget must be a mapping like '{{cpu_hours: 2}}' or '{{gpu_hours: 8, hard: true}}', got {text!r}"
         )
-    return dataclasses.replace(space, budget=parse_budget("--budget", mapping))
+    return dataclasses.replace(space, budget=Budget.parse("--budget", mapping))
 
 
 def _report(summary: dict, results_dir: Path, store_retry_s: float) -> None:

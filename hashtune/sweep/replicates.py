@@ -31,14 +31,14 @@ from ray.tune.search import Searcher
 
 from hashtune.metric_names import TEST_MAP
 from hashtune.report.stats import ClaimVerdict, claim_verdict
-from hashtune.sweep.replication_plan import Replicates
+from hashtune.sweep.space import GridPoint
+from hashtune.sweep.space_settings import Replicates
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import TAG
 
 __all__ = [
     "Replicates",
     "Arm",
-    "arm_of",
     "arm_verdicts",
     "next_round",
     "ReplicationSearcher",
@@ -53,16 +53,6 @@ STATUS_TAG = f"{TAG}replicates"
 
 Arm = tuple[str, str]
 """(variant, the grid point's other values, e.g. `k_groups=2`; empty without params)."""
-
-
-def arm_of(point: dict) -> Arm:
-    """The arm of a grid point (`{"label", "variant", "overrides"}`): its label without variant and seed."""
-    rest = point["label"].removeprefix(point["variant"]).strip()
-    return point["variant"], rest.rsplit("seed=", 1)[0].strip()
-
-
-def _seed_of(point: dict) -> int:
-    return int(point["overrides"]["train.seed"])
 
 
 def arm_verdicts(values: dict[Arm, dict[int, float]], reference: str, plan: Replicates) -> dict[Arm, ClaimVerdict]:
@@ -122,7 +112,7 @@ class ReplicationSearcher(Searcher):
     def __init__(
         self,
         *,
-        points: Iterable[dict],
+        points: Iterable[GridPoint],
         plan: Replicates,
         reference: str,
         tracking: TrialTracking | None,
@@ -131,7 +121,7 @@ class ReplicationSearcher(Searcher):
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.plan, self.reference, self.tracking = plan, reference, tracking
-        self.labels = {(arm_of(p), _seed_of(p)): p["label"] for p in points}
+        self.labels = {(point.arm, point.train_seed): point.label for point in points}
         arms = sorted({arm for arm, _ in self.labels})
         self.attempted: dict[Arm, int] = dict.fromkeys(arms, 0)
         self.values: dict[Arm, dict[int, float]] = {arm: {} for arm in arms}

@@ -11,6 +11,7 @@ from typing import Any
 from hashtune.config import Config, config_from_dict
 from hashtune.sweep.space import SearchSpace
 from hashtune.sweep.space_record import changed_keys, saved_space_record, space_record
+from hashtune.sweep.space_settings import Budget
 from hashtune.sweep.stores import SweepError, SweepStores
 from hashtune.tracking import TAG, find_runs
 
@@ -55,8 +56,8 @@ def resume_state(
         _logger.info(
             "continuing with the budget sweep %r started with: %g %s-hours",
             stores.name,
-            budgeted.budget["hours"],
-            budgeted.budget["resource"].upper(),
+            budgeted.budget.hours,
+            budgeted.budget.resource.upper(),
         )
     return ResumeState(parent=parent, base=base, space=budgeted, record=record)
 
@@ -88,7 +89,7 @@ def _started_budget(space: SearchSpace, saved: dict[str, Any] | None) -> SearchS
     started = ((saved or {}).get("space") or {}).get("budget")
     if space.budget is not None or not started:
         return space
-    return dataclasses.replace(space, budget=started)
+    return dataclasses.replace(space, budget=Budget(**started))
 
 
 def resumed_base(

@@ -58,20 +58,21 @@ from hashtune.config import SEED_KEYS, Config, ConfigError, require_val_metric
 from hashtune.metric_names import SELECTION_METRIC
 from hashtune.paths import shipped_spaces
 from hashtune.strict_yaml import YamlError, read_yaml
-from hashtune.sweep.replication_plan import Replicates
 from hashtune.sweep.space_checks import check_space
 from hashtune.sweep.space_settings import (
+    Budget,
+    Replicates,
+    SamplerOptions,
+    Scheduler,
     SpaceError,
+    budget_reached,
     number,
-    parse_budget,
     parse_objectives,
     parse_replicates,
-    parse_sampler,
-    parse_scheduler,
 )
 from hashtune.train.bits import is_feasible
 
-__all__ = ["SpaceError", "Domain", "Replicates", "SearchSpace", "load_space", "space_text"]
+__all__ = ["SpaceError", "Domain", "GridPoint", "Replicates", "SearchSpace", "load_space", "space_text"]
 
 SEARCHES = ("grid", "tpe", "random", "nsga2")
 DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
@@ -108,10 +109,33 @@ class Domain:
     """Sampled only where every `key: value` holds (tpe/random), e.g. k_groups only when dual_stream is true."""
 
 
-def budget_reached(totals: Mapping[str, float], budget: tuple[str, float] | None) -> bool:
-    """The one budget rule the trials, the stopper and the summary apply: the sweep's `cost/*` total (as its parent
-    run holds it) has reached `budget` (`(metric, limit)`, `SearchSpace.budget_seconds()`)."""
-    return budget is not None and totals.get(budget[0], 0.0) >= budget[1]
+@dataclass(frozen=True)
+class GridPoint:
+    """One run of a grid: a variant at one combination of the searched values, at one seed."""
+
+    variant: str
+    """The variant's name ("" in a space without variants)."""
+    at: str
+    """The searched values, e.g. `k_groups=2 bits=32` ("" in a space without params)."""
+    seed: int | tuple[int, int]
+    """The seed (data and train alike), or the `(data, train)` pair of a crossed design."""
+    overrides: dict[str, Any]
+    """Everything the point sets over the base config: fixed, variant, searched values, seeds."""
+
+    @property
+    def label(self) -> str:
+        """What names the trial in Tune's table and in MLflow, e.g. `w/o Q k_groups=2 seed=1`."""
+        seed = f"data_seed={self.seed[0]} seed={self.seed[1]}" if isinstance(self.seed, tuple) else f"seed={self.seed}"
+        return " ".join(part for part in (self.variant, self.at, seed) if part)
+
+    @property
+    def arm(self) -> tuple[str, str]:
+        """(variant, the searched values): what seeds replicate."""
+        return self.variant, self.at
+
+    @property
+    def train_seed(self) -> int:
+        return int(self.overrides["train.seed"])
 
 
 @dataclass(frozen=True)
@@ -130,23 +154,16 @@ class SearchSpace:
     gpus_per_worker: float = 0.0
     max_failures: int = 2
     checkpoints_to_keep: int = 1
-    budget: dict[str, Any] | None = None
-    """`{"resource": "cpu" | "gpu", "hours": H, "hard": bool, "usd_per_gpu_hour": P | None}`, or None."""
+    budget: Budget | None = None
     base: str | None = None
     """A finished tuning experiment whose best trial is the configuration every arm starts from (`--base`)."""
 
-    def budget_seconds(self) -> tuple[str, float] | None:
-        """(the `cost/*` metric the budget caps, its limit), or None without a budget."""
-        if self.budget is None:
-            return None
-        return f"cost/{self.budget['resource']}_seconds", self.budget["hours"] * 3600.0
-
     def budget_reached(self, totals: Mapping[str, float]) -> bool:
         """Whether the sweep's cost totals (`cost/*`, as its parent run holds them) reach its budget."""
-        return budget_reached(totals, self.budget_seconds())
+        return budget_reached(totals, self.budget.limit if self.budget else None)
 
     time_budget_s: float | None = None
-    scheduler: dict = field(default_factory=lambda: {"type": "none"})
+    scheduler: Scheduler = Scheduler()
     seeds: tuple = (0,)
     """Seeds that set `data.seed` and `train.seed` alike, or `(data, train)` pairs of a crossed design."""
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -154,8 +171,7 @@ class SearchSpace:
     params: dict[str, Domain] = field(default_factory=dict)
     replicates: Replicates | None = None
     """The adaptive seed schedule (grid spaces with variants), or None: every point at every seed."""
-    sampler: dict[str, Any] | None = None
-    """Optuna sampler options (TPE's `multivariate`, `group`, `n_startup_trials`; NSGA-II's `population_size`)."""
+    sampler: SamplerOptions | None = None
     objectives: tuple[tuple[str, str], ...] = ()
     """(metric, mode) of each objective of a multi-objective space (`metric` and `mode` are the first's); ()."""
 
@@ -164,11 +180,8 @@ class SearchSpace:
         """The variant every other is compared with: the first one listed."""
         return next(iter(self.variants), None)
 
-    def grid_points(self, base: Config) -> tuple[list[dict], list[dict]]:
-        """All grid points as (feasible, infeasible) lists of `{"label", "variant", "overrides"}`, in a stable order.
-
-        The label (`w/o Q k_groups=2 seed=1`) names the trial in Tune's table and in MLflow.
-        """
+    def grid_points(self, base: Config) -> tuple[list[GridPoint], list[GridPoint]]:
+        """All grid points as (feasible, infeasible) lists, in a stable order (variant, searched values, seed)."""
         variants = self.variants or {"": {}}
         names = list(self.params)
         value_lists = [self.params[name].values for name in names]
@@ -176,10 +189,8 @@ class SearchSpace:
         seeds = self.replicates.seeds if self.replicates else self.seeds
         for variant, values, seed in itertools.product(variants, itertools.product(*value_lists), seeds):
             overrides = {**self.fixed, **variants[variant], **dict(zip(names, values)), **_seed_overrides(seed)}
-            searched = " ".join(f"{name.split('.')[-1]}={value}" for name, value in zip(names, values))
-            seed_label = f"data_seed={seed[0]} seed={seed[1]}" if isinstance(seed, tuple) else f"seed={seed}"
-            label = " ".join(part for part in (variant, searched, seed_label) if part)
-            point = {"label": label, "variant": variant, "overrides": overrides}
+            at = " ".join(f"{name.split('.')[-1]}={value}" for name, value in zip(names, values))
+            point = GridPoint(variant=variant, at=at, seed=seed, overrides=overrides)
             (feasible if is_feasible(base.replace(overrides)) else infeasible).append(point)
         return feasible, infeasible
 
@@ -375,15 +386,15 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         name=space_name,
         search=search,
         **_settings(where, tree),
-        scheduler=parse_scheduler(where, tree.get("scheduler")),
+        scheduler=Scheduler.parse(where, tree.get("scheduler")),
         seeds=_parse_seeds(where, tree.get("seeds", [0]), search),
         fixed=fixed,
         variants=variants,
         params=params,
-        budget=parse_budget(where, tree.get("budget")),
+        budget=Budget.parse(where, tree.get("budget")),
         base=_parse_base(where, tree.get("base")),
         replicates=parse_replicates(where, tree),
-        sampler=parse_sampler(where, tree.get("sampler"), search),
+        sampler=SamplerOptions.parse(where, tree.get("sampler"), search),
     )
     check_space(where, space, base)
     return space

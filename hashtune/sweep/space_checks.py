@@ -12,7 +12,7 @@ from hashtune.sweep.space_settings import SpaceError
 from hashtune.train.bits import is_feasible
 
 if TYPE_CHECKING:
-    from hashtune.sweep.space import SearchSpace
+    from hashtune.sweep.space import GridPoint, SearchSpace
 
 __all__ = ["MAX_GRID_POINTS", "check_space"]
 
@@ -29,7 +29,7 @@ def check_space(where: str, space: SearchSpace, base: Config) -> None:
 def _check_objectives(where: str, space: SearchSpace) -> None:
     """Several objectives: ASHA stops trials on one of them (named), and the seed schedule compares one metric."""
     names = [name for name, _ in space.objectives]
-    stop_on = space.scheduler.get("metric")
+    stop_on = space.scheduler.metric
     if not names:
         if stop_on is not None:
             raise SpaceError(
@@ -38,7 +38,7 @@ def _check_objectives(where: str, space: SearchSpace) -> None:
         return
     if space.replicates is not None:
         raise SpaceError(f"{where}: replicates compare arms on one metric; give metric one name, not {names}")
-    if space.scheduler["type"] == "asha" and stop_on is None:
+    if space.scheduler.asha and stop_on is None:
         raise SpaceError(
             f"{where}: ASHA stops trials on one metric: add scheduler.metric (one of {', '.join(names)}, e.g. "
             f"{names[0]}) or use scheduler: {{type: none}}"
@@ -67,11 +67,10 @@ def _check_grid_size(where: str, space: SearchSpace) -> None:
 
 def _check_scheduler(where: str, space: SearchSpace, base: Config) -> None:
     """ASHA's rungs must fit inside the trials' epochs (they are counted in epochs)."""
-    if space.scheduler["type"] != "asha":
+    if not space.scheduler.asha:
         return
     epochs = base.replace(space.fixed).train.epochs
-    grace = space.scheduler.get("grace_period", max(1, epochs // 6))
-    factor = space.scheduler.get("reduction_factor", 3)
+    grace, factor = space.scheduler.grace(epochs), space.scheduler.factor
     if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= epochs:
         raise SpaceError(
             f"{where}: scheduler.grace_period must be an integer in [1, train.epochs={epochs}], got {grace!r}"
@@ -111,16 +110,18 @@ def _check_feasible(where: str, space: SearchSpace, base: Config) -> None:
         raise SpaceError(f"{where}: no model.bits in {sorted(bits)} works with any model.k_groups in {sorted(groups)}")
 
 
-def _check_arms_run_together(where: str, space: SearchSpace, feasible: list[dict], infeasible: list[dict]) -> None:
+def _check_arms_run_together(
+    where: str, space: SearchSpace, feasible: list[GridPoint], infeasible: list[GridPoint]
+) -> None:
     """A variant infeasible at a grid point where another variant runs would silently drop out of a comparison."""
     if len(space.variants) < 2:
         return
-    running = {point["label"].removeprefix(point["variant"]).strip() for point in feasible}
+    running = {(point.at, point.seed) for point in feasible}
     for point in infeasible:
-        at = point["label"].removeprefix(point["variant"]).strip()
-        if at in running:
+        if (point.at, point.seed) in running:
+            at = point.label.removeprefix(point.variant).strip()
             raise SpaceError(
-                f"{where}: variant {point['variant']!r} has an infeasible model.bits/model.k_groups allocation at "
+                f"{where}: variant {point.variant!r} has an infeasible model.bits/model.k_groups allocation at "
                 f"{at!r}, where other variants run; change its k_groups or bits so every arm runs at every point"
             )
 

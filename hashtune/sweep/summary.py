@@ -104,8 +104,8 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
     }
     if space.objectives:  # the front is the study's (pareto.md); early stopping looked at one objective
         summary["objectives"] = [f"{name} ({mode})" for name, mode in space.objectives]
-        if space.scheduler["type"] == "asha":
-            summary["early_stopping_on"] = space.scheduler["metric"]
+        if space.scheduler.asha:
+            summary["early_stopping_on"] = space.scheduler.metric
     if not finished:
         return summary
     sign = 1 if space.mode == "max" else -1
@@ -124,7 +124,7 @@ def summarize(results, space: SearchSpace, client, experiment_id: str) -> dict[s
 
 
 def priced(cost: dict[str, float], space: SearchSpace) -> dict[str, float]:
-    price = (space.budget or {}).get("usd_per_gpu_hour")
+    price = space.budget.usd_per_gpu_hour if space.budget else None
     return cost | ({"cost/usd": cost["cost/gpu_seconds"] / 3600.0 * price} if price is not None else {})
 
 
@@ -133,7 +133,7 @@ def ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTrackin
     limit = limit_reached(space, tracking)
     if limit is not None and limit != "budget":
         return limit
-    budget = space.budget_seconds()
+    budget = space.budget.limit if space.budget else None
     if budget is None or (not summary["skipped_budget"] and summary["cost"][budget[0]] < budget[1]):
         record = summary.get("replicates")
         if record is not None:
@@ -145,9 +145,9 @@ def ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTrackin
             )
         return "every trial ran"
     spent, limit = summary["cost"][budget[0]] / 3600.0, budget[1] / 3600.0
-    unit = f"{space.budget['resource'].upper()}-hours"
+    unit = f"{space.budget.resource.upper()}-hours"
     return f"budget spent: {spent:.4f} of {limit:g} {unit}; {summary['skipped_budget']} trial(s) not trained" + (
-        "; running trials were stopped (hard budget)" if space.budget["hard"] else "; running trials finished"
+        "; running trials were stopped (hard budget)" if space.budget.hard else "; running trials finished"
     )
 
 

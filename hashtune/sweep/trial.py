@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hashtune.config import SEED_KEYS, Config, config_from_dict, to_flat_dict
-from hashtune.sweep.space import SearchSpace
+from hashtune.sweep.space import GridPoint, SearchSpace
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import COMPLETED_TAG, TAG, find_trial_run, point_id
 
@@ -34,18 +34,23 @@ class TrialResolver:
         self.base_flat = to_flat_dict(base)
         self.fixed = dict(space.fixed)
         self.seed = space.seeds[0]
-        self.points = {point["label"]: point for point in space.grid_points(base)[0]} if space.search == "grid" else {}
+        self.points = {point.label: point for point in space.grid_points(base)[0]} if space.search == "grid" else {}
+
+    def __setstate__(self, state: dict) -> None:
+        # a sweep started before grid points were records pickled them as dicts in Tune's state (the MLflow logger)
+        state["points"] = {label: _saved_point(point) for label, point in state["points"].items()}
+        self.__dict__.update(state)
 
     def __call__(self, trial_config: dict) -> tuple[str, dict[str, Any]]:
         if "point" in trial_config:
             point = self.points[trial_config["point"]]
-            return point["variant"], self.base_flat | point["overrides"]
+            return point.variant, self.base_flat | point.overrides
         sampled = {key: value for key, value in trial_config.items() if "." in key}
         return "", self.base_flat | self.fixed | sampled | dict.fromkeys(SEED_KEYS, self.seed)
 
     def point_id(self, trial_config: dict) -> str | None:
         """A grid point's id (the same at every launch of the point), or None for a sampled trial."""
-        return point_id(self.points[trial_config["point"]]["overrides"]) if "point" in trial_config else None
+        return point_id(self.points[trial_config["point"]].overrides) if "point" in trial_config else None
 
     def label(self, trial_config: dict) -> str:
         """The grid point's label, or the sampled values of a search trial."""
@@ -56,6 +61,18 @@ class TrialResolver:
             for key, value in sorted(trial_config.items())
             if "." in key
         )
+
+
+def _saved_point(point: GridPoint | dict) -> GridPoint:
+    """A grid point as a sweep saved before points were records: `{"label", "variant", "overrides"}`."""
+    if isinstance(point, GridPoint):
+        return point
+    seeds = point["overrides"]
+    crossed = "data_seed=" in point["label"]
+    seed = (int(seeds["data.seed"]), int(seeds["train.seed"])) if crossed else int(seeds["train.seed"])
+    rest = point["label"].removeprefix(point["variant"]).strip()
+    at = rest.rsplit("data_seed=" if crossed else "seed=", 1)[0].strip()
+    return GridPoint(variant=point["variant"], at=at, seed=seed, overrides=point["overrides"])
 
 
 class _TuneReporter:

@@ -15,7 +15,8 @@ from typing import Any
 from ray.tune import Stopper
 
 from hashtune.config import Config, config_from_dict, to_flat_dict
-from hashtune.sweep.space import Domain, SearchSpace, budget_reached
+from hashtune.sweep.space import Domain, SearchSpace
+from hashtune.sweep.space_settings import budget_reached
 from hashtune.sweep.summary import ELAPSED_METRIC
 from hashtune.sweep.trial import TrialFunction, TrialResolver, TrialTracking, run_trial
 from hashtune.train.bits import is_feasible
@@ -77,16 +78,16 @@ def _fidelity_aware_optuna_search(**kwargs):
 
 
 def _scheduler(space: SearchSpace, epochs: int):
-    if space.scheduler["type"] != "asha":
+    if not space.scheduler.asha:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(
         time_attr="epoch",
         max_t=epochs,
-        grace_period=int(space.scheduler.get("grace_period", max(1, epochs // 6))),
-        reduction_factor=float(space.scheduler.get("reduction_factor", 3)),
-        brackets=int(space.scheduler.get("brackets", 1)),
+        grace_period=int(space.scheduler.grace(epochs)),
+        reduction_factor=float(space.scheduler.factor),
+        brackets=int(space.scheduler.bracket_count),
     )
 
 
@@ -109,7 +110,7 @@ def build_tuner(
     search_alg, param_space, num_samples = _search(
         space, base, resolver, name=name, optuna_journal=optuna_journal, tracking=tracking
     )
-    stop_on = space.scheduler.get("metric", space.metric)  # several objectives: the one ASHA stops trials on
+    stop_on = space.scheduler.metric or space.metric  # several objectives: the one ASHA stops trials on
     return tune.Tuner(
         trial_trainable(space, resolver, storage, tracking, trial_function),
         param_space=param_space,
@@ -176,11 +177,11 @@ def _sampler(space: SearchSpace):
 
     seed = space.seeds[0]
     if space.search == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **(space.sampler or {}))
+        return optuna.samplers.TPESampler(seed=seed, **(space.sampler.kwargs() if space.sampler else {}))
     if space.search == "nsga2":
         from hashtune.sweep.samplers import PicklableNSGAIISampler
 
-        return PicklableNSGAIISampler(seed=seed, **(space.sampler or {}))
+        return PicklableNSGAIISampler(seed=seed, **(space.sampler.kwargs() if space.sampler else {}))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -293,7 +294,7 @@ def sweep_stopper(space: SearchSpace, tracking: TrialTracking, every_s: float = 
     check; the spent cost is the trials' `cost/*` total on the parent run (a soft budget only keeps new
     trials from training).
     """
-    budget = space.budget_seconds() if space.budget and space.budget["hard"] else None
+    budget = space.budget.limit if space.budget and space.budget.hard else None
     if budget is None and space.time_budget_s is None:
         return None
     return SweepStopper(tracking=tracking, time_budget_s=space.time_budget_s, budget=budget, every_s=every_s)
