@@ -13,6 +13,7 @@ from typing import Any
 
 from hashtune.metric_names import SELECTION_METRIC, TEST_MAP
 from hashtune.sweep.space import SearchSpace
+from hashtune.sweep.space_settings import budget_reached
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import COST_METRICS, TAG, find_runs, sweep_cost
 
@@ -134,7 +135,7 @@ def ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTrackin
     if limit is not None and limit != "budget":
         return limit
     budget = space.budget.limit if space.budget else None
-    if budget is None or (not summary["skipped_budget"] and summary["cost"][budget[0]] < budget[1]):
+    if budget is None or (not summary["skipped_budget"] and not budget_reached(summary["cost"], budget)):
         record = summary.get("replicates")
         if record is not None:
             unsettled = [arm for arm, entry in record["arms"].items() if "settled" in entry and not entry["settled"]]
