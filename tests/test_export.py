@@ -207,6 +207,13 @@ def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     assert "bundle/manifest.json" in {a.path for a in client.list_artifacts(best.info.run_id, "bundle")}
     versions = client.search_model_versions("name = 'hashtune'")
     assert [v.run_id for v in versions] == [best.info.run_id]
+    # a constraint on what the trainer logs with every run (the multi-objective costs), chosen on val/best_mAP
+    picked = ["--experiment", "smoke", "--mlflow-uri", uri, "--pick", "code/bits<=32", "--pick", "cost/encode_ms>0"]
+    assert export_main([*picked, "--out", str(tmp_path / "picked")]) == 0
+    assert verify_bundle(tmp_path / "picked")["provenance"]["mlflow_run_id"] == best.info.run_id
+    capsys.readouterr()
+    assert export_main([*picked[:4], "--pick", "code/bits<=16", "--out", str(tmp_path / "none")]) == 2
+    assert "has no finished trial run with val/best_mAP with code/bits <= 16" in capsys.readouterr().err
 
 
 def _copy_bundle(bundle, tmp_path):
