@@ -148,6 +148,31 @@ def test_cli_writes_run_and_rejects_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_each_image_is_encoded_once_per_evaluation_and_the_code_costs_come_from_those_passes(tmp_path, monkeypatch):
+    """Evaluation encodes the queries and the database once each (the test pass reuses the database codes it
+    hands the strategy), and `cost/encode_ms` times the query encoding evaluation already does: no extra pass."""
+    import hashtune.train.trainer as trainer
+
+    encoded, models = [], []
+
+    def counted(config, data):
+        model = build_model(config, data)
+        models.append(model)
+        model.register_forward_pre_hook(lambda module, args: None if module.training else encoded.append(len(args[0])))
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", counted)
+    config = small_config("train.epochs=2", "train.eval_every=1", "train.warmup_epochs=0")
+    metrics = fit(config, run_dir=tmp_path)
+    splits = load_checkpoint(tmp_path)["splits"]
+    val, test, database = (len(splits[name]) for name in ("val_query", "test_query", "database"))
+    assert sum(encoded) == 2 * (val + database) + (test + database)
+    params = sum(parameter.numel() for parameter in models[0].parameters())
+    assert metrics["code/bits"] == 32 and metrics["code/bytes"] == 4 and metrics["model/params"] == params
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert all(float(row["cost/encode_ms"]) > 0 for row in rows) and 0 < metrics["cost/encode_ms"] < 1000
+
+
 def test_no_validation_queries_reports_the_last_epoch_and_says_so(tmp_path):
     config = small_config("train.epochs=2", "train.eval_every=1", "data.val_per_class=0")
     metrics = fit(config, run_dir=tmp_path)

@@ -66,17 +66,24 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def encode(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: Config) -> torch.Tensor:
+def encode(
+    model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: Config, timings: list[float] | None = None
+) -> torch.Tensor:
     """Binary codes in {-1, +1} of the loader's whole dataset, in dataset order, on the CPU.
 
     Each rank encodes its shard; codes and positions are gathered from every rank and put back in
-    order, so sampler padding neither duplicates nor drops an item.
+    order, so sampler padding neither duplicates nor drops an item. Given `timings`, each batch's forward
+    time per image (ms: the network alone, synchronised on a GPU, under the run's autocast) is appended to it.
     """
     model.eval()
     codes, positions = [], []
     for images, _, position in loader:
+        images = images.to(runtime.device, non_blocking=True)
+        start = _synchronized_clock(runtime.device) if timings is not None else 0.0
         with autocast(config, runtime.device):
-            out = model(images.to(runtime.device, non_blocking=True))
+            out = model(images)
+        if timings is not None:
+            timings.append((_synchronized_clock(runtime.device) - start) * 1000.0 / len(images))
         codes.append(torch.where(out.codes.float() >= 0, 1.0, -1.0))
         positions.append(position.to(runtime.device))
     local_codes, local_positions = torch.cat(codes), torch.cat(positions)
@@ -87,29 +94,15 @@ def encode(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: 
     return ordered
 
 
-def _synchronize(device: torch.device) -> None:
+def _synchronized_clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
-@torch.no_grad()
-def encode_milliseconds(model: nn.Module, loader: DataLoader, runtime: LocalRuntime, config: Config) -> float:
-    """`cost/encode_ms`: the median over the loader's batches of forward time per image, on this rank's device.
-
-    The network alone (no data loading), synchronised on a GPU, under the run's autocast: measured the same
-    way in every trial, so trials compare on it.
-    """
-    model.eval()
-    per_image = []
-    for images, _, _ in loader:
-        images = images.to(runtime.device)
-        _synchronize(runtime.device)
-        start = time.perf_counter()
-        with autocast(config, runtime.device):
-            model(images)
-        _synchronize(runtime.device)
-        per_image.append((time.perf_counter() - start) * 1000.0 / len(images))
-    return float(statistics.median(per_image)) if per_image else float("nan")
+def median_ms(timings: list[float]) -> float:
+    """`cost/encode_ms`: the median over batches of forward time per image (`encode`'s timings)."""
+    return float(statistics.median(timings)) if timings else float("nan")
 
 
 def evaluate(
@@ -121,12 +114,14 @@ def evaluate(
     config: Config,
     database_codes: torch.Tensor | None = None,
     protocol_topk: int | None = None,
+    query_timings: list[float] | None = None,
 ) -> RetrievalMetrics:
     """Retrieval metrics of the query set against the database (codes from the network unless given).
 
-    The cut-off is `eval.topk`, else the protocol's (`protocol_topk`, None for the whole database).
+    The cut-off is `eval.topk`, else the protocol's (`protocol_topk`, None for the whole database);
+    `query_timings` collects the query encoding's times (`encode`).
     """
-    query_codes = encode(model, query_loader, runtime, config)
+    query_codes = encode(model, query_loader, runtime, config, query_timings)
     if database_codes is None:
         database_codes = encode(model, database_loader, runtime, config)
     return retrieval_metrics(
@@ -269,7 +264,9 @@ class _TrainingRun:
         self.cost.add_epoch(time.perf_counter() - start, result.images)
         return {"epoch": epoch + 1, **result.metrics, "train/lr": self.scheduler.get_last_lr()[0]}
 
-    def _evaluate(self, query_loader: DataLoader, database_codes: torch.Tensor | None = None) -> RetrievalMetrics:
+    def _evaluate(
+        self, query_loader: DataLoader, database_codes: torch.Tensor | None = None, timings: list | None = None
+    ) -> RetrievalMetrics:
         return evaluate(
             self.model,
             query_loader,
@@ -278,6 +275,7 @@ class _TrainingRun:
             config=self.config,
             database_codes=database_codes,
             protocol_topk=self.data.topk,
+            query_timings=timings,
         )
 
     def validate(self) -> dict[str, float]:
@@ -287,8 +285,11 @@ class _TrainingRun:
                 "epoch": self.epoch + 1,
                 "model": copy.deepcopy(self.model.state_dict()),
             }
-            return self.cost.metrics() | self._code_costs(self.test_loader)
-        metrics = self._evaluate(self.val_loader)
+            timings: list[float] = []
+            encode(self.model, self.test_loader, self.runtime, self.config, timings)
+            return self.cost.metrics() | self._code_costs(timings)
+        timings = []
+        metrics = self._evaluate(self.val_loader, timings=timings)
         if metrics.map > self.best["val/mAP"]:
             self.best = {
                 "val/mAP": metrics.map,
@@ -296,22 +297,21 @@ class _TrainingRun:
                 "model": copy.deepcopy(self.model.state_dict()),
             }
         selected = {SELECTION_METRIC: self.best["val/mAP"]}
-        return metrics.as_dict("val") | selected | self.cost.metrics() | self._code_costs(self.val_loader)
+        return metrics.as_dict("val") | selected | self.cost.metrics() | self._code_costs(timings)
 
-    def _test_metrics(self) -> tuple[RetrievalMetrics, dict[str, float]]:
+    def _test_metrics(self, timings: list[float]) -> tuple[RetrievalMetrics, dict[str, float]]:
         """The test queries against the database; for the asymmetric strategy with both kinds of database codes.
 
         `test/*` follow `eval.database_codes`; asymmetric runs also log `test/mAP_encoder` and
         `test/mAP_learned` (training images in the database retrieved by their learned B, as ADSH does).
         """
-        learned = self.strategy.database_codes_for(
-            self.data, encode(self.model, self.database_loader, self.runtime, self.config)
-        )
+        encoded = encode(self.model, self.database_loader, self.runtime, self.config)
+        learned = self.strategy.database_codes_for(self.data, encoded)
         if learned is None:
-            return self._evaluate(self.test_loader), {}
+            return self._evaluate(self.test_loader, encoded, timings), {}
         encoder_codes, learned_codes = learned
         by_encoder, by_learned = (
-            self._evaluate(self.test_loader, encoder_codes),
+            self._evaluate(self.test_loader, encoder_codes, timings),
             self._evaluate(self.test_loader, learned_codes),
         )
         chosen = by_learned if self.config.eval.database_codes == "learned" else by_encoder
@@ -351,16 +351,16 @@ class _TrainingRun:
         self.save()
         self.runtime.report(row, self.run_dir if self.runtime.is_main else None)
 
-    def _code_costs(self, loader: DataLoader) -> dict[str, float]:
-        """What shipping this model costs: code length, bytes per item, parameters, encode time per image (over
-        `loader`'s batches: the validation queries at each evaluation, the test queries at the end). Every report
-        carries them, so a multi-objective search finds its objectives in each (Tune checks)."""
+    def _code_costs(self, timings: list[float]) -> dict[str, float]:
+        """What shipping this model costs: code length, bytes per item, parameters, encode time per image (the
+        `timings` of the evaluation's query encoding: the validation queries at each evaluation, the test queries
+        at the end). Every report carries them, so a multi-objective search finds its objectives in each."""
         bits = self.config.model.bits
         return {
             "code/bits": float(bits),
             "code/bytes": float((bits + 7) // 8),
             "model/params": float(sum(parameter.numel() for parameter in self.model.parameters())),
-            "cost/encode_ms": encode_milliseconds(self.model, loader, self.runtime, self.config),
+            "cost/encode_ms": median_ms(timings),
         }
 
     def finish(self) -> dict[str, float]:
@@ -372,7 +372,8 @@ class _TrainingRun:
         self.save()
         final_weights = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(self.best["model"])
-        test, extra = self._test_metrics()
+        timings: list[float] = []
+        test, extra = self._test_metrics(timings)
         self.model.load_state_dict(final_weights)
         last = self.history[-1] if self.history else {}
         metrics = {key: value for key, value in last.items() if key.startswith(("train/", "val/"))}
@@ -384,7 +385,7 @@ class _TrainingRun:
         metrics |= (
             {SELECTION_METRIC: self.best["val/mAP"]} if len(self.data.val_query) else {"selection/last_epoch": 1.0}
         )
-        metrics |= self.cost.metrics() | self._code_costs(self.test_loader)
+        metrics |= self.cost.metrics() | self._code_costs(timings)
         if self.runtime.is_main:
             outputs.write_metrics(metrics, self.run_dir / "metrics.json")
             outputs.write_pr_curve(test, self.run_dir / "pr_curve.csv")
