@@ -68,7 +68,6 @@ from hashtune.sweep.space_settings import (
     budget_reached,
     number,
     parse_objectives,
-    parse_replicates,
 )
 from hashtune.train.bits import is_feasible
 
@@ -393,7 +392,7 @@ def load_space(name_or_path: str, base: Config | None = None) -> SearchSpace:
         params=params,
         budget=Budget.parse(where, tree.get("budget")),
         base=_parse_base(where, tree.get("base")),
-        replicates=parse_replicates(where, tree),
+        replicates=Replicates.parse(where, tree),
         sampler=SamplerOptions.parse(where, tree.get("sampler"), search),
     )
     check_space(where, space, base)

@@ -1,8 +1,9 @@
 """The scalar and small structured settings of a search space: objectives, budget, replicates (the adaptive seed
 schedule's plan; `hashtune.sweep.replicates` runs it), scheduler, sampler.
 
-Each setting is a frozen dataclass that parses itself (`parse`, given the file's name for its one-line errors) and
-owns its defaults; `hashtune.sweep.space` assembles them.
+Budget, replicates, scheduler and sampler are frozen dataclasses that parse themselves (`parse`, given the file's
+name for its one-line errors) and own their defaults; the objectives are (metric, mode) pairs
+(`parse_objectives`). `hashtune.sweep.space` assembles them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ __all__ = [
     "budget_reached",
     "number",
     "parse_objectives",
-    "parse_replicates",
 ]
 
 # `Replicates` lived in `hashtune.sweep.replication_plan` until 2026-12-02: a replicated sweep started before then has
@@ -106,39 +106,41 @@ class Replicates:
         """Every seed an arm can run: 0 .. max-1, in the order they are added."""
         return tuple(range(self.max))
 
+    @classmethod
+    def parse(cls, where: str, tree: dict) -> Replicates | None:
+        """The space's `replicates:`, read from the whole space (a grid with variants, no seeds, no scheduler)."""
+        spec = tree.get("replicates")
+        if spec is None:
+            return None
+        if not isinstance(spec, dict) or set(spec) - set(REPLICATES_KEYS):
+            raise SpaceError(f"{where}: replicates must be a mapping of {', '.join(REPLICATES_KEYS)}, got {spec!r}")
+        if tree.get("search", "grid") != "grid" or len(tree.get("variants") or {}) < 2:
+            raise SpaceError(
+                f"{where}: replicates needs search: grid and at least two variants (the first is the reference)"
+            )
+        if "seeds" in tree:
+            raise SpaceError(
+                f"{where}: replicates chooses the seeds (0, 1, 2, ... per arm); remove seeds: {tree['seeds']!r}"
+            )
+        if (tree.get("scheduler") or {"type": "none"}) not in ("none", {"type": "none"}):
+            raise SpaceError(
+                f"{where}: replicates compares finished trials; use scheduler: {{type: none}}, "
+                f"not {tree['scheduler']!r}"
+            )
+        default, at = cls(), f"{where}: replicates"
+        plan = cls(
+            min=number(at, spec, "min", default.min, int, 2),
+            max=number(at, spec, "max", default.max, int, 2),
+            step=number(at, spec, "step", default.step, int, 1),
+            delta=number(at, spec, "delta", default.delta, float, 1e-12),
+            alpha=number(at, spec, "alpha", default.alpha, float, 1e-12),
+        )
+        if plan.max < plan.min or plan.alpha >= 1:
+            raise SpaceError(f"{where}: replicates needs 2 <= min <= max and 0 < alpha < 1, got {spec!r}")
+        return plan
+
 
 REPLICATES_KEYS = ("min", "max", "step", "delta", "alpha")
-
-
-def parse_replicates(where: str, tree: dict) -> Replicates | None:
-    spec = tree.get("replicates")
-    if spec is None:
-        return None
-    if not isinstance(spec, dict) or set(spec) - set(REPLICATES_KEYS):
-        raise SpaceError(f"{where}: replicates must be a mapping of {', '.join(REPLICATES_KEYS)}, got {spec!r}")
-    if tree.get("search", "grid") != "grid" or len(tree.get("variants") or {}) < 2:
-        raise SpaceError(
-            f"{where}: replicates needs search: grid and at least two variants (the first is the reference)"
-        )
-    if "seeds" in tree:
-        raise SpaceError(
-            f"{where}: replicates chooses the seeds (0, 1, 2, ... per arm); remove seeds: {tree['seeds']!r}"
-        )
-    if (tree.get("scheduler") or {"type": "none"}) not in ("none", {"type": "none"}):
-        raise SpaceError(
-            f"{where}: replicates compares finished trials; use scheduler: {{type: none}}, not {tree['scheduler']!r}"
-        )
-    default, at = Replicates(), f"{where}: replicates"
-    plan = Replicates(
-        min=number(at, spec, "min", default.min, int, 2),
-        max=number(at, spec, "max", default.max, int, 2),
-        step=number(at, spec, "step", default.step, int, 1),
-        delta=number(at, spec, "delta", default.delta, float, 1e-12),
-        alpha=number(at, spec, "alpha", default.alpha, float, 1e-12),
-    )
-    if plan.max < plan.min or plan.alpha >= 1:
-        raise SpaceError(f"{where}: replicates needs 2 <= min <= max and 0 < alpha < 1, got {spec!r}")
-    return plan
 
 
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "brackets", "metric")
