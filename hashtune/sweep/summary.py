@@ -13,7 +13,6 @@ from typing import Any
 
 from hashtune.metric_names import SELECTION_METRIC, TEST_MAP
 from hashtune.sweep.space import SearchSpace
-from hashtune.sweep.space_settings import budget_reached
 from hashtune.sweep.stores import TrialTracking
 from hashtune.tracking import COST_METRICS, TAG, find_runs, sweep_cost
 
@@ -134,8 +133,7 @@ def ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTrackin
     limit = limit_reached(space, tracking)
     if limit is not None and limit != "budget":
         return limit
-    budget = space.budget.limit if space.budget else None
-    if budget is None or (not summary["skipped_budget"] and not budget_reached(summary["cost"], budget)):
+    if space.budget is None or (not summary["skipped_budget"] and not space.budget_reached(summary["cost"])):
         record = summary.get("replicates")
         if record is not None:
             unsettled = [arm for arm, entry in record["arms"].items() if "settled" in entry and not entry["settled"]]
@@ -145,7 +143,8 @@ def ended_by(summary: dict[str, Any], space: SearchSpace, tracking: TrialTrackin
                 else "every arm settled"
             )
         return "every trial ran"
-    spent, limit = summary["cost"][budget[0]] / 3600.0, budget[1] / 3600.0
+    metric, seconds = space.budget.limit
+    spent, limit = summary["cost"][metric] / 3600.0, seconds / 3600.0
     unit = f"{space.budget.resource.upper()}-hours"
     return f"budget spent: {spent:.4f} of {limit:g} {unit}; {summary['skipped_budget']} trial(s) not trained" + (
         "; running trials were stopped (hard budget)" if space.budget.hard else "; running trials finished"
