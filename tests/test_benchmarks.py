@@ -71,7 +71,7 @@ def ray_session():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-benchmarks")
 def test_ray_benchmarks_at_tiny_size(tmp_path, ray_session):
     from benchmarks import bench_ray_overhead, gpu_throughput
 
@@ -91,7 +91,7 @@ def test_ray_benchmarks_at_tiny_size(tmp_path, ray_session):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-benchmarks")
 def test_search_benchmark_at_tiny_size(tmp_path, ray_session):
     from benchmarks import bench_search
 

@@ -20,7 +20,7 @@ from hashtune.train.runtime import LocalRuntime
 from hashtune.train.steps import sharded_loader
 from hashtune.train.trainer import build_model, evaluate
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-distributed")]
 
 SMALL = [
     "model.depth=2",

@@ -176,7 +176,7 @@ def test_export_refuses_to_overwrite_and_bad_images_are_one_line(bundle, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-export")
 def test_export_best_run_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
     from ray_helpers import short_temp_dir

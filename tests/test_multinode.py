@@ -11,7 +11,7 @@ from ray_helpers import short_temp_dir, train_workers
 from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-multinode")]
 
 
 @pytest.fixture
@@ -23,7 +23,13 @@ def two_node_cluster(monkeypatch):
     os.makedirs(os.path.join(temp_dir, "ray"))
     cluster = Cluster(initialize_head=False)
     try:  # a head that started but failed later is shut down too: left running, it hangs the next test's Ray
-        cluster.add_node(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", temp_dir=temp_dir)
+        cluster.add_node(  # its agent on a free port, as hashtune's own local Ray (the other worker may run one)
+            num_cpus=1,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_agent_listen_port=None,
+            temp_dir=temp_dir,
+        )
         cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster

@@ -120,7 +120,7 @@ def test_export_picks_the_best_run_under_a_constraint(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-pareto")
 def test_a_multi_objective_sweep_reports_the_front_a_double_loop_finds(tmp_path, monkeypatch):
     import optuna
     from fake_trials import trade_off

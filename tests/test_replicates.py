@@ -179,7 +179,7 @@ FAKE_ARMS = {"full": [0.80, 0.002], "w/o Q": [0.70, 0.002], "same": [0.80, 0.002
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-replicates")
 def test_a_replicated_sweep_killed_after_a_run_closed_resumes_its_schedule_without_running_a_seed_twice(tmp_path):
     from ray_helpers import end_session_processes, short_temp_dir
 

@@ -9,7 +9,7 @@ from benchmarks.servers import moto_s3_server
 from hashtune.sweep.cli import main as sweep_main
 from hashtune.train.cli import main as train_main
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-s3")]
 
 BUCKET = "hashtune-test"
 TINY = [

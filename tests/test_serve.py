@@ -212,7 +212,7 @@ def _search(service, files=None, auth=True, **options):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-serve")
 def test_bad_requests_interleaved_with_good_ones(service, registry, tmp_path):
     import requests
 
@@ -267,7 +267,7 @@ def test_bad_requests_interleaved_with_good_ones(service, registry, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-serve")
 def test_the_page_shows_a_querys_neighbours_in_chromium(service, registry, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -289,7 +289,7 @@ def test_the_page_shows_a_querys_neighbours_in_chromium(service, registry, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-serve")
 def test_moving_the_alias_swaps_the_model_without_a_failed_request(service, registry, tmp_path):
     images = digit_pngs(registry["bundle1"], tmp_path, 2)
     pngs = [Path(image).read_bytes() for image in images]

@@ -133,7 +133,7 @@ def _runs_by_status(uri: str, experiment: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-store_outage")
 def test_a_sweep_rides_out_a_stopped_server_or_stops_for_resume_with_every_run_once(tmp_path, monkeypatch):
     ray_dir = short_temp_dir("so")
     space = tmp_path / "outage.yaml"
@@ -245,7 +245,7 @@ class _Switch:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("ray-store_outage")
 def test_a_sweep_whose_s3_storage_stops_answering_stops_for_resume_with_every_run_once(tmp_path):
     moto = moto_s3_server().start()
     switch = _Switch(moto.port)

@@ -19,7 +19,7 @@ from ray_helpers import local_ray
 
 from hashtune.sweep.cli import main as sweep_main
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-sweep")]
 
 TINY = (
     "  train.eval_every: 1\n  train.warmup_epochs: 0\n  model.depth: 1\n  model.embed_dim: 16\n  model.num_heads: 2\n"

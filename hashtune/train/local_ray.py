@@ -16,7 +16,14 @@ from pathlib import Path
 
 from hashtune.errors import InputError
 
-__all__ = ["LocalRayError", "check_local_ray_temp_dir", "init_ray", "private_ray_temp_dir", "shutdown_ray"]
+__all__ = [
+    "LocalRayError",
+    "agent_on_a_free_port",
+    "check_local_ray_temp_dir",
+    "init_ray",
+    "private_ray_temp_dir",
+    "shutdown_ray",
+]
 
 # The longest Unix socket a local Ray 2.60 makes under its temp dir: session folder (pid up to 7 digits) + the
 # longest dashboard module socket (MetricsHead: the one that failed on CI under pytest-102).
@@ -43,7 +50,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     else:
         check_local_ray_temp_dir()
         temp_dir = private_ray_temp_dir()
-        with _daemons_block_sigterm():
+        with _daemons_block_sigterm(), agent_on_a_free_port():
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=True,
@@ -109,6 +116,32 @@ def private_ray_temp_dir(environ: Mapping[str, str] = os.environ, parent: str = 
     if info.st_mode & 0o077:
         private.chmod(0o700)
     return str(private / "ray")
+
+
+@contextlib.contextmanager
+def agent_on_a_free_port() -> Iterator[None]:
+    """While in it, a local Ray that `ray.init` starts gives its dashboard agent a port the OS picks.
+
+    `ray start` has a flag for it (`--dashboard-agent-listen-port`), `ray.init` has none: every local Ray asked for
+    Ray's fixed 52365. A second local Ray on the machine (two sweeps side by side, a notebook beside a sweep, the
+    test suite's two workers) found it taken: its agent retried with backoff, about 4 s more start-up, then ran
+    without its HTTP server. Port 0 is what Ray's own `cluster_utils` gives every node after the first; the head
+    learns the chosen port from the GCS.
+    """
+    from ray._private import parameter
+
+    stock = parameter.RayParams
+
+    class _FreeAgentPort(stock):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", None)  # None: the node asks for port 0
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = _FreeAgentPort
+    try:
+        yield
+    finally:
+        parameter.RayParams = stock
 
 
 @contextlib.contextmanager
