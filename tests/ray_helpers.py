@@ -8,7 +8,7 @@ import tempfile
 
 import ray
 
-from hashtune.train.local_ray import agent_on_a_free_port
+from hashtune.train.local_ray import start_local_ray
 
 
 def short_temp_dir(prefix: str = "rs") -> str:
@@ -21,14 +21,13 @@ def short_temp_dir(prefix: str = "rs") -> str:
 def local_ray(num_cpus: int = 2):
     """A local Ray whose dashboard (Train V2's State API) listens on 127.0.0.1 only."""
     temp_dir = short_temp_dir("rt")
-    with agent_on_a_free_port():  # the other pytest worker may run a local Ray of its own
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-        )
+    start_local_ray(  # the other pytest worker may run a local Ray of its own
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+    )
     try:
         yield
     finally:

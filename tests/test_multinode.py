@@ -8,6 +8,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray_helpers import short_temp_dir, train_workers
 
+from benchmarks.servers import free_port
 from hashtune.config import load_config
 from hashtune.train.distributed import fit_distributed
 
@@ -21,13 +22,19 @@ def two_node_cluster(monkeypatch):
     # point it into this test's folder, which exists
     monkeypatch.setenv("RAY_TMPDIR", temp_dir)
     os.makedirs(os.path.join(temp_dir, "ray"))
+    # as hashtune's own local Ray (`start_local_ray`), for the other pytest worker's Ray beside it: the agent on a free
+    # port, and the cluster's processes told their GCS (Train V2's placement-group cleaner asks the State API)
+    gcs_port = free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{gcs_port}")
     cluster = Cluster(initialize_head=False)
     try:  # a head that started but failed later is shut down too: left running, it hangs the next test's Ray
-        cluster.add_node(  # its agent on a free port, as hashtune's own local Ray (the other worker may run one)
+        cluster.add_node(
             num_cpus=1,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            dashboard_port=free_port(),  # `ray.init` moves past a taken 8265, a `Cluster` head fails
             dashboard_agent_listen_port=None,
+            gcs_server_port=gcs_port,
             temp_dir=temp_dir,
         )
         cluster.add_node(num_cpus=1)

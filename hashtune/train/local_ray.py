@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,11 +19,11 @@ from hashtune.errors import InputError
 
 __all__ = [
     "LocalRayError",
-    "agent_on_a_free_port",
     "check_local_ray_temp_dir",
     "init_ray",
     "private_ray_temp_dir",
     "shutdown_ray",
+    "start_local_ray",
 ]
 
 # The longest Unix socket a local Ray 2.60 makes under its temp dir: session folder (pid up to 7 digits) + the
@@ -50,8 +51,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     else:
         check_local_ray_temp_dir()
         temp_dir = private_ray_temp_dir()
-        with _daemons_block_sigterm(), agent_on_a_free_port():
-            ray.init(
+        with _daemons_block_sigterm():
+            start_local_ray(
                 num_cpus=num_cpus,
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
@@ -118,30 +119,49 @@ def private_ray_temp_dir(environ: Mapping[str, str] = os.environ, parent: str = 
     return str(private / "ray")
 
 
-@contextlib.contextmanager
-def agent_on_a_free_port() -> Iterator[None]:
-    """While in it, a local Ray that `ray.init` starts gives its dashboard agent a port the OS picks.
+def start_local_ray(**init_options) -> None:
+    """`ray.init(**init_options)` for a new local Ray that shares the machine safely with other local Rays.
 
-    `ray start` has a flag for it (`--dashboard-agent-listen-port`), `ray.init` has none: every local Ray asked for
-    Ray's fixed 52365. A second local Ray on the machine (two sweeps side by side, a notebook beside a sweep, the
-    test suite's two workers) found it taken: its agent retried with backoff, about 4 s more start-up, then ran
-    without its HTTP server. Port 0 is what Ray's own `cluster_utils` gives every node after the first; the head
-    learns the chosen port from the GCS.
+    Two things break when another Ray runs on the machine (two sweeps side by side, a notebook beside a sweep, the
+    test suite's two workers), and `ray.init` has no option for either:
+    * the dashboard agent asks for Ray's fixed port 52365 (`ray start --dashboard-agent-listen-port` can move it):
+      the second one retried with backoff, about 4 s more start-up, then ran without its HTTP server. It gets a
+      port the OS picks, as Ray's own `cluster_utils` gives every node after the first;
+    * Ray's State API, called with no address inside the cluster's own processes, looks for "the" Ray of the
+      machine and raises "Found multiple active Ray instances": Train V2's placement-group cleaner died so, a
+      finished TorchTrainer's CPUs stayed reserved and the next trial waited for them forever. The GCS gets a
+      port chosen here and the daemons start with `RAY_ADDRESS` naming it, so every process of this Ray asks
+      its own (the driver's environment is left as it was).
     """
+    import ray
     from ray._private import parameter
 
+    gcs_port = _free_port()
     stock = parameter.RayParams
 
-    class _FreeAgentPort(stock):
+    class _OwnPorts(stock):
         def __init__(self, *args, **kwargs) -> None:
             kwargs.setdefault("dashboard_agent_listen_port", None)  # None: the node asks for port 0
+            kwargs.setdefault("gcs_server_port", gcs_port)
             super().__init__(*args, **kwargs)
 
-    parameter.RayParams = _FreeAgentPort
+    previous_address = os.environ.get("RAY_ADDRESS")
+    parameter.RayParams = _OwnPorts
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"  # inherited by the daemons, hence by every worker
     try:
-        yield
+        ray.init(address="local", **init_options)  # "local": start one, whatever RAY_ADDRESS says
     finally:
         parameter.RayParams = stock
+        if previous_address is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous_address
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
