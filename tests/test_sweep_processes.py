@@ -169,15 +169,18 @@ def _blocks_sigterm(pid: int) -> bool:
     return bool(int(blocked.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
 
 
-def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driver():
+def test_local_ray_listens_on_loopback_names_its_own_gcs_and_leaves_sigterm_to_the_driver():
     """What hashtune can choose: the HTTP dashboard (Train V2's State API) binds 127.0.0.1. Ray 2.60's gRPC
     servers bind every interface whatever init() is told (see results/reliability.md). The raylet and GCS
-    block SIGTERM (a group SIGTERM would otherwise end the raylet and, with it, the driver, status 1)."""
+    block SIGTERM (a group SIGTERM would otherwise end the raylet and, with it, the driver, status 1). The cluster's
+    processes find their own GCS when Ray's State API is asked with no address (as Train V2's placement-group
+    cleaner asks it), however many Rays the machine runs; the driver's environment is left as it was."""
     import psutil
     import ray
 
     from hashtune.train.local_ray import init_ray
 
+    address_before = os.environ.get("RAY_ADDRESS")
     assert init_ray(num_cpus=1)
     try:
         port = int(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
@@ -190,6 +193,18 @@ def test_local_ray_listens_on_loopback_and_its_daemons_leave_sigterm_to_the_driv
         }
         assert daemons.keys() == {"raylet", "gcs_server"} and all(_blocks_sigterm(pid) for pid in daemons.values())
         assert not _blocks_sigterm(os.getpid())  # the driver's own mask is restored
+
+        @ray.remote(num_cpus=0)
+        def state_api_address() -> tuple[str | None, str]:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+
+            # unset, the State API looks for the machine's Ray and raises "Found multiple active Ray instances"
+            return os.environ.get("RAY_ADDRESS"), canonicalize_bootstrap_address_or_die(None)
+
+        told, found = ray.get(state_api_address.remote())
+        gcs_address = ray.get_runtime_context().gcs_address
+        assert told and told.rsplit(":", 1)[1] == gcs_address.rsplit(":", 1)[1] and found == gcs_address
+        assert os.environ.get("RAY_ADDRESS") == address_before
     finally:
         ray.shutdown()
 
