@@ -68,3 +68,18 @@ def test_a_run_folder_and_its_checkpoint_are_not_world_writable(tmp_path, permis
     assert train_main(["--out", str(out), "--no-progress", *tiny]) == 0
     assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
     assert _world_writable(out) == []
+
+
+def test_ray_address_in_the_environment_is_connected_to_not_replaced_by_a_local_ray(monkeypatch):
+    """A local Ray starts with `ray.init(address="local")` (it must ignore the `RAY_ADDRESS` it gives its daemons), so
+    `init_ray` itself honours a user's `RAY_ADDRESS`, as `ray.init()` does."""
+    import ray
+
+    from hashtune.train.local_ray import init_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert init_ray() and calls == [{"address": "10.0.0.5:6379", "log_to_driver": False}]
+    assert init_ray("auto") and calls[-1]["address"] == "auto"  # an address given wins

@@ -37,7 +37,7 @@ class LocalRayError(InputError):
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
-    """Connect to `address`, or start a local Ray whose dashboard listens on 127.0.0.1 only.
+    """Connect to `address` (default: `RAY_ADDRESS`), or start a local Ray whose dashboard listens on 127.0.0.1 only.
 
     Train V2 needs the dashboard's State API to clean up placement groups. Returns whether this call
     started Ray (the caller then shuts it down).
@@ -46,6 +46,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS")  # as `ray.init()` honours it (a local start ignores it)
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
