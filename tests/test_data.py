@@ -24,6 +24,25 @@ def test_digits_protocol_sizes_and_rules():
     assert len(set(splits.database) | set(splits.val_query) | set(splits.test_query)) == 1797
 
 
+def test_digits_are_scikit_learns_load_digits_without_importing_it(monkeypatch):
+    """The bundled file read directly gives `load_digits`'s images and classes; where it is missing, `load_digits`."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from hashtune.data import sources
+
+    digits = load_digits()
+    images, classes = sources._bundled_digits()
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(classes, digits.target)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # scikit-learn keeps its data elsewhere
+    np.testing.assert_array_equal(sources._bundled_digits()[0], digits.images)
+    loads = "import sys; from hashtune.data import load_source; load_source('digits'); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", loads], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_splits_are_seeded_and_saved(tmp_path):
     source = load_source("digits")
     a, b, c = build_splits(source, 7), build_splits(source, 7), build_splits(source, 8)
