@@ -51,13 +51,18 @@ def _sweep_command(space: Path, results: Path, *extra: str, hooked: bool = False
 
 
 def _start_and_signal_after_trials(
-    space: Path, results: Path, signum: int, trials: int, *extra: str, hooked: bool = False
+    space: Path, results: Path, signum: int, *extra: str, hooked: bool = False
 ) -> subprocess.Popen:
-    """Start a sweep and signal its process group once `trials` trials' MLflow runs read FINISHED (polled, no sleeps).
+    """Start a sweep and signal its process group once a trial of this launch has its MLflow run FINISHED (polled).
 
-    The store is read only after Tune wrote that many final results, when the driver has long created it: a
-    reader opening a SQLite store that is being created would race MLflow's schema migration.
+    Counted from the launch's start, not in all: an earlier launch may have finished more trials than it was
+    signalled after (its graceful stop lets a trial end), and a signal sent at once would reach a driver that has
+    not yet started Tune nor installed its handlers. The store is read only after Tune wrote a new final result,
+    when the driver has long opened it: a reader opening a SQLite store that is being created would race MLflow's
+    schema migration.
     """
+    finals_before = _final_results(results)
+    runs_before = len(_finished_runs(results, space.stem)) if (results / "mlflow.db").is_file() else 0
     driver = subprocess.Popen(
         _sweep_command(space, results, *extra, hooked=hooked),
         stdout=subprocess.DEVNULL,
@@ -66,15 +71,17 @@ def _start_and_signal_after_trials(
         start_new_session=True,
     )
     deadline = time.time() + 400
-    while (
-        time.time() < deadline
-        and sum('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json")) < trials
-    ):
+    while time.time() < deadline and _final_results(results) <= finals_before:
         time.sleep(0.2)
-    while time.time() < deadline and len(_finished_runs(results, space.stem)) < trials:
+    while time.time() < deadline and len(_finished_runs(results, space.stem)) <= runs_before:
         time.sleep(0.2)
     os.killpg(driver.pid, signum)  # the driver and the local Ray it started, like a terminal's Ctrl-C
     return driver
+
+
+def _final_results(results: Path) -> int:
+    """How many trials' `result.json` hold a final result (a replayed trial writes its final again: counted once)."""
+    return sum('"final": 1.0' in path.read_text() for path in (results / "ray").rglob("result.json"))
 
 
 def _finished_runs(results: Path, experiment: str) -> list:
@@ -105,7 +112,7 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     4. resumed to the end: the trial whose run closed before the kill was replayed, not trained again, and every
        (metric, epoch) of every trial is logged once over the four launches.
     """
-    space = tmp_path / "stop.yaml"  # 48 bits: K up to 6 is feasible; each signal leaves at least two trials unfinished
+    space = tmp_path / "stop.yaml"  # 48 bits: K up to 6 is feasible; each signal leaves a trial or more unfinished
     space.write_text(
         "search: nsga2\nmetric: [val/best_mAP, cost/encode_ms]\nmode: [max, min]\nnum_samples: 5\nmax_concurrent: 1\n"
         "fixed:\n  train.epochs: 3\n  model.bits: 48\n"
@@ -126,8 +133,8 @@ def test_a_sweep_killed_then_interrupted_twice_resumes_without_rerunning_or_dupl
     assert len(finished_before) == 1, "the switch kills the driver right after the first run closes"
     ((trial_id, first),) = finished_before.items()
 
-    for signum, finished, code in ((signal.SIGINT, 2, 130), (signal.SIGTERM, 3, 143)):
-        driver = _start_and_signal_after_trials(space, tmp_path, signum, finished, "--resume", hooked=True)
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):  # each once a trial of its launch finished
+        driver = _start_and_signal_after_trials(space, tmp_path, signum, "--resume", hooked=True)
         _, stderr = driver.communicate(timeout=180)
         end_session_processes(os.environ["RAY_TMPDIR"])
         assert driver.returncode == code, stderr[-2000:]
