@@ -28,6 +28,17 @@ def test_light_modules_load_neither_ray_nor_torch():
     assert loaded == "[]"
 
 
+def test_what_builds_a_torch_trainer_loads_no_trainer():
+    """The Train controller unpickles `train_loop_per_worker` and a sweep's trial builds the `TorchTrainer`: neither
+    trains, so importing `hashtune.train.distributed` loads torch but not the trainer, timm or the plots."""
+    code = (
+        "import sys, hashtune.train.distributed\n"
+        "print(sorted({m for m in sys.modules} & {'timm', 'torchvision', 'matplotlib', 'hashtune.train.trainer'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
 def _functions(path: Path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
