@@ -1,16 +1,21 @@
 # The README's two commands: `make sweep` (the main job) and `make test` (ruff, import layers, then pytest).
-# Each creates .venv with plain pip when it is missing or older than pyproject.toml.
+# Each creates .venv when it is missing or older than pyproject.toml: a plain venv, into which uv (a pip-compatible
+# installer that downloads, unpacks and byte-compiles in parallel) installs the project. The same packages and versions as
+# `pip install -e '.[all]'`, in 68 s instead of 126 s on a fresh 2-core machine here (2026-12-03). uv does not read
+# pip's configuration: a constraint file pip is configured with (this machine caps torch so) is handed to it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP_CONSTRAINT := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[:a-z]*[.]constraint='\(.*\)'$$/\1/p" | head -1)
 
 .PHONY: sweep test browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all]'
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode \
+		$(if $(PIP_CONSTRAINT),--constraint $(PIP_CONSTRAINT)) -e '.[all]'
 	touch $(STAMP)
 
 sweep: $(STAMP)
