@@ -26,7 +26,7 @@ browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver >/dev/null \
 		|| echo "make: could not install chromium + chromedriver (apt needs root): the page's browser test will fail"
 
-# the venv (pip keeps one core busy) and chromium (apt: mostly download) are made side by side
+# the venv (uv) and chromium (apt: mostly download) are made side by side
 test:
 	@$(MAKE) --no-print-directory -j2 $(STAMP) browser
 	$(BIN)/ruff format --check --quiet .

@@ -29,8 +29,8 @@ def test_light_modules_load_neither_ray_nor_torch():
 
 
 def test_what_builds_a_torch_trainer_loads_no_trainer():
-    """The Train controller unpickles `train_loop_per_worker` and a sweep's trial builds the `TorchTrainer`: neither
-    trains, so importing `hashtune.train.distributed` loads torch but not the trainer, timm or the plots."""
+    """A sweep's trial with `workers: N` builds the `TorchTrainer` and does not train: importing
+    `hashtune.train.distributed` loads torch but not the trainer, timm or the plots."""
     code = (
         "import sys, hashtune.train.distributed\n"
         "print(sorted({m for m in sys.modules} & {'timm', 'torchvision', 'matplotlib', 'hashtune.train.trainer'}))"

@@ -28,9 +28,9 @@ from hashtune.train.checkpoint import copy_run_folder
 from hashtune.train.local_ray import init_ray, shutdown_ray
 from hashtune.train.runtime import DistributedRuntime
 
-# The trainer (timm, torchvision, matplotlib, numba) is imported where a worker trains, not at module import: the
-# Train controller and a sweep's trial actor load this module to unpickle `train_loop_per_worker` and build the
-# `TorchTrainer`, and need none of it (about 3 CPU-seconds each per run, measured here 2026-12-03).
+# The trainer (timm, torchvision, matplotlib, numba) is imported where a worker trains, not at module import: a
+# sweep's trial with `workers: N` loads this module only to build the `TorchTrainer` and needs none of it (about
+# 3 CPU-seconds per trial, measured here 2026-12-03).
 
 __all__ = [
     "RayTrainRuntime",
