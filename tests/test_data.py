@@ -38,7 +38,9 @@ def test_digits_are_scikit_learns_load_digits_without_importing_it(monkeypatch):
     np.testing.assert_array_equal(images, digits.images)
     np.testing.assert_array_equal(classes, digits.target)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # scikit-learn keeps its data elsewhere
-    np.testing.assert_array_equal(sources._bundled_digits()[0], digits.images)
+    images, classes = sources._bundled_digits()
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(classes, digits.target)
     loads = "import sys; from hashtune.data import load_source; load_source('digits'); print('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", loads], capture_output=True, text=True, check=True).stdout == "False\n"
 
