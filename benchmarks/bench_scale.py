@@ -57,6 +57,9 @@ TINY = {
 ARMS = ("hashtune", "stock")
 TARGET_STOCK, TARGET_FLAT, TARGET_SECONDS = 1.2, 1.5, 60.0
 RAY_TMPDIR = "/tmp/bench_scale_ray"
+PROBE = 2
+"""The CPU probe's version. 1 (2026-12-02/03): Ray's dashboard and runtime-env agents counted as trial processes,
+trial processes that ended before the launch's end missed; a row measured by it is marked in the report."""
 
 
 def instant_value(lr: float, gamma: float, quant_weight: float) -> float:
@@ -130,11 +133,13 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
 
     from benchmarks._scale_probe import (
         MLFLOW_LOG_ENV,
+        CpuSampler,
         count_mlflow_calls,
         cpu_delta,
         ray_process_cpu,
         read_mlflow_log,
         time_calls,
+        trial_process_count,
     )
 
     launch = len(_launches(folder))
@@ -145,6 +150,7 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
     suggestions = time_calls(OptunaSearch, "suggest", keep=lambda result: isinstance(result, dict))
     saves = time_calls(TuneController, "checkpoint")
     usage, processes = resource.getrusage(resource.RUSAGE_SELF), ray_process_cpu()
+    sampler = CpuSampler(folder / f"ray_cpu-{launch}.json")
     start = time.perf_counter()
     # the hook runs before Ray puts the driver's folder on a worker's path: give it the project's
     project = str(Path(__file__).resolve().parent.parent)
@@ -163,7 +169,7 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
         complete = (_hashtune_sweep if row.arm == "hashtune" else _stock_sweep)(row, folder, address)
     except KeyboardInterrupt:  # a second Ctrl-C while the sweep was stopping: what ran is still measured
         complete = False
-    processes = cpu_delta(processes, ray_process_cpu())
+    processes, trial_processes = cpu_delta(processes, sampler.stop()), trial_process_count()
     ray.shutdown()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -174,7 +180,8 @@ def _launch(row: Row, folder: Path, address: str | None) -> dict:
         "driver_cpu_s": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
         "trial_cpu_s": processes["trial"],
         "daemon_cpu_s": processes["daemon"],
-        "trial_processes": processes["trial_processes"],
+        "trial_processes": trial_processes,
+        "probe": PROBE,
         "mlflow": calls,
         "suggest_first_s": suggestions[:20],
         "suggest_last_s": suggestions[-20:],
@@ -448,6 +455,7 @@ def _summed(launches: list[dict]) -> dict:
                 calls[role][key] = max(held, value) if key == "most_rows" else held + value
     first = launches[0]["suggest_first_s"] if launches else []
     return summed | {
+        "probe": min((launch.get("probe", 1) for launch in launches), default=PROBE),
         "mlflow": calls,
         "suggest_first_s": first,
         "suggest_last_s": launches[-1]["suggest_last_s"] if launches else [],
@@ -463,6 +471,21 @@ def _ms(values: list[float]) -> str:
 
 def _mb(value) -> str:
     return "in memory" if value is None else f"{value / 1e6:.1f}"
+
+
+def _old_probe(record: dict) -> str:
+    return "" if record.get("probe", 1) == PROBE else " \u2020"
+
+
+def _old_probe_note(records: dict[Row, dict]) -> str:
+    old = [f"{row.label}, N = {row.trials:,}, {row.arm}" for row, record in records.items() if _old_probe(record)]
+    if not old:
+        return ""
+    return (
+        f" \u2020 Measured by an earlier launch of the same command (kept with `--keep`) whose CPU probe counted "
+        "Ray's dashboard and runtime-env agents as trial processes and missed a trial process that ended before "
+        f"the row did: its trial-process CPU and count, and its daemons' CPU, are not comparable ({'; '.join(old)})."
+    )
 
 
 def _per_trial(record: dict, key: str) -> float:
@@ -488,8 +511,8 @@ def main_rows(records: dict[Row, dict]) -> list[list]:
                 ratio,
                 f"{record['steady_s']:.3f}",
                 f"{_per_trial(record, 'driver_cpu_s'):.3f}",
-                f"{_per_trial(record, 'trial_cpu_s'):.3f}",
-                f"{_per_trial(record, 'daemon_cpu_s'):.3f}",
+                f"{_per_trial(record, 'trial_cpu_s'):.3f}" + _old_probe(record),
+                f"{_per_trial(record, 'daemon_cpu_s'):.3f}" + _old_probe(record),
                 f"{_calls_per_trial(record, 'driver'):.1f} + {_calls_per_trial(record, 'trial'):.1f}",
                 f"{_ms(record['suggest_first_s'])} / {_ms(record['suggest_last_s'])}",
                 f"{record['tune_bytes'] / 1e6:.1f}",
@@ -520,8 +543,8 @@ def breakdown_rows(records: dict[Row, dict]) -> list[list]:
                 f"{1000 * trial.get('seconds', 0.0) / row.trials:.1f}",
                 f"{1000 * record['suggest_s'] / row.trials:.1f}",
                 f"{1000 * record['state_save_s'] / row.trials:.1f} ({record['state_saves']} saves)",
-                f"{record['trial_processes']}",
-                f"{1000 * _per_trial(record, 'trial_cpu_s'):.0f}",
+                f"{record['trial_processes']}" + _old_probe(record),
+                f"{1000 * _per_trial(record, 'trial_cpu_s'):.0f}" + _old_probe(record),
                 f"{driver.get('most_rows', 0)} / {trial.get('most_rows', 0)}",
                 calls or "-",
             ]
@@ -632,10 +655,12 @@ def write_scale_report(
         "in every row); "
         "'steady s / trial' is the spacing of the trials' MLflow end times between the 10th and the 90th percentile, "
         "the cost of one "
-        "more trial. CPU: the driver process, the Ray worker processes that ran trials, and Ray's daemons (raylet, "
-        "GCS, dashboard, "
-        "agents). MLflow calls: every outermost call of MLflow's SQLAlchemy store, in the driver and in the trial "
-        "processes.\n\n"
+        "more trial. CPU: the driver process, the Ray worker processes (those that ran trials, and any Ray started "
+        "meanwhile; one that ended before the row did is counted through the raylet that reaped it), and Ray's "
+        "daemons (raylet, GCS, dashboard, agents). MLflow calls: every outermost call of MLflow's SQLAlchemy "
+        "store, in the driver and in the trial processes."
+        + _old_probe_note(records)
+        + "\n\n"
         + "Targets:\n\n"
         + "\n".join(f"- {line}" for line in target_lines(records) or ["(no row pair finished yet)"])
         + "\n\nWhere a trial's time goes (per trial; MLflow and Optuna are wall time in the process that calls them, "
@@ -651,7 +676,7 @@ def write_scale_report(
                 "MLflow in the trial ms",
                 "Optuna suggest ms",
                 "Tune state saves ms",
-                "trial processes started",
+                "trial processes (ran trials)",
                 "trial-process CPU ms",
                 "most runs one search read (driver / trials)",
                 "driver MLflow calls / trial",

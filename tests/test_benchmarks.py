@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end at tiny size and write their tables (targets live in results/)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,45 @@ def test_retrieval_benchmark_at_tiny_size(tmp_path):
     assert len(rows) == 2 and all(row.rstrip(" |").endswith("True") for row in rows)
     approx = {line.split("|")[2].strip(): line for line in out.read_text().splitlines() if line.startswith("| 20,000")}
     assert set(approx) == {"flat", "ivf", "hnsw"} and "| 1.000 | 1.000 |" in approx["flat"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray-benchmarks")
+def test_scale_probe_counts_a_worker_that_ended_and_not_rays_agents(tmp_path, ray_session):
+    """bench_scale's CPU probe: a Ray worker that spent CPU and ended before the last reading is counted (the sampler
+    read it while it ran), Ray's agents (`ray::` processes too) are daemons, and the actor table counts the processes
+    that ran the job's actors."""
+    import json
+    import time
+
+    import psutil
+    import ray
+
+    from benchmarks._scale_probe import RAY_AGENTS, CpuSampler, cpu_delta, ray_process_cpu, trial_process_count
+
+    @ray.remote(num_cpus=1)
+    class Burner:
+        def burn(self, seconds: float) -> int:
+            end = time.process_time() + seconds
+            while time.process_time() < end:
+                pass
+            return os.getpid()
+
+    before, sampler = ray_process_cpu(), CpuSampler(tmp_path / "cpu.json")
+    burner = Burner.remote()
+    pid = ray.get(burner.burn.remote(1.0))
+    burnt = before.get(pid, ("trial", 0.0))[1] + 1.0  # Ray may have started the process before the test
+    deadline = time.time() + 60
+    while time.time() < deadline and json.loads((tmp_path / "cpu.json").read_text()).get(str(pid), [0, 0])[1] < burnt:
+        time.sleep(0.1)  # polled: until the sampler has read the whole burn
+    ray.kill(burner)
+    psutil.wait_procs([psutil.Process(pid)], timeout=60)
+    now = ray_process_cpu()
+    assert pid not in now and cpu_delta(before, sampler.stop())["trial"] >= 1.0
+    agents = {
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
+        if (process.info["cmdline"] or [""])[0] in RAY_AGENTS
+    }
+    assert agents & now.keys() and all(now[pid][0] == "daemon" for pid in agents & now.keys())
+    assert trial_process_count() == 1
