@@ -656,7 +656,8 @@ def write_scale_report(
         "'steady s / trial' is the spacing of the trials' MLflow end times between the 10th and the 90th percentile, "
         "the cost of one "
         "more trial. CPU: the driver process, the Ray worker processes (those that ran trials, and any Ray started "
-        "meanwhile; one that ended before the row did is counted through the raylet that reaped it), and Ray's "
+        "meanwhile; one that ended before the row did is counted from a sampler's last reading of it, every 0.5 s), "
+        "and Ray's "
         "daemons (raylet, GCS, dashboard, agents). MLflow calls: every outermost call of MLflow's SQLAlchemy "
         "store, in the driver and in the trial processes."
         + _old_probe_note(records)
