@@ -24,7 +24,8 @@ def test_bench_metrics_table(tmp_path):
     for row in map(dict, (zip(header, row) for row in rows)):
         assert row["agree to 1e-9"] == "True" and 0.0 < float(row["mAP"]) <= 1.0  # the kernel equals the argsort loop
         assert float(row["hashtune s (best of 5)"]) >= 0 and float(row["limit s (best of 5)"]) >= 0  # ms at this size
-        assert float(row["argsort loop s"]) > 0 and float(row["speed-up over the loop"].removesuffix("x")) > 0
+        # the loop's seconds are printed to 3 decimals: under 0.5 ms at this size they read 0.000 (a fresh clone met it)
+        assert float(row["argsort loop s"]) >= 0 and float(row["speed-up over the loop"].removesuffix("x")) > 0
         assert row["hashtune / limit"].endswith("x")
 
 
