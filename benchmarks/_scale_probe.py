@@ -123,7 +123,7 @@ class CpuSampler:
     """`ray_process_cpu()` read every `every` seconds by a child process, which keeps each process's latest reading
     in `path`: a Ray process that ends (Tune ends trial processes when it stops; a raylet does not collect its
     workers' CPU) is still counted, less what it spent after its last reading. Its own reads are no Ray process's
-    CPU (about 1% of a core here)."""
+    CPU: 0.26 CPU-s over 20 s here, its start included, 68 processes on the machine (1.3% of a core; 2026-12-03)."""
 
     def __init__(self, path, every: float = 0.5):
         import subprocess
